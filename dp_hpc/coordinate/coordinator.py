@@ -1,0 +1,183 @@
+"""One coordinator per run: observe the disk, ask `plan` for the next step, carry it out.
+
+`Coordinator.advance()` never blocks: it refreshes the states of the run's jobs, then applies
+planned steps until the plan says wait. The launcher calls it for every run each poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dp_hpc import jobs
+from dp_hpc.config import RunConfig
+from dp_hpc.coordinate import plan as P
+from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
+from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
+from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
+from dp_hpc.io import read_json
+from dp_hpc.pool import Pool, RoundSpec
+
+log = logging.getLogger(__name__)
+
+MAX_LOST_IN_A_ROW = 3  # jobs that die without a result (killed, OOM) are retried this often
+
+
+@dataclass
+class Slots:
+    """Jobs that may still start now, shared by all coordinators of a sweep."""
+
+    free: int
+
+
+def latest_train_state(run_dir: Path) -> dict | None:
+    """train_state.json of the newest complete checkpoint (the file is written last)."""
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.exists():
+        return None
+    for d in sorted(ck.glob("step_*"), reverse=True):
+        ts = read_json(d / "train_state.json")
+        if ts is not None:
+            return ts
+    return None
+
+
+class Coordinator:
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: JobRunner, generator_dir: Path,
+                 threads_per_job: int = 1):
+        self.run_dir = Path(run_dir).resolve()
+        self.cfg = cfg
+        self.runner = runner
+        self.generator_dir = Path(generator_dir).resolve()
+        self.threads = threads_per_job
+        self.pool = Pool(self.run_dir)
+        self.logs = self.run_dir / "logs"
+        st = load_state(self.run_dir)
+        if st is None:
+            st = P.initial_state(cfg.method)
+            save_state(self.run_dir, st)
+        self.state = st
+
+    # -- what the launcher shows
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def finished(self) -> bool:
+        return self.state.phase in ("done", "failed")
+
+    def summary(self) -> dict:
+        ck = latest_train_state(self.run_dir) or {}
+        return {"phase": self.state.phase, "round": self.state.round,
+                "pool_size": sum(r.kept for r in self.state.rounds if self.pool.is_complete(r.index)),
+                "step": ck.get("step", 0), "best_val_acc": ck.get("best_val_acc")}
+
+    def retry_if_failed(self) -> None:
+        """A relaunch retries a failed run from the phase it failed in."""
+        st = self.state
+        if st.phase == "failed":
+            log.info("%s: retrying after failure: %s", self.name, st.error)
+            st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
+            save_state(self.run_dir, st)
+
+    # -- the loop body
+    def advance(self, slots: Slots) -> None:
+        self._refresh_jobs()
+        for _ in range(100):  # bounded: each iteration changes state or returns
+            if self.finished:
+                return
+            action = P.plan(self.state, self._observe(), self.cfg.method, self.cfg.pool)
+            if isinstance(action, P.Wait) or not self._apply(action, slots):
+                return
+
+    def _observe(self) -> P.Observation:
+        st = self.state
+        if st.phase == "generate":
+            r = st.round
+            return P.Observation(round_created=self.pool.has_round(r), round_complete=self.pool.is_complete(r),
+                                 done_chunks=frozenset(self.pool.done_chunks(r)))
+        if st.phase == "train":
+            return P.Observation(checkpoint=latest_train_state(self.run_dir))
+        if st.phase == "eval":
+            return P.Observation(eval_done=(self.run_dir / "eval.json").exists())
+        return P.Observation()
+
+    def _refresh_jobs(self) -> None:
+        st, changed = self.state, False
+        for job in st.running_jobs():
+            status = self.runner.status(self.logs, job.job_id)
+            if status.state == RUNNING:
+                continue
+            job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
+            if status.state == SUCCEEDED:
+                st.lost_in_a_row = 0
+            elif status.state == LOST:
+                st.lost_in_a_row += 1
+                log.warning("%s: %s job %s died without a result (%d in a row); its work will be redone "
+                            "from what is on disk", self.name, job.kind, job.job_id, st.lost_in_a_row)
+                if st.lost_in_a_row > MAX_LOST_IN_A_ROW:
+                    self._fail(job, "jobs keep dying without a result")
+            elif status.state == FAILED:
+                self._fail(job, "job failed")
+        if changed:
+            save_state(self.run_dir, st)
+
+    def _fail(self, job: JobRecord, what: str) -> None:
+        st = self.state
+        st.failed_phase, st.phase = st.phase, "failed"
+        st.error = f"{what}: {job.kind} job {job.job_id} (log: {job.log_path})\n{job.error or ''}".strip()
+        log.error("%s: %s", self.name, st.error)
+        self.runner.cancel([j.job_id for j in st.running_jobs()])
+
+    def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
+        n = min(len(args_list), slots.free)
+        if n <= 0:
+            return False
+        ids = self.runner.submit(self.logs, f"{self.name}-{kind}", fn, args_list[:n])
+        slots.free -= n
+        now = time.time()
+        for jid, detail in zip(ids, details[:n]):
+            self.state.jobs.append(JobRecord(job_id=jid, kind=kind, round=self.state.round, submitted=now,
+                                             detail=detail))
+        save_state(self.run_dir, self.state)
+        self._refresh_jobs()  # the debug executor has already run them
+        return True
+
+    def _apply(self, action: P.Action, slots: Slots) -> bool:
+        """Carry out one planned step; False when it has to wait for a free slot."""
+        st, run = self.state, str(self.run_dir)
+        if isinstance(action, P.CreateRound):
+            rec = action.record
+            self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=IMAGE_SHAPE,
+                                             chunk_size=self.cfg.pool.chunk_size, num_classes=NUM_CLASSES,
+                                             run_seed=self.cfg.seed, kind=rec.kind))
+            return True
+        if isinstance(action, P.SubmitShards):
+            step = st.rounds[action.round_index].classifier_step
+            args = [(run, action.round_index, a, b, str(self.generator_dir), step, self.threads)
+                    for a, b in action.shards]
+            details = [{"start": a, "stop": b} for a, b in action.shards]
+            return self._submit("generate", jobs.generate_shard, args, details, slots)
+        if isinstance(action, P.CompleteRound):
+            self.pool.complete_round(action.round_index, keep=action.keep)
+            st.phase = "train"
+        elif isinstance(action, P.GoTo):
+            st.phase = action.phase
+        elif isinstance(action, P.StartRound):
+            st.rounds.append(action.record)
+            st.round, st.phase = action.record.index, "generate"
+        elif isinstance(action, P.StopAddingData):
+            log.info("%s: no more data (%s); training to the end of the budget", self.name, action.reason)
+            st.adding_data = False
+        elif isinstance(action, P.SubmitTrain):
+            return self._submit("train", jobs.train, [(run, action.plateau_exit, self.threads)],
+                                [{"plateau_exit": action.plateau_exit}], slots)
+        elif isinstance(action, P.SubmitEval):
+            return self._submit("eval", jobs.evaluate, [(run, self.threads)], [{}], slots)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+        save_state(self.run_dir, st)
+        return True

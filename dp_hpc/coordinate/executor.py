@@ -1,0 +1,139 @@
+"""Submitting jobs through submitit and asking what became of them.
+
+The coordinator only ever needs three things from an executor: submit a job array, ask the
+state of jobs by id (also jobs submitted by an earlier coordinator process that died), and read
+a failed job's error. Job ids are recorded in state.json by the caller.
+
+- `local`: submitit's LocalExecutor: every task is a real subprocess (`python -m
+  submitit.local._local`), job id = its pid. Those processes outlive a killed coordinator; a new
+  coordinator re-attaches by checking the pid is still a submitit controller for our log folder.
+- `debug`: submitit's DebugExecutor: runs the task in-process at submission (no parallelism).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import submitit
+from submitit.core.utils import pickle_load
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str  # running | succeeded | failed | lost (died without a result: killed, OOM, ...)
+    error: str | None = None  # last lines of the traceback or of stderr
+    log_path: str | None = None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
+
+
+class JobRunner:
+    """One per executor kind per sweep; `folder` is where submitit writes pickles and logs."""
+
+    def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None):
+        if kind not in ("local", "debug"):
+            raise ValueError(f"unknown executor {kind!r}; allowed: local, debug")
+        self.kind = kind
+        self.timeout_min = timeout_min
+        self.env = env or {}
+        self._jobs: dict[str, submitit.Job] = {}  # jobs submitted by this process
+        self._finished: dict[str, JobStatus] = {}
+
+    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple]) -> list[str]:
+        """Submit one job array (one task per args tuple); return the job ids."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.kind == "debug":
+            ex: Any = submitit.DebugExecutor(folder=folder)
+        else:
+            ex = submitit.LocalExecutor(folder=folder)
+            ex.update_parameters(timeout_min=self.timeout_min)
+        ex.update_parameters(name=name)
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)  # inherited by the local subprocesses
+        try:
+            jobs = ex.map_array(fn, *zip(*args_list)) if args_list else []
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        ids = []
+        for job in jobs:
+            if self.kind == "debug":
+                # DebugExecutor runs at first look; exception() does not drop into pdb
+                exc = job.exception()
+                jid = f"debug-{time.time_ns()}"
+                self._finished[jid] = JobStatus(SUCCEEDED if exc is None else FAILED,
+                                                None if exc is None else f"{type(exc).__name__}: {exc}")
+            else:
+                jid = job.job_id
+                self._jobs[jid] = job
+            ids.append(jid)
+        return ids
+
+    def status(self, folder: Path, job_id: str) -> JobStatus:
+        if job_id in self._finished:
+            return self._finished[job_id]
+        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
+        job = self._jobs.get(job_id)
+        if job is not None:
+            running = job._process is not None and job._process.poll() is None
+        else:
+            running = _is_live_controller(job_id, folder)
+        if running:
+            return JobStatus(RUNNING, log_path=str(paths.stderr))
+        st = self._status_from_result(paths)
+        self._finished[job_id] = st
+        self._jobs.pop(job_id, None)
+        return st
+
+    @staticmethod
+    def _status_from_result(paths: Any) -> JobStatus:
+        if paths.result_pickle.exists():
+            try:
+                outcome, value = pickle_load(paths.result_pickle)
+            except Exception as e:  # a torn pickle: treat as lost
+                return JobStatus(LOST, f"unreadable result ({e})", str(paths.stderr))
+            if outcome == "success":
+                return JobStatus(SUCCEEDED, log_path=str(paths.stderr))
+            lines = str(value).strip().splitlines()
+            return JobStatus(FAILED, "\n".join(lines[-8:]), str(paths.stderr))
+        return JobStatus(LOST, _tail(paths.stderr) or "the job died without writing a result",
+                         str(paths.stderr))
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for jid in job_ids:
+            job = self._jobs.get(jid)
+            if job is not None:
+                job.cancel(check=False)
+
+
+def _is_live_controller(job_id: str, folder: Path) -> bool:
+    """Is pid `job_id` a running submitit local controller for `folder`? (pid reuse-safe enough:
+    the command line must name submitit and our folder.)"""
+    if not job_id.isdigit():
+        return False
+    try:
+        cmd = Path(f"/proc/{job_id}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{job_id}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: finished, not yet reaped
+        return False
+    text = [c.decode(errors="replace") for c in cmd]
+    return any("submitit" in c for c in text) and any(str(folder) in c for c in text)

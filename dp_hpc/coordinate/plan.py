@@ -1,0 +1,142 @@
+"""The coordinator's next step: a pure function of the run state and what is on disk.
+
+    generate(r) -> train -> (plateau: generate(r+1) | no data left: train to the end) -> eval -> done
+
+Every step is idempotent, so a coordinator that dies anywhere and restarts plans the same step
+again from the same disk state. No I/O here: `Observation` is gathered by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dp_hpc.coordinate.config import MethodConfig, PoolConfig
+from dp_hpc.coordinate.state import RoundRecord, RunState
+from dp_hpc.pool import shard_ranges
+
+
+@dataclass(frozen=True)
+class Observation:
+    round_created: bool = False  # the arrays of state.round exist
+    round_complete: bool = False  # its COMPLETE marker exists
+    done_chunks: frozenset[int] = frozenset()  # chunks of state.round with a marker
+    checkpoint: dict | None = None  # train_state.json of the newest complete checkpoint
+    eval_done: bool = False
+
+
+# -- actions ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateRound:
+    record: RoundRecord
+
+
+@dataclass(frozen=True)
+class SubmitShards:
+    round_index: int
+    shards: tuple[tuple[int, int], ...]  # chunk ranges [start, stop), one array task each
+
+
+@dataclass(frozen=True)
+class CompleteRound:
+    round_index: int
+    keep: int | None  # prune: keep this many highest-entropy samples
+
+
+@dataclass(frozen=True)
+class StartRound:
+    record: RoundRecord  # plateau reached: the next round to generate
+
+
+@dataclass(frozen=True)
+class StopAddingData:
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubmitTrain:
+    plateau_exit: bool
+
+
+@dataclass(frozen=True)
+class SubmitEval:
+    pass
+
+
+@dataclass(frozen=True)
+class GoTo:
+    phase: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+Action = CreateRound | SubmitShards | CompleteRound | StartRound | StopAddingData | SubmitTrain | SubmitEval | GoTo | Wait
+
+
+def initial_state(method: MethodConfig) -> RunState:
+    kept = method.round_sizes()[0]
+    st = RunState(phase="generate", round=0, adding_data=method.name != "static" and method.budget > kept)
+    st.rounds.append(RoundRecord(index=0, kind="plain", kept=kept, generated=kept))
+    return st
+
+
+def next_round(st: RunState, method: MethodConfig, classifier_step: int) -> RoundRecord | None:
+    """The round a plateau asks for, or None when the data budget is spent."""
+    left = method.budget - st.pool_size()
+    if method.name == "static" or left <= 0:
+        return None
+    r = st.round + 1
+    kept = min(method.per_round, left)
+    return RoundRecord(index=r, kind=method.round_kind(r), kept=kept,
+                       generated=method.generated(r, kept), classifier_step=classifier_step)
+
+
+def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig) -> Action:
+    if st.phase in ("done", "failed"):
+        return Wait(st.phase)
+    if st.phase == "generate":
+        return _plan_generate(st, obs, pool)
+    if st.phase == "train":
+        return _plan_train(st, obs, method)
+    if st.phase == "eval":
+        if obs.eval_done:
+            return GoTo("done")
+        if st.running_jobs("eval"):
+            return Wait("evaluating")
+        return SubmitEval()
+    raise ValueError(f"unknown phase {st.phase!r}")
+
+
+def _plan_generate(st: RunState, obs: Observation, pool: PoolConfig) -> Action:
+    rec = st.rounds[st.round]
+    if not obs.round_created:
+        return CreateRound(rec)
+    if obs.round_complete:
+        return GoTo("train")
+    shards = shard_ranges(rec.generated, pool.chunk_size, pool.shard_size)
+    todo = tuple((s.start, s.stop) for s in shards
+                 if any(c not in obs.done_chunks for c in range(s.start, s.stop)))
+    if not todo:
+        return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None)
+    running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate")}
+    todo = tuple(s for s in todo if s not in running)
+    if not todo:
+        return Wait(f"generating round {st.round}")
+    return SubmitShards(st.round, todo)
+
+
+def _plan_train(st: RunState, obs: Observation, method: MethodConfig) -> Action:
+    ck = obs.checkpoint
+    if ck is not None and ck.get("stop_reason") == "budget":
+        return GoTo("eval")
+    trained_all_rounds = ck is not None and list(ck.get("pool_rounds", [])) == list(range(st.round + 1))
+    if st.adding_data and trained_all_rounds and ck.get("stop_reason") == "plateau":
+        rec = next_round(st, method, classifier_step=int(ck["step"]))
+        if rec is None:
+            return StopAddingData("data budget spent")
+        return StartRound(rec)
+    if st.running_jobs("train"):
+        return Wait("training")
+    return SubmitTrain(plateau_exit=st.adding_data)

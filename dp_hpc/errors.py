@@ -1,0 +1,19 @@
+"""Errors that the command-line entry points turn into one line on stderr and exit status 2."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `key` is the dotted path of the offending field.
+
+    Components raise it from `__post_init__` with the bare field name; the loader in
+    `dp_hpc.config` prefixes the parent path and the file, so the user sees e.g.
+    ``sweeps/x.yaml: base.sampler.omega: must be >= 0, got -1``.
+    """
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class UsageError(Exception):
+    """Bad command-line input that is not a config field (missing file, bad flag value)."""

@@ -1,0 +1,81 @@
+"""One generation task of a job array: fill chunks [start, stop) of a pool round.
+
+Resumes at chunk granularity: a chunk with a marker is skipped, a chunk without one is
+(re)generated whole, from the per-sample seeds and labels fixed at round creation, so a rerun
+writes the same bytes. SIGTERM/SIGUSR2 (preemption) stop the task after the current chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from dp_hpc.config import load_run_config
+from dp_hpc.pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+class _StopFlag:
+    """Signal handlers only set a flag; the loop checks it between chunks."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            try:
+                signal.signal(sig, self._set)
+            except ValueError:  # not the main thread (debug executor)
+                pass
+
+    def _set(self, signum, frame) -> None:  # noqa: ARG002
+        log.warning("signal %s: stopping after the current chunk", signum)
+        self.stop = True
+
+
+def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_dir: Path,
+              classifier_step: int | None) -> dict:
+    from dp_hpc.generate.sampler import sample_images
+    from dp_hpc.generate.unet import load_generator
+
+    pool = Pool(run_dir)
+    todo = [c for c in range(start, stop) if not pool.chunk_done(round_index, c)]
+    if not todo:
+        log.info("round %d chunks [%d, %d): all done already", round_index, start, stop)
+        return {"written": 0, "skipped": stop - start}
+    cfg = load_run_config(run_dir)
+    attrs = pool.round_attrs(round_index)
+    kind = attrs["kind"]
+    unet, scheduler = load_generator(generator_dir)
+    classifier = None
+    if classifier_step is not None:
+        from dp_hpc.train.checkpoint import load_classifier
+
+        classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg)
+    # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
+    sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
+    storage_size = _storage_size(pool, round_index)
+    flag = _StopFlag()
+    written = 0
+    for c in todo:
+        if flag.stop:
+            break
+        t0 = time.perf_counter()
+        labels, seeds = pool.chunk_inputs(round_index, c)
+        with torch.inference_mode(False):
+            out = sample_images(unet, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
+                                sampler_cfg, storage_size=storage_size, classifier=classifier)
+        pool.write_chunk(round_index, c, out.images, out.entropy)
+        written += 1
+        log.info("round %d (%s) chunk %d: %d samples in %.1fs (%d/%d)", round_index, kind, c,
+                 len(labels), time.perf_counter() - t0, written, len(todo))
+    return {"written": written, "skipped": (stop - start) - len(todo), "stopped_early": flag.stop}
+
+
+def _storage_size(pool: Pool, round_index: int) -> int:
+    g = pool._group(round_index)
+    return int(g["images"].shape[-1])

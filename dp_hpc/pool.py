@@ -1,0 +1,316 @@
+"""The sample pool of one run: a Zarr v3 group with one set of arrays per round.
+
+Layout (``<run>/``)::
+
+    pool.zarr/round_003/images   uint8   (N, C, H, W)  chunks (chunk_size, C, H, W)
+                        labels   int64   (N,)          class-balanced, fixed at creation
+                        seeds    int64   (N,)          per-sample seed = f(run seed, round, index)
+                        entropy  float32 (N,)          classifier entropy of the stored sample
+                        selected int64   (P,)          only for `prune` rounds: kept indices
+    pool_markers/round_003/chunk_000012.done           chunk written (whole chunk)
+    pool_markers/round_003/COMPLETE                    round usable by training
+
+Why it is safe under concurrency and crashes (see DESIGN.md, "Zarr v3"):
+- arrays are created at full size once, by the coordinator, in a temporary group that is
+  renamed into place, so a crash never leaves a half-created round;
+- each shard task owns whole chunks and writes each chunk in one call (LocalStore writes
+  atomically since zarr 3.1.3), then its marker; a chunk without a marker is simply redone,
+  and since labels and seeds are fixed, redoing writes the same bytes;
+- markers live beside the store, not in it, because an all-fill chunk is never written by zarr
+  and so "chunk file exists" cannot mean "written".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+POOL_DIR = "pool.zarr"
+MARKER_DIR = "pool_markers"
+COMPLETE = "COMPLETE"
+
+
+def round_name(round_index: int) -> str:
+    return f"round_{round_index:03d}"
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit mixing function: our per-sample seeds must not depend on numpy's RNG
+    algorithms, which may change between versions."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def sample_seeds(run_seed: int, round_index: int, n: int) -> np.ndarray:
+    """Seed of sample i of a round = hash(run seed, round, i), as int64 >= 0. (n,)"""
+    base = _splitmix64(np.array([run_seed * 1_000_003 + round_index], dtype=np.uint64))[0]
+    idx = np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(idx ^ base)
+    return (mixed >> np.uint64(1)).astype(np.int64)  # keep it positive for torch.manual_seed
+
+
+def balanced_labels(run_seed: int, round_index: int, n: int, num_classes: int) -> np.ndarray:
+    """Class-balanced labels (counts differ by at most one), in a seeded random order. (n,)"""
+    labels = np.arange(n, dtype=np.int64) % num_classes
+    rng = np.random.default_rng([run_seed, round_index, 0xB1])
+    return labels[rng.permutation(n)]
+
+
+@dataclass(frozen=True)
+class ChunkRange:
+    """Chunks [start, stop) of a round, owned by one shard task."""
+
+    start: int
+    stop: int
+
+
+def shard_ranges(n_samples: int, chunk_size: int, shard_size: int) -> list[ChunkRange]:
+    """Split a round into shard tasks of `shard_size` samples (a multiple of `chunk_size`)."""
+    n_chunks = -(-n_samples // chunk_size)
+    per_shard = max(1, shard_size // chunk_size)
+    return [ChunkRange(s, min(s + per_shard, n_chunks)) for s in range(0, n_chunks, per_shard)]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What a round holds. `n` is the number of samples generated (candidates for `prune`)."""
+
+    round_index: int
+    n: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    chunk_size: int
+    num_classes: int
+    run_seed: int
+    kind: str  # "plain" | "guided" | "prune"
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.chunk_size)
+
+
+class Pool:
+    """Read/write access to one run's pool. Cheap to construct; opens zarr arrays lazily, so it
+    can be pickled into job tasks and DataLoader workers (each process opens its own)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / POOL_DIR
+        self.markers = self.run_dir / MARKER_DIR
+
+    # -- creation (coordinator only)
+    def create_round(self, spec: RoundSpec) -> None:
+        """Create the round's arrays at full size, with labels and seeds. Idempotent."""
+        final = self.root / round_name(spec.round_index)
+        if (final / "zarr.json").exists():
+            return
+        zarr.open_group(self.root, mode="a")  # the root group, once
+        tmp = self.root / f"_tmp_{round_name(spec.round_index)}"
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash during creation
+        g = zarr.open_group(tmp, mode="w")
+        g.attrs.update(
+            {"round": spec.round_index, "n": spec.n, "kind": spec.kind, "chunk_size": spec.chunk_size,
+             "num_classes": spec.num_classes, "run_seed": spec.run_seed}
+        )
+        c = spec.chunk_size
+        g.create_array("images", shape=(spec.n, *spec.image_shape), chunks=(c, *spec.image_shape),
+                       dtype="uint8", fill_value=0)
+        g.create_array("entropy", shape=(spec.n,), chunks=(c,), dtype="float32", fill_value=np.nan)
+        labels = g.create_array("labels", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
+        seeds = g.create_array("seeds", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
+        labels[:] = balanced_labels(spec.run_seed, spec.round_index, spec.n, spec.num_classes)
+        seeds[:] = sample_seeds(spec.run_seed, spec.round_index, spec.n)
+        os.replace(tmp, final)
+
+    def has_round(self, round_index: int) -> bool:
+        return (self.root / round_name(round_index) / "zarr.json").exists()
+
+    def _group(self, round_index: int, mode: str = "r") -> zarr.Group:
+        # use_consolidated=False: metadata is never consolidated while the pool grows
+        return zarr.open_group(self.root / round_name(round_index), mode=mode, use_consolidated=False)
+
+    def round_attrs(self, round_index: int) -> dict:
+        return dict(self._group(round_index).attrs)
+
+    # -- chunk work (shard tasks)
+    def chunk_bounds(self, round_index: int, chunk: int) -> tuple[int, int]:
+        a = self.round_attrs(round_index)
+        start = chunk * a["chunk_size"]
+        return start, min(start + a["chunk_size"], a["n"])
+
+    def chunk_marker(self, round_index: int, chunk: int) -> Path:
+        return self.markers / round_name(round_index) / f"chunk_{chunk:06d}.done"
+
+    def chunk_done(self, round_index: int, chunk: int) -> bool:
+        return self.chunk_marker(round_index, chunk).exists()
+
+    def done_chunks(self, round_index: int) -> set[int]:
+        d = self.markers / round_name(round_index)
+        if not d.exists():
+            return set()
+        return {int(p.name[6:12]) for p in d.glob("chunk_*.done")}
+
+    def chunk_inputs(self, round_index: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, seeds) of the samples of one chunk."""
+        g = self._group(round_index)
+        a, b = self.chunk_bounds(round_index, chunk)
+        return g["labels"][a:b], g["seeds"][a:b]
+
+    def write_chunk(self, round_index: int, chunk: int, images: np.ndarray, entropy: np.ndarray) -> None:
+        """Write one whole chunk, then its marker (the marker is the commit point)."""
+        g = self._group(round_index, mode="r+")
+        a, b = self.chunk_bounds(round_index, chunk)
+        if images.shape[0] != b - a or entropy.shape != (b - a,):
+            raise ValueError(f"chunk {chunk} of round {round_index} holds {b - a} samples, got {images.shape[0]}")
+        g["images"][a:b] = images
+        g["entropy"][a:b] = entropy.astype(np.float32)
+        marker = self.chunk_marker(round_index, chunk)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    # -- completion (coordinator only)
+    def is_complete(self, round_index: int) -> bool:
+        return (self.markers / round_name(round_index) / COMPLETE).exists()
+
+    def complete_round(self, round_index: int, keep: int | None = None) -> None:
+        """Mark a round usable. With `keep` (prune), first store the indices of the `keep`
+        highest-entropy samples (ties broken by index, so it is deterministic)."""
+        if self.is_complete(round_index):
+            return
+        a = self.round_attrs(round_index)
+        missing = set(range(-(-a["n"] // a["chunk_size"]))) - self.done_chunks(round_index)
+        if missing:
+            raise RuntimeError(f"round {round_index} has {len(missing)} unwritten chunks")
+        if keep is not None:
+            g = self._group(round_index, mode="r+")
+            ent = g["entropy"][:]
+            order = np.lexsort((np.arange(len(ent)), -ent))  # by entropy desc, then index
+            sel = np.sort(order[:keep]).astype(np.int64)
+            if "selected" in g:
+                del g["selected"]
+            g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
+        marker = self.markers / round_name(round_index) / COMPLETE
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def complete_rounds(self) -> list[int]:
+        if not self.markers.exists():
+            return []
+        return sorted(int(p.parent.name[6:]) for p in self.markers.glob(f"round_*/{COMPLETE}"))
+
+    def round_size(self, round_index: int) -> int:
+        """Samples the round contributes to training (kept samples for prune rounds)."""
+        g = self._group(round_index)
+        return int(g["selected"].shape[0]) if "selected" in g else int(g.attrs["n"])
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class PoolReader:
+    """Random access to the union of completed rounds, in round order.
+
+    Global index i maps to (round, local index) through the rounds' sizes; prune rounds map
+    through their `selected` indices. Reads go chunk by chunk through a bounded LRU cache of
+    decoded chunks, so a small pool (digits) is read from disk once and a large one streams.
+
+    Picklable by path; zarr arrays are opened lazily in the process that reads (DataLoader
+    workers must not share the parent's zarr event loop)."""
+
+    def __init__(self, run_dir: str | os.PathLike, rounds: list[int] | None = None,
+                 cache_bytes: int = 256 << 20):
+        self.pool = Pool(run_dir)
+        self.rounds = list(self.pool.complete_rounds() if rounds is None else rounds)
+        self.cache_bytes = cache_bytes
+        self._sizes = [self.pool.round_size(r) for r in self.rounds]
+        self.offsets = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
+        self._opened: dict[int, tuple] | None = None
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cached = 0
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_opened=None, _cache=OrderedDict(), _cached=0)
+        return state
+
+    def _open(self) -> dict[int, tuple]:
+        if self._opened is None:
+            opened = {}
+            for r in self.rounds:
+                g = self.pool._group(r)
+                sel = g["selected"][:] if "selected" in g else None
+                opened[r] = (g["images"], g["labels"][:], sel, int(g.attrs["chunk_size"]))
+            self._opened = opened
+        return self._opened
+
+    def labels(self) -> np.ndarray:
+        """Labels of the whole union, in global order. (len,)"""
+        out = []
+        for r in self.rounds:
+            _, labels, sel, _ = self._open()[r]
+            out.append(labels if sel is None else labels[sel])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _chunk(self, r: int, c: int) -> np.ndarray:
+        key = (r, c)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        images, _, _, cs = self._open()[r]
+        data = images[c * cs : (c + 1) * cs]  # one whole chunk: one store read, one decode
+        self._cache[key] = data
+        self._cached += data.nbytes
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.nbytes
+        return data
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (B, C, H, W) and labels int64 (B,) for global indices (B,)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"pool index out of range [0, {len(self)})")
+        opened = self._open()
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        images_out: np.ndarray | None = None
+        labels_out = np.empty(len(indices), dtype=np.int64)
+        for k, r in enumerate(self.rounds):
+            mask = which == k
+            if not mask.any():
+                continue
+            images, labels, sel, cs = opened[r]
+            local = indices[mask] - self.offsets[k]
+            if sel is not None:
+                local = sel[local]
+            if images_out is None:
+                images_out = np.empty((len(indices), *images.shape[1:]), dtype=np.uint8)
+            labels_out[mask] = labels[local]
+            chunk_ids = local // cs
+            pos = np.flatnonzero(mask)
+            for c in np.unique(chunk_ids):
+                m = chunk_ids == c
+                images_out[pos[m]] = self._chunk(r, int(c))[local[m] - c * cs]
+        if images_out is None:
+            images_out = np.zeros((0, 1, 1, 1), dtype=np.uint8)
+        return images_out, labels_out

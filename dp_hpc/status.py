@@ -1,0 +1,79 @@
+"""Print where every run of a sweep stands.
+
+    python -m dp_hpc.status runs/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from dp_hpc.coordinate.coordinator import latest_train_state
+from dp_hpc.io import read_json
+from dp_hpc.pool import Pool
+
+
+def run_rows(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for cfg_path in sorted(Path(sweep_dir).glob("*/config.yaml")):
+        run = cfg_path.parent
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        st = read_json(run / "state.json", {}) or {}
+        ck = latest_train_state(run) or {}
+        ev = read_json(run / "eval.json", {}) or {}
+        done_rounds = set(Pool(run).complete_rounds())
+        rows.append({
+            "run": run.name,
+            "method": cfg.get("method", {}).get("name", "?"),
+            "round": st.get("round", "-"),
+            "phase": st.get("phase", "new"),
+            "pool_size": sum(r["kept"] for r in st.get("rounds", []) if r["index"] in done_rounds),
+            "generated": sum(r["generated"] for r in st.get("rounds", []) if r["index"] in done_rounds),
+            "step": ck.get("step", 0),
+            "best_val_acc": ck.get("best_val_acc"),
+            "test_acc": ev.get("acc"),
+            "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
+        })
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def print_table(sweep_dir: Path, file=sys.stdout) -> None:
+    rows = run_rows(sweep_dir)
+    if not rows:
+        print(f"{sweep_dir}: no runs", file=file)
+        return
+    cols = ["run", "method", "round", "phase", "pool_size", "generated", "step", "best_val_acc", "test_acc"]
+    table = [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
+    for r, t in zip(rows, table):
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)), file=file)
+        if r["error"]:
+            print(f"    error: {r['error']}", file=file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dp_hpc.status", description="Show the runs of a sweep.")
+    p.add_argument("sweep_dir", help="the sweep folder, <out>/<sweep name>")
+    args = p.parse_args(argv)
+    d = Path(args.sweep_dir)
+    if not d.is_dir() or not (d / "sweep.yaml").exists():
+        print(f"error: {d} is not a sweep folder (no sweep.yaml)", file=sys.stderr)
+        return 2
+    print_table(d)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Config loading and sweep expansion: pure, no jobs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dp_hpc.config import RunConfig, expand_grid, from_dict, load_sweep, run_name, to_dict
+from dp_hpc.errors import ConfigError
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_grid_expansion_is_a_cartesian_product_per_mapping():
+    combos = expand_grid([{"a": [1, 2], "b": ["x", "y"]}, {"a": [3]}])
+    assert combos == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}, {"a": 3}]
+    assert run_name({"method.name": "dp", "method.budget": 1000, "seed": 0}) == "dp-budget1000-seed0"
+
+
+def test_roundtrip_of_the_resolved_config():
+    cfg = from_dict(RunConfig, {"method": {"name": "prune", "budget": 800}, "sampler": {"omega": 0.07}})
+    again = from_dict(RunConfig, to_dict(cfg))
+    assert again == cfg and again.method.budget == 800 and again.sampler.omega == 0.07
+
+
+def test_sweep_expands_runs_with_overrides_and_set(tmp_path):
+    p = write(tmp_path, """
+name: t
+base: {train: {total_steps: 1000, warmup_steps: 100, cooldown_steps: 200}}
+grid: {method.name: [static, dp], seed: [0, 1]}
+""")
+    sweep, runs = load_sweep(p, ["train.lr=0.01"])
+    assert [r.name for r in runs] == ["static-seed0", "static-seed1", "dp-seed0", "dp-seed1"]
+    assert runs[3].config.method.name == "dp" and runs[3].config.seed == 1
+    assert all(r.config.train.lr == 0.01 and r.config.train.total_steps == 1000 for r in runs)
+
+
+@pytest.mark.parametrize("text, key, allowed", [
+    ("name: t\nbase: {sampler: {omega: -1}}\n", "base.sampler.omega", ">= 0"),
+    ("name: t\nbase: {sampler: {omegaa: 1}}\n", "base.sampler.omegaa", "valid keys here"),
+    ("name: t\nbase: {train: {total_steps: abc}}\n", "base.train.total_steps", "integer"),
+    ("name: t\nbase: {method: {name: magic}}\n", "base.method.name", "'dp', 'static', 'prune'"),
+    ("name: t\nbase: {train: {total_steps: 100, warmup_steps: 200}}\n", "base.train.total_steps", "warmup"),
+    ("name: t\ngrid: {sampler.omega: [0.05, -0.1]}\n", "sampler.omega", ">= 0"),
+    ("name: t\nbogus: 1\n", "bogus", "valid keys"),
+    ("name: t\nbase: [1, 2\n", "", "not valid YAML"),
+])
+def test_bad_sweeps_name_file_key_and_allowed_values(tmp_path, text, key, allowed):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(p)
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and allowed in msg, msg
+
+
+def test_shipped_sweeps_are_valid():
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        sweep, runs = load_sweep(path)
+        assert runs, path
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--sweep", "does/not/exist.yaml"], "sweep file not found"),
+    (["--sweep", "{bad}", "--set", "sampler.omega=-2"], "base.sampler.omega"),
+    (["--sweep", "{bad}", "--set", "method.name=unknown"], "base.method.name"),
+    (["--sweep", "{bad}", "--set", "train.total_steps=10"], "base.train.total_steps"),
+])
+def test_launch_rejects_bad_input_with_exit_2_one_line_and_writes_nothing(tmp_path, args, needle):
+    good = SWEEPS / "smoke.yaml"
+    args = [a.replace("{bad}", str(good)) for a in args]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "dp_hpc.launch", *args, "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()

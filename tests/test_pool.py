@@ -1,0 +1,65 @@
+"""The Zarr pool: seeds, labels, chunk ownership, markers, reading the union of rounds."""
+
+import numpy as np
+import pytest
+
+from dp_hpc.pool import Pool, PoolReader, RoundSpec, balanced_labels, sample_seeds, shard_ranges
+
+
+def spec(r=0, n=100, kind="plain"):
+    return RoundSpec(round_index=r, n=n, image_shape=(1, 8, 8), chunk_size=32, num_classes=10, run_seed=7, kind=kind)
+
+
+def fill(pool, r, n, value_of=lambda i: i % 251):
+    for c in range(-(-n // 32)):
+        a, b = pool.chunk_bounds(r, c)
+        imgs = np.stack([np.full((1, 8, 8), value_of(i), np.uint8) for i in range(a, b)])
+        pool.write_chunk(r, c, imgs, np.arange(a, b, dtype=np.float32))
+
+
+def test_seeds_and_labels_are_pure_functions_of_run_seed_round_index():
+    s = sample_seeds(7, 2, 1000)
+    assert (s == sample_seeds(7, 2, 1000)).all() and (s[:10] == sample_seeds(7, 2, 10)).all()
+    assert len(np.unique(s)) == 1000 and (s >= 0).all()
+    assert not (s == sample_seeds(7, 3, 1000)).any() and not (s == sample_seeds(8, 2, 1000)).any()
+    counts = np.bincount(balanced_labels(7, 2, 1003, 10), minlength=10)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_shard_ranges_cover_every_chunk_once():
+    ranges = shard_ranges(1000, 32, 128)
+    chunks = [c for r in ranges for c in range(r.start, r.stop)]
+    assert chunks == list(range(32)) and all(r.stop - r.start <= 4 for r in ranges)
+
+
+def test_round_lifecycle_and_union_reader(tmp_path):
+    pool = Pool(tmp_path)
+    pool.create_round(spec(0, 100))
+    pool.create_round(spec(0, 100))  # idempotent
+    assert pool.has_round(0) and not pool.is_complete(0)
+    with pytest.raises(RuntimeError, match="unwritten chunks"):
+        pool.complete_round(0)
+    fill(pool, 0, 100)
+    pool.complete_round(0)
+    pool.create_round(spec(1, 64, kind="prune"))
+    fill(pool, 1, 64, value_of=lambda i: 200)
+    pool.complete_round(1, keep=10)  # the 10 highest entropies = the last 10 indices
+    reader = PoolReader(tmp_path)
+    assert reader.rounds == [0, 1] and len(reader) == 110
+    imgs, labels = reader.read(np.array([0, 99, 100, 109, 5]))
+    assert imgs[:, 0, 0, 0].tolist() == [0, 99, 200, 200, 5]
+    g1 = pool._group(1)
+    assert g1["selected"][:].tolist() == list(range(54, 64))
+    assert labels[2] == g1["labels"][54] and labels[1] == pool._group(0)["labels"][99]
+    with pytest.raises(IndexError):
+        reader.read(np.array([110]))
+
+
+def test_incomplete_rounds_are_invisible_to_training(tmp_path):
+    pool = Pool(tmp_path)
+    pool.create_round(spec(0, 64))
+    fill(pool, 0, 64)
+    pool.complete_round(0)
+    pool.create_round(spec(1, 64))
+    fill(pool, 1, 32)
+    assert PoolReader(tmp_path).rounds == [0] and len(PoolReader(tmp_path)) == 64
