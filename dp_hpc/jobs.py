@@ -38,9 +38,12 @@ def generate_shard(run_dir: str, round_index: int, chunk_start: int, chunk_stop:
 def train(run_dir: str, plateau_exit: bool, threads: int = 1) -> dict:
     """Train the classifier until a plateau (if allowed) or the iteration budget."""
     _setup(threads)
+    from dp_hpc.coordinate.coordinator import latest_train_state
     from dp_hpc.train.loop import train_until_stop
 
-    return train_until_stop(Path(run_dir), plateau_exit=plateau_exit)
+    before = latest_train_state(Path(run_dir)) or {}
+    state = train_until_stop(Path(run_dir), plateau_exit=plateau_exit)
+    return {**state, "start_step": before.get("step", 0)}  # lets tests check no step is trained twice
 
 
 def evaluate(run_dir: str, threads: int = 1) -> dict:

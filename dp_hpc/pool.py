@@ -228,8 +228,9 @@ class PoolReader:
     """Random access to the union of completed rounds, in round order.
 
     Global index i maps to (round, local index) through the rounds' sizes; prune rounds map
-    through their `selected` indices. Reads go chunk by chunk through a bounded LRU cache of
-    decoded chunks, so a small pool (digits) is read from disk once and a large one streams.
+    through their `selected` indices. A round that fits in `cache_bytes` is read whole, once, and
+    indexed in memory (the digits pool); larger rounds are read chunk by chunk through a bounded
+    LRU cache of decoded chunks, so a large pool streams.
 
     Picklable by path; zarr arrays are opened lazily in the process that reads (DataLoader
     workers must not share the parent's zarr event loop)."""
@@ -244,13 +245,14 @@ class PoolReader:
         self._opened: dict[int, tuple] | None = None
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached = 0
+        self._whole: dict[int, np.ndarray] = {}  # rounds held entirely in memory
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_opened=None, _cache=OrderedDict(), _cached=0)
+        state.update(_opened=None, _cache=OrderedDict(), _cached=0, _whole={})
         return state
 
     def _open(self) -> dict[int, tuple]:
@@ -270,6 +272,18 @@ class PoolReader:
             _, labels, sel, _ = self._open()[r]
             out.append(labels if sel is None else labels[sel])
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _whole_round(self, r: int) -> np.ndarray | None:
+        """The round's images in memory if they fit in what the cache budget has left."""
+        if r in self._whole:
+            return self._whole[r]
+        images = self._open()[r][0]
+        nbytes = int(np.prod(images.shape))  # uint8
+        held = sum(a.nbytes for a in self._whole.values())
+        if held + nbytes > self.cache_bytes:
+            return None
+        self._whole[r] = images[:]
+        return self._whole[r]
 
     def _chunk(self, r: int, c: int) -> np.ndarray:
         key = (r, c)
@@ -306,6 +320,10 @@ class PoolReader:
             if images_out is None:
                 images_out = np.empty((len(indices), *images.shape[1:]), dtype=np.uint8)
             labels_out[mask] = labels[local]
+            whole = self._whole_round(r)
+            if whole is not None:
+                images_out[mask] = whole[local]
+                continue
             chunk_ids = local // cs
             pos = np.flatnonzero(mask)
             for c in np.unique(chunk_ids):

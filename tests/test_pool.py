@@ -63,3 +63,16 @@ def test_incomplete_rounds_are_invisible_to_training(tmp_path):
     pool.create_round(spec(1, 64))
     fill(pool, 1, 32)
     assert PoolReader(tmp_path).rounds == [0] and len(PoolReader(tmp_path)) == 64
+
+
+def test_streaming_and_in_memory_reads_agree(tmp_path):
+    pool = Pool(tmp_path)
+    for r in range(2):
+        pool.create_round(spec(r, 100))
+        fill(pool, r, 100, value_of=lambda i, r=r: (7 * i + 50 * r) % 256)
+        pool.complete_round(r)
+    idx = np.random.default_rng(0).integers(0, 200, 500)
+    a_img, a_lab = PoolReader(tmp_path).read(idx)  # whole rounds in memory
+    b_img, b_lab = PoolReader(tmp_path, cache_bytes=0).read(idx)  # chunk by chunk from disk
+    assert (a_img == b_img).all() and (a_lab == b_lab).all()
+    assert a_img[:, 0, 0, 0].tolist() == [(7 * (i % 100) + 50 * (i // 100)) % 256 for i in idx]
