@@ -1,0 +1,69 @@
+"""`<run>/metrics.jsonl`: one JSON object per line, append-only while a job runs, readable by
+`pandas.read_json(path, lines=True)`.
+
+Every line has `split` ("val": one per evaluation during training; "test": the final held-out
+evaluation), `step` and `time` (UTC ISO 8601). Val lines also carry round, pool_size, acc, loss,
+train_loss, lr, best_val_acc, patience_counter, patience_limit.
+
+Exactly-once lines across crashes: an evaluation appends its line *before* its checkpoint is
+complete, so a resumed job first drops val lines newer than the step it resumes from
+(`truncate_after`), rewriting the file atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from dp_hpc.io import append_jsonl, atomic_write_text, read_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def metrics_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / METRICS_FILE
+
+
+def append_metric(run_dir: str | os.PathLike, record: dict) -> dict:
+    """Append one line (adds `time` if missing); returns the record written."""
+    record = {**record}
+    record.setdefault("time", utc_now())
+    append_jsonl(metrics_path(run_dir), record)
+    return record
+
+
+def read_metrics(run_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """All lines (a torn last line is skipped), optionally only one split."""
+    rows = read_jsonl(metrics_path(run_dir))
+    return rows if split is None else [r for r in rows if r.get("split") == split]
+
+
+def rewrite_metrics(run_dir: str | os.PathLike, keep: Callable[[dict], bool]) -> int:
+    """Keep only lines for which `keep(line)` is true, atomically. Returns how many were dropped.
+    Does nothing (and writes nothing) when every line is kept."""
+    path = metrics_path(run_dir)
+    if not path.exists():
+        return 0
+    rows = read_jsonl(path)
+    kept = [r for r in rows if keep(r)]
+    raw_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
+    if len(kept) == raw_lines:
+        return 0
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    return raw_lines - len(kept)
+
+
+def truncate_after(run_dir: str | os.PathLike, step: int) -> int:
+    """Drop "val" lines with step > `step` (left by a job that died before checkpointing them)."""
+    return rewrite_metrics(run_dir, lambda r: not (r.get("split") == "val" and r.get("step", 0) > step))
+
+
+def drop_split(run_dir: str | os.PathLike, split: str) -> int:
+    return rewrite_metrics(run_dir, lambda r: r.get("split") != split)

@@ -1,0 +1,124 @@
+"""Classifier checkpoints: one folder per step, `train_state.json` written last as the marker.
+
+    <run>/checkpoints/step_00001200/
+        state.pt           torch.save dict: model, ema, optimizer (AdamW moments + count),
+                           step (= the LR schedule's position: the schedule is pure), rng
+                           (torch's CPU state; training draws nothing from it: batches come
+                           from a generator seeded by (run seed, step), so the step is the
+                           data position), train-loss accumulator since the last evaluation,
+                           train_state (a copy)                    (written first, atomically)
+        train_state.json   step, round, pool_rounds, pool_size, best_val_acc, best_step,
+                           patience_counter, patience_limit, stop_reason, last_val_acc, lr, time
+                           (written last, atomically: the folder is complete iff it exists)
+
+Readers (the coordinator, generation tasks loading the classifier for entropy guidance) only
+ever look at complete folders. Only rank 0 writes. Retention keeps the newest
+`checkpoint_keep` folders plus every folder whose stop_reason is "plateau" (the classifiers that
+guided a round, and the branch-out points).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+TRAIN_STATE_FILE = "train_state.json"
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+
+
+def _folders(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """All step folders, complete or not, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.exists():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit():
+            out.append((int(p.name[5:]), p))
+    return sorted(out)
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """(folder, train_state) of every complete checkpoint, oldest first."""
+    out = []
+    for _, p in _folders(run_dir):
+        ts = read_json(p / TRAIN_STATE_FILE)
+        if ts is not None:
+            out.append((p, ts))
+    return out
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint folder and its train_state, or None."""
+    for _, p in reversed(_folders(run_dir)):
+        ts = read_json(p / TRAIN_STATE_FILE)
+        if ts is not None:
+            return p, ts
+    return None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:
+    """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last."""
+    folder = checkpoint_dir(run_dir, train_state["step"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TRAIN_STATE_FILE).unlink(missing_ok=True)  # overwriting: incomplete until the end
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(folder / STATE_FILE, buf.getvalue())
+    atomic_write_json(folder / TRAIN_STATE_FILE, train_state)
+    return folder
+
+
+def load_state(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    return torch.load(Path(folder) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
+def retained(checkpoints: list[tuple[Path, dict]], keep: int) -> set[Path]:
+    """Folders to keep: the newest `keep` complete ones and every plateau one. Pure."""
+    keep_set = {p for p, _ in checkpoints[-keep:]} if keep > 0 else set()
+    keep_set |= {p for p, ts in checkpoints if ts.get("stop_reason") == "plateau"}
+    return keep_set
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete complete checkpoints that are not retained, and incomplete folders (leftovers of a
+    crash during a save; only the single writer calls this, after its own save completed)."""
+    complete = complete_checkpoints(run_dir)
+    keep_set = retained(complete, keep)
+    removed = []
+    for _, p in _folders(run_dir):
+        if p not in keep_set:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log.debug("removed checkpoints %s", [p.name for p in removed])
+    return removed
+
+
+def load_classifier(checkpoint_dir: str | os.PathLike, run_cfg, device: str | torch.device = "cpu") -> nn.Module:
+    """The EMA classifier of a checkpoint, in eval mode (what entropy guidance uses).
+    Takes float images in [0, 1], (B, C, H, W)."""
+    from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
+    from dp_hpc.train.model import build_classifier
+
+    folder = Path(checkpoint_dir)
+    if not (folder / TRAIN_STATE_FILE).exists():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {TRAIN_STATE_FILE})")
+    model = build_classifier(run_cfg.train.classifier, NUM_CLASSES, IMAGE_SHAPE[0])
+    model.load_state_dict(load_state(folder)["ema"])
+    return model.to(device).eval()

@@ -1,0 +1,54 @@
+"""Final numbers: the EMA classifier of a finished run on the real held-out test split.
+
+    from dp_hpc.train.evaluate import evaluate_final; evaluate_final(run_dir)
+
+Writes `<run>/eval.json` (atomically, last: it marks the evaluation done) and one
+`{"split": "test", ...}` line in metrics.jsonl. Idempotent: an existing eval.json is returned
+as is; a crash between the two writes is repaired by dropping old test lines before appending.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from dp_hpc import metrics
+from dp_hpc.config import load_run_config
+from dp_hpc.data.digits import load_digit_splits
+from dp_hpc.io import atomic_write_json, read_json
+from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
+from dp_hpc.train.loop import Dist, evaluate, load_eval_split
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+
+
+def evaluate_final(run_dir: str | os.PathLike) -> dict:
+    run_dir = Path(run_dir)
+    done = read_json(run_dir / EVAL_FILE)
+    if done is not None:
+        return done
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise RuntimeError(f"{run_dir}: no complete checkpoint to evaluate; train the run first")
+    folder, ts = latest
+    if ts["stop_reason"] != "budget":
+        raise RuntimeError(f"{run_dir}: the latest checkpoint ({folder.name}) has stop_reason "
+                           f"{ts['stop_reason']!r}, not 'budget'; finish training (python -m dp_hpc.train "
+                           f"--run-dir {run_dir} --no-plateau-exit) before the final evaluation")
+    cfg = load_run_config(run_dir)
+    model = load_classifier(folder, cfg)
+    test = load_digit_splits(cfg.data).test
+    d = Dist()
+    x, y = load_eval_split(test.images, test.labels, d)
+    acc, loss = evaluate(model, x, y, d)
+    result = {"acc": acc, "loss": loss, "step": ts["step"], "pool_size": ts["pool_size"],
+              "round": ts["round"], "rounds": ts["pool_rounds"], "n_test": len(test), "best_val_acc": ts["best_val_acc"],
+              "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}
+    metrics.drop_split(run_dir, "test")
+    metrics.append_metric(run_dir, {"split": "test", **result})
+    atomic_write_json(run_dir / EVAL_FILE, result)
+    log.info("%s: test acc %.4f loss %.4f (step %d, pool %d)", run_dir.name, acc, loss, ts["step"], ts["pool_size"])
+    return result

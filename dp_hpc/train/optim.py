@@ -1,0 +1,61 @@
+"""AdamW as a few `torch._foreach_*` calls: the same arithmetic as `torch.optim.AdamW(foreach=True)`
+(decoupled weight decay, bias-corrected moments; tested equal to it), without its cost at
+start-up: constructing any `torch.optim` optimizer imports `torch._dynamo` (3.1 s with warm
+bytecode caches, 6 s without, measured on this project's CPU machines), paid by every training
+job, and the coordinator starts one per round.
+
+The state is plain: a step count and two lists of moment tensors, saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class AdamW:
+    def __init__(self, params: list[torch.Tensor], *, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update with `self.lr` (set it before each step)."""
+        params = [p for p in self.params if p.grad is not None]
+        if len(params) != len(self.params):
+            raise RuntimeError("AdamW.step: every parameter needs a gradient")
+        grads = [p.grad for p in params]
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        if self.weight_decay:
+            torch._foreach_mul_(params, 1 - self.lr * self.weight_decay)
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
+        torch._foreach_mul_(self.exp_avg_sq, beta2)  # v = b2 v + (1 - b2) g^2
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - beta2)
+        bias1 = 1 - beta1 ** float(self.step_count)
+        bias2_sqrt = (1 - beta2 ** float(self.step_count)) ** 0.5
+        denom = torch._foreach_sqrt(self.exp_avg_sq)  # sqrt(v / bias2) + eps
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, self.exp_avg, denom, -self.lr / bias1)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "exp_avg": [t.clone() for t in self.exp_avg],
+                "exp_avg_sq": [t.clone() for t in self.exp_avg_sq],
+                "hyper": {"lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas),
+                          "eps": self.eps}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["exp_avg"]) != len(self.params):
+            raise ValueError(f"optimizer state has {len(state['exp_avg'])} tensors, the model {len(self.params)}")
+        self.step_count = int(state["step"])
+        for dst, src in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+            dst.copy_(src)
+        self.lr = float(state["hyper"]["lr"])

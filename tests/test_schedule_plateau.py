@@ -1,0 +1,140 @@
+"""Pure parts of training: the WSD schedule, the plateau tracker, retention, the optimizer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dp_hpc.train import plateau as pl
+from dp_hpc.train.checkpoint import retained
+from dp_hpc.train.config import PatienceConfig, TrainConfig
+from dp_hpc.train.schedule import lr_at, wsd_lr
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_wsd_boundaries():
+    kw = dict(peak=1.0, total=100, warmup=10, cooldown=20)
+    assert wsd_lr(0, **kw) == pytest.approx(0.1)  # the first update is already non-zero
+    assert wsd_lr(4, **kw) == pytest.approx(0.5)
+    assert wsd_lr(9, **kw) == 1.0  # warm-up ends at the peak
+    assert wsd_lr(10, **kw) == 1.0
+    assert wsd_lr(79, **kw) == 1.0  # last stable step
+    assert wsd_lr(80, **kw) == 1.0  # first cool-down step: cos(0)
+    assert wsd_lr(90, **kw) == pytest.approx(0.5)  # half-way through the cosine
+    last = wsd_lr(99, **kw)
+    assert 0 < last == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert last < 0.01
+    lrs = [wsd_lr(s, **kw) for s in range(100)]
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))  # monotone up, then down
+    assert all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+    for bad in (-1, 100):
+        with pytest.raises(ValueError):
+            wsd_lr(bad, **kw)
+
+
+def test_wsd_without_warmup_and_from_config():
+    assert wsd_lr(0, peak=2.0, total=10, warmup=0, cooldown=2) == 2.0
+    cfg = TrainConfig(total_steps=1000, warmup_steps=100, cooldown_steps=200, lr=3e-3)
+    assert lr_at(99, cfg) == pytest.approx(3e-3)
+    assert lr_at(cfg.decay_start, cfg) == pytest.approx(3e-3)
+    assert lr_at(cfg.decay_start + 100, cfg) == pytest.approx(1.5e-3)
+
+
+# ----------------------------------------------------------------------------- plateau
+
+
+def run_sequence(accs, patience, min_delta=0.0, round_index=0):
+    p = pl.start(patience, round_index)
+    out = []
+    for i, a in enumerate(accs):
+        p = pl.observe(p, a, step=(i + 1) * 10, min_delta=min_delta)
+        out.append(p)
+    return out
+
+
+def test_plateau_improve_and_stall():
+    patience = PatienceConfig(initial=2, increment=1, max=5)
+    seq = run_sequence([0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.69], patience)
+    assert [p.counter for p in seq] == [0, 0, 1, 2, 0, 1, 2]
+    assert [p.best_val_acc for p in seq] == [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7]
+    assert seq[-1].best_step == 50
+    assert [pl.should_exit(p, step=100, decay_start=1000) for p in seq] == [False] * 3 + [True] + [False] * 2 + [True]
+
+
+def test_plateau_min_delta():
+    patience = PatienceConfig(initial=1, increment=0, max=1, min_delta=0.05)
+    seq = run_sequence([0.5, 0.54, 0.56], patience, min_delta=0.05)
+    assert [p.counter for p in seq] == [0, 1, 0]  # 0.54 is not > 0.5 + 0.05; 0.56 is
+    assert seq[1].best_val_acc == 0.5
+
+
+def test_no_exit_in_cooldown():
+    p = pl.Plateau(best_val_acc=0.9, best_step=10, counter=5, limit=1)
+    assert pl.should_exit(p, step=799, decay_start=800)
+    assert not pl.should_exit(p, step=800, decay_start=800)
+    assert not pl.should_exit(p, step=900, decay_start=800)
+
+
+def test_incremental_patience_per_round():
+    patience = PatienceConfig(initial=1, increment=2, max=6)
+    assert [patience.limit(r) for r in range(5)] == [1, 3, 5, 6, 6]
+    p = pl.Plateau(best_val_acc=0.8, best_step=30, counter=1, limit=1)
+    p = pl.new_round(p, 1, patience)
+    assert (p.counter, p.limit, p.best_val_acc, p.best_step) == (0, 3, 0.8, 30)  # best is kept
+    # the new round must beat the old best to reset the counter
+    p = pl.observe(p, 0.79, 40, 0.0)
+    assert p.counter == 1 and not pl.should_exit(p, 40, 1000)
+    p = pl.observe(p, 0.81, 50, 0.0)
+    assert p.counter == 0 and p.best_step == 50
+
+
+def test_start_action():
+    ts = lambda reason, rounds: {"step": 100, "stop_reason": reason, "pool_rounds": rounds}  # noqa: E731
+    assert pl.start_action(None, [0], True) == "scratch"
+    assert pl.start_action(ts("budget", [0]), [0, 1], True) == "return"
+    assert pl.start_action(ts("plateau", [0]), [0], True) == "return"
+    assert pl.start_action(ts("plateau", [0]), [0], False) == "continue"
+    assert pl.start_action(ts("plateau", [0]), [0, 1], True) == "new_rounds"
+    assert pl.start_action(ts("preempted", [0]), [0], True) == "continue"
+    assert pl.start_action(ts(None, [0]), [0, 1], True) == "new_rounds"
+    with pytest.raises(RuntimeError, match="no longer complete"):
+        pl.start_action(ts(None, [0, 1]), [0], True)
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def test_retention_keeps_newest_and_plateaus():
+    cks = [(Path(f"step_{s:08d}"), {"stop_reason": r}) for s, r in
+           [(10, None), (20, "plateau"), (30, None), (40, "preempted"), (50, None)]]
+    kept = retained(cks, keep=2)
+    assert kept == {Path("step_00000020"), Path("step_00000040"), Path("step_00000050")}
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def test_adamw_matches_torch_bitwise():
+    from dp_hpc.train.model import DigitsCNN
+    from dp_hpc.train.optim import AdamW
+
+    torch.manual_seed(0)
+    a, b = DigitsCNN(width=8), DigitsCNN(width=8)
+    b.load_state_dict(a.state_dict())
+    ref = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=0.05, foreach=True)
+    ours = AdamW(list(b.parameters()), lr=1e-3, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(8):
+        x, y = torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        lr = 1e-3 * (i + 1)
+        ref.param_groups[0]["lr"] = ours.lr = lr
+        for m, o in ((a, ref), (b, ours)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -1,0 +1,237 @@
+"""Classifier training on real pools in real run folders: exact resumption (in-process, after
+SIGKILL and after SIGTERM of `python -m dp_hpc.train`), plateau exits, budget and the final
+evaluation. Pools hold real digit images written as if they were generated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dp_hpc import metrics
+from dp_hpc.config import RunConfig, dump_run_config, from_dict
+from dp_hpc.data.config import DataConfig
+from dp_hpc.data.digits import load_digit_splits
+from dp_hpc.io import append_jsonl
+from dp_hpc.pool import Pool, RoundSpec
+from dp_hpc.train import checkpoint as ckpt
+from dp_hpc.train.evaluate import evaluate_final
+from dp_hpc.train.loop import train_until_stop
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 200 steps at batch 32: ~2 s on one core
+BASE_TRAIN = {"total_steps": 200, "warmup_steps": 20, "cooldown_steps": 40, "batch_size": 32,
+              "eval_every": 10, "checkpoint_keep": 2, "lr": 3e-3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Bitwise comparisons need the same intra-op thread count everywhere (CLI: --threads 1)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_run(d: Path, train: dict | None = None, rounds: tuple[int, ...] = (256,), seed: int = 0) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = from_dict(RunConfig, {"name": d.name, "seed": seed, "train": {**BASE_TRAIN, **(train or {})}})
+    (d / "config.yaml").write_text(dump_run_config(cfg))
+    for r, n in enumerate(rounds):
+        add_round(d, r, n)
+    return d
+
+
+def add_round(d: Path, r: int, n: int, chunk: int = 64) -> None:
+    """A complete pool round of real gen_train digits matching the round's fixed labels."""
+    pool = Pool(d)
+    pool.create_round(RoundSpec(round_index=r, n=n, image_shape=(1, 8, 8), chunk_size=chunk,
+                                num_classes=10, run_seed=0, kind="plain"))
+    g = load_digit_splits(DataConfig()).gen_train
+    by_class = [g.images[g.labels == c] for c in range(10)]
+    for c in range(-(-n // chunk)):
+        labels, _ = pool.chunk_inputs(r, c)
+        imgs = np.stack([by_class[lab][(r * 37 + c * chunk + i) % len(by_class[lab])] for i, lab in enumerate(labels)])
+        pool.write_chunk(r, c, imgs, np.zeros(len(labels), np.float32))
+    pool.complete_round(r)
+
+
+def final_state(run: Path) -> dict:
+    folder, _ = ckpt.latest_checkpoint(run)
+    return ckpt.load_state(folder)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    oa, ob = a["optimizer"], b["optimizer"]
+    assert oa["step"] == ob["step"]
+    for x, y in zip(oa["exp_avg"] + oa["exp_avg_sq"], ob["exp_avg"] + ob["exp_avg_sq"]):
+        assert torch.equal(x, y)
+
+
+VOLATILE = {"time", "steps_per_s"}
+
+
+def val_lines(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics.read_metrics(run, "val")]
+
+
+def cli(run: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dp_hpc.train", "--run-dir", str(run), "--threads", "1", *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        latest = ckpt.latest_checkpoint(run)
+        if latest is not None:
+            return latest[1]
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted run to the budget; the resume tests must reproduce it bit for bit."""
+    run = make_run(tmp_path_factory.mktemp("ref") / "run")
+    ts = train_until_stop(run, plateau_exit=False)
+    assert ts["stop_reason"] == "budget" and ts["step"] == 200
+    return run
+
+
+# ----------------------------------------------------------------------------- resumption
+
+
+def test_resume_in_process_is_exact(reference, tmp_path):
+    run = make_run(tmp_path / "run")
+    ts = train_until_stop(run, plateau_exit=False, max_steps=25)  # stops between evaluations
+    assert (ts["step"], ts["stop_reason"]) == (25, "preempted")
+    assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000025"]
+    # a crash after an eval line but before its checkpoint leaves a line newer than the checkpoint
+    append_jsonl(run / "metrics.jsonl", {"split": "val", "step": 30, "acc": -1.0})
+    ts = train_until_stop(run, plateau_exit=False, max_steps=10)
+    assert (ts["step"], ts["stop_reason"]) == (35, "preempted")
+    ts = train_until_stop(run, plateau_exit=False)
+    assert (ts["step"], ts["stop_reason"]) == (200, "budget")
+    assert_same_state(final_state(run), final_state(reference))
+    assert val_lines(run) == val_lines(reference)
+    assert [r["step"] for r in val_lines(run)] == list(range(10, 201, 10))
+    # retention: the newest two only (no plateau checkpoints in this run)
+    assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000190", "step_00000200"]
+
+
+def test_resume_after_sigkill_is_exact(reference, tmp_path):
+    run = make_run(tmp_path / "run")
+    proc = cli(run, "--no-plateau-exit")
+    wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = ckpt.latest_checkpoint(run)[1]
+    assert killed_at["stop_reason"] is None and killed_at["step"] < 200, "killed too late to test anything"
+    ts = train_until_stop(run, plateau_exit=False)
+    assert ts["stop_reason"] == "budget"
+    assert_same_state(final_state(run), final_state(reference))
+    assert val_lines(run) == val_lines(reference)
+
+
+def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path):
+    run = make_run(tmp_path / "run")
+    proc = cli(run, "--no-plateau-exit")
+    first = wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    ts = json.loads(out.strip().splitlines()[-1])
+    assert ts["stop_reason"] == "preempted" and first["step"] < ts["step"] < 200
+    assert ckpt.latest_checkpoint(run)[1] == ts
+    # resuming reproduces the uninterrupted run
+    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert_same_state(final_state(run), final_state(reference))
+    assert val_lines(run) == val_lines(reference)
+
+
+# ----------------------------------------------------------------------------- plateaus and rounds
+
+
+def test_plateau_exit_idempotent_then_new_round(tmp_path):
+    patience = {"initial": 1, "increment": 1, "max": 4, "min_delta": 0.02}
+    run = make_run(tmp_path / "run", train={"total_steps": 400, "cooldown_steps": 80, "patience": patience},
+                   rounds=(64,))
+    ts = train_until_stop(run)
+    assert ts["stop_reason"] == "plateau" and ts["step"] < 320
+    assert (ts["patience_counter"], ts["patience_limit"], ts["pool_rounds"], ts["pool_size"]) == (1, 1, [0], 64)
+    plateau_step = ts["step"]
+    lines = metrics.read_metrics(run)
+    # rerun without new data: nothing happens
+    assert train_until_stop(run) == ts
+    assert metrics.read_metrics(run) == lines
+    # a new round: patience reset, limit = limit(1) = 2, training continues from the checkpoint
+    add_round(run, 1, 128)
+    ts2 = train_until_stop(run)
+    first_new = [r for r in metrics.read_metrics(run, "val") if r["step"] > plateau_step][0]
+    assert first_new["step"] == plateau_step + 10
+    assert (first_new["round"], first_new["pool_size"], first_new["patience_limit"]) == (1, 192, 2)
+    assert first_new["patience_counter"] in (0, 1)  # reset, then this evaluation's outcome
+    assert ts2["step"] > plateau_step and ts2["pool_rounds"] == [0, 1] and ts2["round"] == 1
+    assert ts2["stop_reason"] in ("plateau", "budget")
+    # the plateau checkpoint (used for guidance) survives retention
+    kept = {c.name: t["stop_reason"] for c, t in ckpt.complete_checkpoints(run)}
+    assert kept[f"step_{plateau_step:08d}"] == "plateau"
+    # the classifier used for guidance: the EMA weights in eval mode
+    clf = ckpt.load_classifier(ckpt.checkpoint_dir(run, plateau_step), from_dict(RunConfig, {}))
+    assert not clf.training
+    ema = ckpt.load_state(ckpt.checkpoint_dir(run, plateau_step))["ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in clf.state_dict().items())
+
+
+def test_no_plateau_exit_trains_through(tmp_path):
+    patience = {"initial": 1, "increment": 0, "max": 1, "min_delta": 1.0}  # never improves after eval 1
+    run = make_run(tmp_path / "run", train={"total_steps": 60, "warmup_steps": 6, "cooldown_steps": 12,
+                                            "patience": patience}, rounds=(64,))
+    ts = train_until_stop(run)
+    assert (ts["step"], ts["stop_reason"]) == (20, "plateau")
+    ts = train_until_stop(run, plateau_exit=False)  # e.g. the cool-down of a finished data budget
+    assert (ts["step"], ts["stop_reason"], ts["patience_counter"]) == (60, "budget", 5)
+
+
+# ----------------------------------------------------------------------------- budget and final eval
+
+
+def test_budget_is_idempotent_and_final_eval(reference):
+    lines = metrics.read_metrics(reference)
+    ts = ckpt.latest_checkpoint(reference)[1]
+    assert train_until_stop(reference) == ts  # budget reached: returns at once
+    assert train_until_stop(reference, plateau_exit=False, max_steps=5) == ts
+    assert metrics.read_metrics(reference) == lines
+    result = evaluate_final(reference)
+    assert 0.5 < result["acc"] <= 1.0 and result["step"] == 200 and result["rounds"] == [0]
+    assert json.loads((reference / "eval.json").read_text()) == result
+    test_lines = metrics.read_metrics(reference, "test")
+    assert len(test_lines) == 1 and test_lines[0]["acc"] == result["acc"]
+    assert evaluate_final(reference) == result  # idempotent
+    (reference / "eval.json").unlink()  # a crash between the test line and eval.json
+    again = evaluate_final(reference)
+    assert again["acc"] == result["acc"]
+    assert len(metrics.read_metrics(reference, "test")) == 1
+
+
+def test_final_eval_requires_budget(tmp_path):
+    run = make_run(tmp_path / "run")
+    train_until_stop(run, max_steps=10)
+    with pytest.raises(RuntimeError, match="not 'budget'"):
+        evaluate_final(run)
