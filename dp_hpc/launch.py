@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, generator_key, load_sweep,
-                           to_dict)
+from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, from_dict, generator_key,
+                           load_sweep, to_dict)
 from dp_hpc.errors import ConfigError, UsageError
 
 log = logging.getLogger("dp_hpc.launch")
@@ -71,20 +71,44 @@ def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) ->
     """Write the sweep's and each run's resolved config; refuse to mix configs in one folder."""
     for r in runs:  # check everything before writing anything
         existing = sweep_dir / r.name / "config.yaml"
-        if existing.exists() and existing.read_text() != dump_run_config(r.config):
-            raise UsageError(f"{existing} exists with a different config; use another --out or sweep name "
-                             f"(or delete that run folder) to change a run's settings")
+        if existing.exists():
+            changed = config_changes(existing, r.config)
+            if changed:
+                raise UsageError(f"{existing} was written with other values of {', '.join(changed)}; use another "
+                                 f"--out or sweep name (or delete that run folder) to change a run's settings")
     from dp_hpc.io import atomic_write_text
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(
-        {"name": sweep.name, "base": to_dict(sweep.base), "grid": sweep.grid, "executor": to_dict(sweep.executor)},
-        sort_keys=False))
+    text = yaml.safe_dump({"name": sweep.name, "base": to_dict(sweep.base), "grid": sweep.grid,
+                           "executor": to_dict(sweep.executor)}, sort_keys=False)
+    if not (sweep_dir / "sweep.yaml").exists() or (sweep_dir / "sweep.yaml").read_text() != text:
+        atomic_write_text(sweep_dir / "sweep.yaml", text)  # a grown grid adds runs to the same sweep
     for r in runs:
         cfg_path = sweep_dir / r.name / "config.yaml"
         if not cfg_path.exists():
             atomic_write_text(cfg_path, dump_run_config(r.config))
         (sweep_dir / r.name / "logs").mkdir(exist_ok=True)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(path: Path, cfg: RunConfig) -> list[str]:
+    """Keys whose values differ between a run's config.yaml and `cfg`. Keys added to the code
+    since the file was written take their defaults, so an upgrade alone changes nothing."""
+    try:
+        old = to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text())))
+    except (ConfigError, yaml.YAMLError, TypeError) as e:
+        return [f"(unreadable: {e})"]
+    a, b = _flatten(old), _flatten(to_dict(cfg))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def generator_dir_for(sweep_dir: Path, cfg: RunConfig) -> Path:

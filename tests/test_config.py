@@ -82,3 +82,17 @@ def test_launch_rejects_bad_input_with_exit_2_one_line_and_writes_nothing(tmp_pa
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_relaunch_with_changed_values_is_refused_naming_the_keys(tmp_path):
+    from dp_hpc.launch import config_changes
+    from dp_hpc.config import dump_run_config
+
+    cfg = from_dict(RunConfig, {"method": {"budget": 800}})
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_run_config(cfg))
+    assert config_changes(path, cfg) == []
+    path.write_text(path.read_text().replace("  omega: 0.05\n", ""))  # a key added to the code later
+    assert config_changes(path, cfg) == []
+    other = from_dict(RunConfig, {"method": {"budget": 900}, "seed": 3})
+    assert config_changes(path, other) == ["method.budget", "seed"]

@@ -63,4 +63,7 @@ def test_static_never_adds_data_and_eval_finishes():
     assert P.plan(st, P.Observation(), m, POOL) == P.SubmitTrain(plateau_exit=False)
     st.phase = "eval"
     assert P.plan(st, P.Observation(), m, POOL) == P.SubmitEval()
+    st.jobs.append(JobRecord(job_id="9", kind="eval", round=0, submitted=0))
+    assert isinstance(P.plan(st, P.Observation(eval_done=True), m, POOL), P.Wait)  # its process still runs
+    st.jobs[-1].status = "succeeded"
     assert P.plan(st, P.Observation(eval_done=True), m, POOL) == P.GoTo("done")

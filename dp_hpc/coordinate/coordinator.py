@@ -17,8 +17,8 @@ from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
 from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
 from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
-from dp_hpc.io import read_json
 from dp_hpc.pool import Pool, RoundSpec
+from dp_hpc.train.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,9 @@ class Slots:
 
 
 def latest_train_state(run_dir: Path) -> dict | None:
-    """train_state.json of the newest complete checkpoint (the file is written last)."""
-    ck = Path(run_dir) / "checkpoints"
-    if not ck.exists():
-        return None
-    for d in sorted(ck.glob("step_*"), reverse=True):
-        ts = read_json(d / "train_state.json")
-        if ts is not None:
-            return ts
-    return None
+    """train_state of the newest complete checkpoint (None before the first)."""
+    latest = latest_checkpoint(run_dir)
+    return None if latest is None else latest[1]
 
 
 class Coordinator:

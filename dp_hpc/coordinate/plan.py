@@ -101,10 +101,10 @@ def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig)
     if st.phase == "train":
         return _plan_train(st, obs, method)
     if st.phase == "eval":
+        if st.running_jobs("eval"):  # even if eval.json is there: done means no job in flight
+            return Wait("evaluating")
         if obs.eval_done:
             return GoTo("done")
-        if st.running_jobs("eval"):
-            return Wait("evaluating")
         return SubmitEval()
     raise ValueError(f"unknown phase {st.phase!r}")
 

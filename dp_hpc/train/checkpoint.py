@@ -24,11 +24,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and `status` can
+    import torch  # find checkpoints without paying seconds for `import torch`
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:
     """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last."""
+    import torch
+
     folder = checkpoint_dir(run_dir, train_state["step"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRAIN_STATE_FILE).unlink(missing_ok=True)  # overwriting: incomplete until the end
@@ -85,6 +89,8 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) 
 
 
 def load_state(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    import torch
+
     return torch.load(Path(folder) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
