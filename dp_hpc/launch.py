@@ -121,6 +121,8 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: 
     from dp_hpc.coordinate.executor import RUNNING, SUCCEEDED
     from dp_hpc.io import atomic_write_text
 
+    from dp_hpc.io import atomic_write_json, read_json
+
     pending = {}
     for r in runs:
         gdir = generator_dir_for(sweep_dir, r.config).resolve()
@@ -134,8 +136,14 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: 
     if not pending:
         return
     for gdir in pending:
+        job = read_json(gdir / "job.json")  # a job started by a launcher that was killed: re-attach
+        if job and runner.status(gdir / "logs", job["job_id"]).state == RUNNING:
+            log.info("re-attaching to the generator job %s in %s", job["job_id"], gdir)
+            pending[gdir] = job["job_id"]
+            continue
         log.info("training the generator in %s", gdir)
         pending[gdir] = runner.submit(gdir / "logs", "generator", jobs.train_generator, [(str(gdir), threads)])[0]
+        atomic_write_json(gdir / "job.json", {"job_id": pending[gdir], "submitted": time.time()})
     t0 = time.time()
     while pending:
         for gdir, jid in list(pending.items()):
@@ -151,6 +159,26 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: 
 
 
 # ----------------------------------------------------------------------------- the sweep loop
+
+LOCK = "launch.lock"
+
+
+def acquire_sweep_lock(sweep_dir: Path):
+    """One launcher per sweep: two would submit every job twice. The flock dies with the process
+    (also on SIGKILL), so a relaunch after a crash is never blocked. Returns the open file or None."""
+    import fcntl
+    import os
+
+    f = open(sweep_dir / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    return f
 
 
 def drive(coordinators, max_parallel: int, poll_s: float) -> None:
@@ -201,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
         return 0
+    lock = acquire_sweep_lock(sweep_dir)
+    if lock is None:
+        print(f"error: another launcher is driving {sweep_dir} ({(sweep_dir / LOCK).read_text().strip()}); "
+              f"wait for it or stop it first", file=sys.stderr)
+        return 2
     for c in coordinators:
         c.retry_if_failed()
     todo = [r for r, c in zip(runs, coordinators) if c.state.phase != "done"]

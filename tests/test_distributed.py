@@ -15,16 +15,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from dp_hpc import metrics
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train.loop import train_until_stop
-from test_train import REPO, final_state, make_run, one_thread, wait_for_checkpoint  # noqa: F401
+from test_train import REPO, final_state, make_run, wait_for_checkpoint
 
 TRAIN = {"total_steps": 100, "warmup_steps": 10, "cooldown_steps": 20}
 

@@ -4,7 +4,6 @@ compare their pools byte for byte with its uninterrupted runs."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -125,6 +124,8 @@ def test_killed_coordinator_reattaches_and_finishes_without_redoing_work(smoke, 
         return any(j["kind"] == "train" and j["round"] == 1 and j["status"] == "running" for j in st.get("jobs", []))
 
     wait_for(training_round_1, timeout=300, what="the round-1 training job")
+    second = run_launch(sweep, out)  # while the first launcher lives, a second one must not drive the sweep
+    assert second.returncode == 2 and "another launcher is driving" in second.stderr, second.stderr
     proc.kill()  # SIGKILL: the coordinator dies at an arbitrary line; its jobs keep running
     proc.wait()
     r = run_launch(sweep, out)

@@ -5,7 +5,6 @@ evaluation. Pools hold real digit images written as if they were generated."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,13 +32,8 @@ BASE_TRAIN = {"total_steps": 200, "warmup_steps": 20, "cooldown_steps": 40, "bat
               "eval_every": 10, "checkpoint_keep": 2, "lr": 3e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bitwise comparisons need the same intra-op thread count everywhere (CLI: --threads 1)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Bitwise comparisons need the same intra-op thread count everywhere: conftest's one_thread
+# (autouse) gives the tests 1 thread, as the CLI's --threads 1 does.
 
 
 def make_run(d: Path, train: dict | None = None, rounds: tuple[int, ...] = (256,), seed: int = 0) -> Path:

@@ -15,7 +15,7 @@ from dp_hpc import jobs
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
-from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
+from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train.checkpoint import latest_checkpoint
