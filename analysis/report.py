@@ -65,8 +65,10 @@ class NotASweep(ValueError):
 # --------------------------------------------------------------------------------------------
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
-    """Run folders: direct children holding a config.yaml (generators/<key>/ is one level deeper)."""
-    return sorted(p.parent for p in Path(sweep_dir).glob("*/config.yaml"))
+    """Run folders: direct children holding a config.yaml (generators/<key>/ is one level deeper),
+    then the branch-outs of each run (`<run>/branches/round_XXX/`)."""
+    runs = sorted(p.parent for p in Path(sweep_dir).glob("*/config.yaml"))
+    return runs + sorted(p.parent for r in runs for p in r.glob("branches/round_*/config.yaml"))
 
 
 def check_sweep(sweep_dir: Path) -> None:
@@ -146,9 +148,12 @@ def read_run(run_dir: Path) -> dict:
         lp = job.get("log_path")
         log_dir = Path(lp).parent if lp and Path(lp).parent.is_dir() else run_dir / "logs"
         jobs.append({**job, **job_times(log_dir, job)})
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    branch = read_json(run_dir / "branch.json")  # a branch-out: {"parent", "round", "generated", ...}
     return {
-        "run": run_dir.name,
-        "config": yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
+        "run": config.get("name", run_dir.name) if branch else run_dir.name,
+        "branch": branch,
+        "config": config,
         "state": {**state, "jobs": jobs},
         "has_state": bool(state),
         "metrics": read_jsonl(run_dir / "metrics.jsonl"),
@@ -219,6 +224,9 @@ def run_info(raw: dict, threads: int = 1) -> dict:
     flat = flatten(cfg)
     info: dict[str, Any] = {"run": raw["run"]}
     info.update({short: flat.get(key) for short, key in RUN_KEYS.items()})
+    branch = raw.get("branch") or {}
+    info["branch_of"] = branch.get("parent")  # None for a run of the grid
+    info["branch_round"] = branch.get("round")
     rounds = counted_rounds(st, raw.get("complete_rounds"))
     err = st.get("error")
     info.update({
@@ -326,7 +334,7 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run: run-level columns, final test accuracy (NaN until eval), last val acc and
     the classifier iterations trained (test step when evaluated, else the last val step)."""
     keep = [c for c in df.columns if c in RUN_KEYS or c in (
-        "run", "phase", "failed_phase", "error", "run_round", "n_rounds", "generated", "kept", "data_steps",
+        "run", "branch_of", "branch_round", "phase", "failed_phase", "error", "run_round", "n_rounds", "generated", "kept", "data_steps",
         "n_jobs", "jobs_failed", "generate_cpu_h", "train_cpu_h", "eval_cpu_h", "cpu_h")]
     out = df.groupby("run", sort=True)[[c for c in keep if c != "run"]].first()
     split = df["split"] if "split" in df else pd.Series(None, index=df.index)
@@ -350,6 +358,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     test acc mean / std (ddof=1, NaN for one seed) / n seeds, last val acc, generated samples,
     kept pool, classifier iterations and CPU-h per run (means). n_runs counts every run."""
     runs = per_run(df)
+    if "branch_of" in runs:  # branch-outs are extra points of their run's curve, not budget cells
+        runs = runs[runs["branch_of"].isna()]
     rows = []
     for (method, budget), g in runs.groupby(["method", "budget"], sort=False):
         f = g[g["test_acc"].notna()]
@@ -629,8 +639,12 @@ def plot_acc_vs(summ: pd.DataFrame, runs: pd.DataFrame, x: str, path: Path, xlab
             ax.annotate(f"{int(p['budget'])}", (p[x], 100 * p["acc_mean"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=7, color=color)
         r = runs[(runs["method"] == method) & runs["test_acc"].notna()]
+        branch = r["branch_of"].notna() if "branch_of" in r else pd.Series(False, index=r.index)
         xr = r["cpu_h"] if x == "cpu_h" else r["generated"]
-        ax.scatter(xr, 100 * r["test_acc"], color=color, alpha=0.3, s=12)
+        ax.scatter(xr[~branch], 100 * r["test_acc"][~branch], color=color, alpha=0.3, s=12)
+        if branch.any() and x == "generated":
+            ax.scatter(xr[branch], 100 * r["test_acc"][branch], facecolors="none", edgecolors=color, s=40,
+                       label=f"{method} branch-outs")
         fit = next((f for f in fits or [] if f["method"] == method), None)
         if fit is not None and len(g) > 1:
             use = fit["full"] if fit["full"]["status"].startswith("ok") else fit["fallback"]
@@ -642,7 +656,9 @@ def plot_acc_vs(summ: pd.DataFrame, runs: pd.DataFrame, x: str, path: Path, xlab
     if s.empty:
         _no_data(ax, "finished runs" + (" with recorded compute" if x == "cpu_h" else ""))
     else:
-        _log_x(ax, s[x].unique() if x == "generated" else None)
+        ticks = np.union1d(s[x].unique(), runs.loc[runs["test_acc"].notna(), "generated"].unique()) \
+            if x == "generated" else None  # the budgets and the branch-outs' sample counts
+        _log_x(ax, ticks)
         ax.legend(fontsize=8, title="label: budget", title_fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out test accuracy (%)")
@@ -783,6 +799,24 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     return out / "report.md"
 
 
+def branch_text(runs: pd.DataFrame) -> str:
+    """Branch-outs next to their parent run: the accuracy of the smaller data budget (pure)."""
+    if "branch_of" not in runs or runs["branch_of"].isna().all():
+        return "No branch-outs (set `method.branch_at` to branch a dp or prune run after given rounds)."
+    parents = runs.set_index("run")
+    rows = []
+    for _, b in runs[runs["branch_of"].notna()].sort_values(["branch_of", "branch_round"]).iterrows():
+        p = parents.loc[b["branch_of"]] if b["branch_of"] in parents.index else None
+        rows.append([b["branch_of"], int(b["branch_round"]), b["phase"], num(b["generated"]), num(b["kept"]),
+                     pct(b["test_acc"]) if b["test_acc"] == b["test_acc"] else "-",
+                     num(p["generated"]) if p is not None else "-",
+                     pct(p["test_acc"]) if p is not None and p["test_acc"] == p["test_acc"] else "-"])
+    return ("Each branch continued from its run's plateau checkpoint after the given round, added no more "
+            "data and trained to the end of the budget (paper, Sec. 4).\n\n"
+            + md_table(["run", "after round", "phase", "generated", "kept", "test acc %",
+                        "run's generated", "run's test acc %"], rows))
+
+
 def _utc(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -824,8 +858,12 @@ def render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed) -> 
         "",
         "![accuracy vs generated samples](acc_vs_samples.png)",
         "",
-        "Dots: single seeds; error bars: std over seeds; dotted: the power-law fit of the next section "
-        "(the c = 0 fallback where the 3-parameter fit is underdetermined), where there is one.",
+        "Dots: single seeds; hollow circles: branch-outs; error bars: std over seeds; dotted: the "
+        "power-law fit of the next section (the c = 0 fallback where the 3-parameter fit is "
+        "underdetermined), where there is one.",
+        "",
+        "## Branch-outs", "",
+        branch_text(runs),
         "",
         "## Power-law fit of test error vs generated samples", "",
         "err(n) = a n^-b + c fitted to the mean test error (1 - mean accuracy) per budget, unweighted "

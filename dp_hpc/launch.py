@@ -49,6 +49,8 @@ def describe_rounds(cfg: RunConfig) -> str:
     text = f"{sizes[0]} plain"
     if later:
         text += f" + up to {len(later)} x {later[0]} {kind} (at plateaus)"
+    if m.branch_at:
+        text += f"; branch-outs after rounds {', '.join(map(str, m.branch_at))}"
     return text
 
 
@@ -188,7 +190,7 @@ def drive(coordinators, max_parallel: int, poll_s: float) -> None:
     progress = SweepProgress(coordinators)
     try:
         while True:
-            running = sum(len(c.state.running_jobs()) for c in coordinators)
+            running = sum(c.running_jobs() for c in coordinators)
             slots = Slots(free=max(0, max_parallel - running))
             for c in coordinators:
                 c.advance(slots)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = JobRunner(kind, timeout_min=ex.timeout_min, env={"OMP_NUM_THREADS": str(ex.threads_per_job)})
     coordinators = [Coordinator(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config),
                                 ex.threads_per_job) for r in runs]
-    if all(c.state.phase == "done" for c in coordinators):
+    if all(c.finished and not c.failed_runs() for c in coordinators):
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
         return 0
@@ -236,18 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for c in coordinators:
         c.retry_if_failed()
-    todo = [r for r, c in zip(runs, coordinators) if c.state.phase != "done"]
+    todo = [r for r, c in zip(runs, coordinators) if not c.finished]
     print(f"sweep {sweep.name!r}: {len(todo)} of {len(runs)} runs to do, executor {kind}, "
           f"up to {ex.max_parallel_jobs} jobs at once -> {sweep_dir}/", flush=True)
     try:
         ensure_generators(todo, sweep_dir, runner, ex.threads_per_job, ex.poll_interval_s)
-        drive([c for c in coordinators if c.state.phase != "done"], ex.max_parallel_jobs, ex.poll_interval_s)
+        drive([c for c in coordinators if not c.finished], ex.max_parallel_jobs, ex.poll_interval_s)
     except KeyboardInterrupt:
         print("interrupted: jobs already started keep running; rerun the same command to re-attach.",
               file=sys.stderr)
         return 130
     print_table(sweep_dir)
-    failed = [c.name for c in coordinators if c.state.phase == "failed"]
+    failed = [name for c in coordinators for name in c.failed_runs()]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see state.json 'error' in each. "
               f"Rerunning the command retries them.", file=sys.stderr)

@@ -19,25 +19,30 @@ from dp_hpc.pool import Pool
 def run_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for cfg_path in sorted(Path(sweep_dir).glob("*/config.yaml")):
-        run = cfg_path.parent
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        st = read_json(run / "state.json", {}) or {}
-        ck = latest_train_state(run) or {}
-        ev = read_json(run / "eval.json", {}) or {}
-        done_rounds = set(Pool(run).complete_rounds())
-        rows.append({
-            "run": run.name,
-            "method": cfg.get("method", {}).get("name", "?"),
-            "round": st.get("round", "-"),
-            "phase": st.get("phase", "new"),
-            "pool_size": sum(r["kept"] for r in st.get("rounds", []) if r["index"] in done_rounds),
-            "generated": sum(r["generated"] for r in st.get("rounds", []) if r["index"] in done_rounds),
-            "step": ck.get("step", 0),
-            "best_val_acc": ck.get("best_val_acc"),
-            "test_acc": ev.get("acc"),
-            "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
-        })
+        for run in [cfg_path.parent, *sorted(cfg_path.parent.glob("branches/round_*"))]:
+            if (run / "config.yaml").exists():
+                rows.append(_run_row(run))
     return rows
+
+
+def _run_row(run: Path) -> dict:
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    st = read_json(run / "state.json", {}) or {}
+    ck = latest_train_state(run) or {}
+    ev = read_json(run / "eval.json", {}) or {}
+    done_rounds = set(Pool(run).complete_rounds())
+    return {
+        "run": cfg.get("name", run.name) if run.parent.name == "branches" else run.name,
+        "method": cfg.get("method", {}).get("name", "?"),
+        "round": st.get("round", "-"),
+        "phase": st.get("phase", "new"),
+        "pool_size": sum(r["kept"] for r in st.get("rounds", []) if r["index"] in done_rounds),
+        "generated": sum(r["generated"] for r in st.get("rounds", []) if r["index"] in done_rounds),
+        "step": ck.get("step", 0),
+        "best_val_acc": ck.get("best_val_acc"),
+        "test_acc": ev.get("acc"),
+        "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
+    }
 
 
 def _fmt(v) -> str:

@@ -62,6 +62,19 @@ def test_smoke_sweep_runs_every_method_to_done(smoke):
         if method == "prune":
             g = Pool(run)._group(1)
             assert g["selected"].shape == (128,) and g["images"].shape[0] == 256
+        if method != "static":  # the smoke sweep branches dp and prune out after round 0
+            branch = run / "branches" / "round_000"
+            bst = read_json(branch / "state.json")
+            info = read_json(branch / "branch.json")
+            assert bst["phase"] == "done" and [r["index"] for r in bst["rounds"]] == [0]
+            assert info["generated"] == 128 and info["checkpoint_step"] == rounds[1]["classifier_step"]
+            assert (branch / "pool.zarr").is_symlink()
+            assert (branch / "checkpoints" / f"step_{info['checkpoint_step']:08d}" / "train_state.json").exists()
+            btest = [m for m in read_jsonl(branch / "metrics.jsonl") if m["split"] == "test"]
+            assert len(btest) == 1 and btest[0]["pool_size"] == 128 and btest[0]["step"] == 240
+            bval = [m["step"] for m in read_jsonl(branch / "metrics.jsonl") if m["split"] == "val"]
+            assert bval == sorted(set(bval)) and bval[-1] == 240
+            assert all(m["pool_size"] == 128 for m in read_jsonl(branch / "metrics.jsonl"))
 
 
 def test_guided_round_has_higher_entropy_than_the_plain_candidates(smoke):
@@ -94,7 +107,8 @@ def test_status_prints_a_row_per_run(smoke):
     assert header.split() == ["run", "method", "round", "phase", "pool_size", "generated", "step", "best_val_acc",
                               "test_acc"]
     by_run = {row.split()[0]: row.split() for row in rows}
-    assert set(by_run) == {"dp", "static", "prune"}
+    assert set(by_run) == {"dp", "static", "prune", "dp-branch0", "prune-branch0"}
+    assert by_run["dp-branch0"][3] == "done" and by_run["dp-branch0"][4] == "128"
     assert by_run["prune"][3] == "done" and by_run["prune"][4] == "256" and by_run["prune"][5] == "384"
     bad = subprocess.run([sys.executable, "-m", "dp_hpc.status", str(ROOT)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)

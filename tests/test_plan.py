@@ -67,3 +67,28 @@ def test_static_never_adds_data_and_eval_finishes():
     assert isinstance(P.plan(st, P.Observation(eval_done=True), m, POOL), P.Wait)  # its process still runs
     st.jobs[-1].status = "succeeded"
     assert P.plan(st, P.Observation(eval_done=True), m, POOL) == P.GoTo("done")
+
+
+def test_branch_out_comes_before_the_next_round_and_only_once():
+    m = MethodConfig(name="dp", budget=100, initial=50, per_round=25, branch_at=(0, 1))
+    st = P.initial_state(m)
+    st.phase = "train"
+    ck = {"step": 300, "pool_rounds": [0], "stop_reason": "plateau"}
+    assert P.plan(st, P.Observation(checkpoint=ck), m, POOL) == P.Branch(0, 300)
+    a = P.plan(st, P.Observation(checkpoint=ck, branches=frozenset({0})), m, POOL)
+    assert isinstance(a, P.StartRound) and a.record.index == 1
+    st.rounds.append(a.record)
+    st.round = 1
+    st.rounds.append(P.next_round(st, m, 400))
+    st.round = 2  # the budget is spent after round 2: a branch there would be the run itself
+    ck = {"step": 500, "pool_rounds": [0, 1, 2], "stop_reason": "plateau"}
+    assert isinstance(P.plan(st, P.Observation(checkpoint=ck, branches=frozenset({0})), m, POOL), P.StopAddingData)
+
+
+def test_static_runs_cannot_branch():
+    import pytest
+
+    from dp_hpc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="branch_at"):
+        MethodConfig(name="static", branch_at=(0,))

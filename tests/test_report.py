@@ -293,3 +293,24 @@ def test_not_a_sweep_exits_2_with_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "not a sweep folder" in p.stderr
     assert not (tmp_path / "empty" / "report").exists()
+
+
+def test_branch_outs_are_extra_points_not_budget_cells(grid, tmp_path):
+    parent = grid / "dp-budget1000-seed0"
+    branch = make_run(parent / "branches", "round_000", "dp", 1000, 0, test_acc=0.99,
+                      rounds=[{"index": 0, "kind": "plain", "kept": 500, "generated": 500, "classifier_step": None}])
+    cfg = yaml.safe_load((branch / "config.yaml").read_text())
+    (branch / "config.yaml").write_text(yaml.safe_dump({**cfg, "name": "dp-budget1000-seed0-branch0"}))
+    (branch / "branch.json").write_text(json.dumps({"parent": "dp-budget1000-seed0", "round": 0,
+                                                    "checkpoint_step": 40, "generated": 500, "kept": 500}))
+    df = R.collect(grid)
+    runs = R.per_run(df).set_index("run")
+    b = runs.loc["dp-budget1000-seed0-branch0"]
+    assert (b["branch_of"], b["branch_round"], b["generated"], b["test_acc"]) == ("dp-budget1000-seed0", 0, 500, 0.99)
+    st = R.summary(df).set_index(["method", "budget"])
+    # the branch (0.99) must not enter the dp/1000 cell: still the mean of the two seeds
+    assert st.loc[("dp", 1000), "acc_mean"] == pytest.approx(0.85) and st.loc[("dp", 1000), "n_runs"] == 2
+    text = R.branch_text(R.per_run(df))
+    assert "| dp-budget1000-seed0 | 0 | done | 500 | 500 | 99.00 | 1,000 | 84.00 |" in text
+    out = R.write_report(grid, tmp_path / "rep")
+    assert "## Branch-outs" in out.read_text() and (tmp_path / "rep" / "acc_vs_samples.png").stat().st_size > 0

@@ -22,11 +22,19 @@ class MethodConfig:
     """Samples added at each plateau (dp, prune)."""
     prune_factor: int = 4
     """prune: candidates generated per kept sample (the paper compares up to 18x)."""
+    branch_at: tuple[int, ...] = ()
+    """dp, prune: branch-outs (paper, Sec. 4). When training on rounds 0..r plateaus and more data
+    is coming, for each r listed here a copy of the run continues from that checkpoint without new
+    data to the end of the budget: the accuracy of a smaller data budget without a separate run."""
 
     def __post_init__(self) -> None:
         for name in ("budget", "initial", "per_round", "prune_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.branch_at and self.name == "static":
+            raise ConfigError("branch_at", "static runs add no data, so they have nothing to branch from; use ()")
+        if any(r < 0 for r in self.branch_at) or len(set(self.branch_at)) != len(self.branch_at):
+            raise ConfigError("branch_at", f"must be distinct round indices >= 0, got {list(self.branch_at)}")
         if self.name != "static" and self.initial > self.budget:
             raise ConfigError("initial", f"must be <= budget ({self.budget}), got {self.initial}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from dp_hpc import jobs
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate import plan as P
+from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
@@ -53,6 +54,10 @@ class Coordinator:
             st = P.initial_state(cfg.method)
             save_state(self.run_dir, st)
         self.state = st
+        self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
+
+    def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
+        return Coordinator(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir, self.threads)
 
     # -- what the launcher shows
     @property
@@ -61,7 +66,15 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
-        return self.state.phase in ("done", "failed")
+        """This run and its branch-outs have all ended (done or failed)."""
+        return self.state.phase in ("done", "failed") and all(b.finished for b in self.branches.values())
+
+    def running_jobs(self) -> int:
+        return len(self.state.running_jobs()) + sum(b.running_jobs() for b in self.branches.values())
+
+    def failed_runs(self) -> list[str]:
+        own = [self.name] if self.state.phase == "failed" else []
+        return own + [f"{self.name}/{b.name}" for b in self.branches.values() if b.state.phase == "failed"]
 
     def summary(self) -> dict:
         ck = latest_train_state(self.run_dir) or {}
@@ -76,12 +89,16 @@ class Coordinator:
             log.info("%s: retrying after failure: %s", self.name, st.error)
             st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
             save_state(self.run_dir, st)
+        for b in self.branches.values():
+            b.retry_if_failed()
 
     # -- the loop body
     def advance(self, slots: Slots) -> None:
+        for b in self.branches.values():
+            b.advance(slots)
         self._refresh_jobs()
         for _ in range(100):  # bounded: each iteration changes state or returns
-            if self.finished:
+            if self.state.phase in ("done", "failed"):
                 return
             action = P.plan(self.state, self._observe(), self.cfg.method, self.cfg.pool)
             if isinstance(action, P.Wait) or not self._apply(action, slots):
@@ -94,7 +111,7 @@ class Coordinator:
             return P.Observation(round_created=self.pool.has_round(r), round_complete=self.pool.is_complete(r),
                                  done_chunks=frozenset(self.pool.done_chunks(r)))
         if st.phase == "train":
-            return P.Observation(checkpoint=latest_train_state(self.run_dir))
+            return P.Observation(checkpoint=latest_train_state(self.run_dir), branches=frozenset(self.branches))
         if st.phase == "eval":
             return P.Observation(eval_done=(self.run_dir / "eval.json").exists())
         return P.Observation()
@@ -163,6 +180,12 @@ class Coordinator:
         elif isinstance(action, P.StartRound):
             st.rounds.append(action.record)
             st.round, st.phase = action.record.index, "generate"
+        elif isinstance(action, P.Branch):
+            path = create_branch(self.run_dir, self.cfg, st, action.round_index, action.checkpoint_step)
+            log.info("%s: branch-out after round %d at step %d -> %s", self.name, action.round_index,
+                     action.checkpoint_step, path)
+            self.branches[action.round_index] = self._branch_coordinator(action.round_index, path)
+            return True
         elif isinstance(action, P.StopAddingData):
             log.info("%s: no more data (%s); training to the end of the budget", self.name, action.reason)
             st.adding_data = False

@@ -22,6 +22,7 @@ class Observation:
     done_chunks: frozenset[int] = frozenset()  # chunks of state.round with a marker
     checkpoint: dict | None = None  # train_state.json of the newest complete checkpoint
     eval_done: bool = False
+    branches: frozenset[int] = frozenset()  # rounds a branch-out already exists for
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -45,6 +46,12 @@ class CompleteRound:
 @dataclass(frozen=True)
 class StartRound:
     record: RoundRecord  # plateau reached: the next round to generate
+
+
+@dataclass(frozen=True)
+class Branch:
+    round_index: int  # the branch trains on rounds 0..round_index only
+    checkpoint_step: int  # the plateau checkpoint it continues from
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class Wait:
     reason: str
 
 
-Action = CreateRound | SubmitShards | CompleteRound | StartRound | StopAddingData | SubmitTrain | SubmitEval | GoTo | Wait
+Action = (CreateRound | SubmitShards | CompleteRound | StartRound | Branch | StopAddingData | SubmitTrain | SubmitEval
+          | GoTo | Wait)
 
 
 def initial_state(method: MethodConfig) -> RunState:
@@ -134,8 +142,10 @@ def _plan_train(st: RunState, obs: Observation, method: MethodConfig) -> Action:
     trained_all_rounds = ck is not None and list(ck.get("pool_rounds", [])) == list(range(st.round + 1))
     if st.adding_data and trained_all_rounds and ck.get("stop_reason") == "plateau":
         rec = next_round(st, method, classifier_step=int(ck["step"]))
-        if rec is None:
+        if rec is None:  # a branch here would be the run itself: it adds no more data either
             return StopAddingData("data budget spent")
+        if st.round in method.branch_at and st.round not in obs.branches:
+            return Branch(st.round, int(ck["step"]))
         return StartRound(rec)
     if st.running_jobs("train"):
         return Wait("training")
