@@ -237,13 +237,7 @@ def _assignments(combo: dict[str, Any]) -> list[tuple[str, Any]]:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, list[PlannedRun]]:
     """Read, validate and expand a sweep file. Every error names the file and the key."""
     path = Path(path)
-    try:
-        return _load_sweep(path, overrides)
-    except ConfigError as e:
-        raise ConfigError(e.key, e.message) from None
 
-
-def _load_sweep(path: Path, overrides: list[str]) -> tuple[SweepConfig, list[PlannedRun]]:
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(f"{path}: {key}" if key else str(path), message)
 

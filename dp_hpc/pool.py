@@ -142,12 +142,13 @@ class Pool:
     def has_round(self, round_index: int) -> bool:
         return (self.root / round_name(round_index) / "zarr.json").exists()
 
-    def _group(self, round_index: int, mode: str = "r") -> zarr.Group:
+    def group(self, round_index: int, mode: str = "r") -> zarr.Group:
+        """The round's zarr group (read-only unless mode="r+")."""
         # use_consolidated=False: metadata is never consolidated while the pool grows
         return zarr.open_group(self.root / round_name(round_index), mode=mode, use_consolidated=False)
 
     def round_attrs(self, round_index: int) -> dict:
-        return dict(self._group(round_index).attrs)
+        return dict(self.group(round_index).attrs)
 
     # -- chunk work (shard tasks)
     def chunk_bounds(self, round_index: int, chunk: int) -> tuple[int, int]:
@@ -169,13 +170,13 @@ class Pool:
 
     def chunk_inputs(self, round_index: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, seeds) of the samples of one chunk."""
-        g = self._group(round_index)
+        g = self.group(round_index)
         a, b = self.chunk_bounds(round_index, chunk)
         return g["labels"][a:b], g["seeds"][a:b]
 
     def write_chunk(self, round_index: int, chunk: int, images: np.ndarray, entropy: np.ndarray) -> None:
         """Write one whole chunk, then its marker (the marker is the commit point)."""
-        g = self._group(round_index, mode="r+")
+        g = self.group(round_index, mode="r+")
         a, b = self.chunk_bounds(round_index, chunk)
         if images.shape[0] != b - a or entropy.shape != (b - a,):
             raise ValueError(f"chunk {chunk} of round {round_index} holds {b - a} samples, got {images.shape[0]}")
@@ -199,7 +200,7 @@ class Pool:
         if missing:
             raise RuntimeError(f"round {round_index} has {len(missing)} unwritten chunks")
         if keep is not None:
-            g = self._group(round_index, mode="r+")
+            g = self.group(round_index, mode="r+")
             ent = g["entropy"][:]
             order = np.lexsort((np.arange(len(ent)), -ent))  # by entropy desc, then index
             sel = np.sort(order[:keep]).astype(np.int64)
@@ -217,7 +218,7 @@ class Pool:
 
     def round_size(self, round_index: int) -> int:
         """Samples the round contributes to training (kept samples for prune rounds)."""
-        g = self._group(round_index)
+        g = self.group(round_index)
         return int(g["selected"].shape[0]) if "selected" in g else int(g.attrs["n"])
 
 
@@ -259,7 +260,7 @@ class PoolReader:
         if self._opened is None:
             opened = {}
             for r in self.rounds:
-                g = self.pool._group(r)
+                g = self.pool.group(r)
                 sel = g["selected"][:] if "selected" in g else None
                 opened[r] = (g["images"], g["labels"][:], sel, int(g.attrs["chunk_size"]))
             self._opened = opened

@@ -60,7 +60,7 @@ def test_smoke_sweep_runs_every_method_to_done(smoke):
             assert [r["kind"] for r in rounds] == ["plain", "guided" if method == "dp" else "prune"], rounds
             assert rounds[1]["classifier_step"] is not None
         if method == "prune":
-            g = Pool(run)._group(1)
+            g = Pool(run).group(1)
             assert g["selected"].shape == (128,) and g["images"].shape[0] == 256
         if method != "static":  # the smoke sweep branches dp and prune out after round 0
             branch = run / "branches" / "round_000"
@@ -82,8 +82,8 @@ def test_guided_round_has_higher_entropy_than_the_plain_candidates(smoke):
     import numpy as np
 
     sweep_dir, _ = smoke
-    dp = Pool(sweep_dir / "dp")._group(1)["entropy"][:]
-    prune = Pool(sweep_dir / "prune")._group(1)["entropy"][:]
+    dp = Pool(sweep_dir / "dp").group(1)["entropy"][:]
+    prune = Pool(sweep_dir / "prune").group(1)["entropy"][:]
     assert np.isfinite(dp).all() and np.isfinite(prune).all()
     # Not the same classifier checkpoint necessarily, so only report, then check dp's own scale.
     assert dp.mean() > 0.05, f"guided samples should not be trivially easy: mean entropy {dp.mean():.3f}"

@@ -48,9 +48,9 @@ def test_round_lifecycle_and_union_reader(tmp_path):
     assert reader.rounds == [0, 1] and len(reader) == 110
     imgs, labels = reader.read(np.array([0, 99, 100, 109, 5]))
     assert imgs[:, 0, 0, 0].tolist() == [0, 99, 200, 200, 5]
-    g1 = pool._group(1)
+    g1 = pool.group(1)
     assert g1["selected"][:].tolist() == list(range(54, 64))
-    assert labels[2] == g1["labels"][54] and labels[1] == pool._group(0)["labels"][99]
+    assert labels[2] == g1["labels"][54] and labels[1] == pool.group(0)["labels"][99]
     with pytest.raises(IndexError):
         reader.read(np.array([110]))
 

@@ -48,8 +48,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
         log.info("round %d chunks [%d, %d): all done already", round_index, start, stop)
         return {"written": 0, "skipped": stop - start}
     cfg = load_run_config(run_dir)
-    attrs = pool.round_attrs(round_index)
-    kind = attrs["kind"]
+    kind = pool.round_attrs(round_index)["kind"]
     unet, scheduler = load_generator(generator_dir)
     classifier = None
     if classifier_step is not None:
@@ -58,7 +57,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
         classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg)
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
-    storage_size = _storage_size(pool, round_index)
+    storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution
     flag = _StopFlag()
     written = 0
     for c in todo:
@@ -75,7 +74,3 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
                  len(labels), time.perf_counter() - t0, written, len(todo))
     return {"written": written, "skipped": (stop - start) - len(todo), "stopped_early": flag.stop}
 
-
-def _storage_size(pool: Pool, round_index: int) -> int:
-    g = pool._group(round_index)
-    return int(g["images"].shape[-1])
