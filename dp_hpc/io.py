@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -66,3 +67,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         pass
     return out
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike):
+    """Exclusive, blocking lock on `path` (created if missing), released when the block ends or
+    the process dies. Jobs that must not run twice at once on one run folder (training,
+    evaluation) take it: a duplicate (a launcher killed between starting a job and recording it)
+    waits for the first and then finds its work done."""
+    import fcntl
+    import logging
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).warning("%s is held by another job; waiting for it", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield

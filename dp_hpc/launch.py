@@ -69,15 +69,19 @@ def print_plan(sweep: SweepConfig, runs: list[PlannedRun], out: Path) -> None:
 # ----------------------------------------------------------------------------- set-up
 
 
-def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) -> None:
-    """Write the sweep's and each run's resolved config; refuse to mix configs in one folder."""
-    for r in runs:  # check everything before writing anything
+def check_existing_runs(runs: list[PlannedRun], sweep_dir: Path) -> None:
+    """Refuse to mix configs in one run folder (reads only)."""
+    for r in runs:
         existing = sweep_dir / r.name / "config.yaml"
         if existing.exists():
             changed = config_changes(existing, r.config)
             if changed:
                 raise UsageError(f"{existing} was written with other values of {', '.join(changed)}; use another "
                                  f"--out or sweep name (or delete that run folder) to change a run's settings")
+
+
+def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) -> None:
+    """Write the sweep's and each run's resolved config (before any work)."""
     from dp_hpc.io import atomic_write_text
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -117,46 +121,53 @@ def generator_dir_for(sweep_dir: Path, cfg: RunConfig) -> Path:
     return sweep_dir / "generators" / generator_key(cfg)
 
 
-def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: int, poll_s: float) -> None:
-    """Train each distinct generator once per sweep (a job each), or find it cached."""
+class GeneratorFailed(RuntimeError):
+    pass
+
+
+def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: int, max_parallel: int,
+                      poll_s: float) -> None:
+    """Train each distinct generator once per sweep (a job each, at most `max_parallel` at once),
+    or find it cached; re-attach to a generator job that a killed launcher had started."""
     from dp_hpc import jobs
     from dp_hpc.coordinate.executor import RUNNING, SUCCEEDED
-    from dp_hpc.io import atomic_write_text
+    from dp_hpc.io import atomic_write_json, atomic_write_text, read_json
 
-    from dp_hpc.io import atomic_write_json, read_json
-
-    pending = {}
+    todo: list[Path] = []
     for r in runs:
         gdir = generator_dir_for(sweep_dir, r.config).resolve()
-        if (gdir / "generator.json").exists() or gdir in pending:
+        if (gdir / "generator.json").exists() or gdir in todo:
             continue
-        cfg_text = yaml.safe_dump({"data": to_dict(r.config.data), "generator": to_dict(r.config.generator),
-                                   "sampler": to_dict(r.config.sampler)}, sort_keys=False)
         if not (gdir / "config.yaml").exists():
-            atomic_write_text(gdir / "config.yaml", cfg_text)
-        pending[gdir] = None
-    if not pending:
-        return
-    for gdir in pending:
-        job = read_json(gdir / "job.json")  # a job started by a launcher that was killed: re-attach
-        if job and runner.status(gdir / "logs", job["job_id"]).state == RUNNING:
+            atomic_write_text(gdir / "config.yaml", yaml.safe_dump(
+                {"data": to_dict(r.config.data), "generator": to_dict(r.config.generator),
+                 "sampler": to_dict(r.config.sampler)}, sort_keys=False))
+        todo.append(gdir)
+    running: dict[Path, tuple[str, float]] = {}
+    for gdir in todo:
+        job = read_json(gdir / "job.json")
+        if job and runner.status(gdir / "logs", job["job_id"], job["submitted"]).state == RUNNING:
             log.info("re-attaching to the generator job %s in %s", job["job_id"], gdir)
-            pending[gdir] = job["job_id"]
-            continue
-        log.info("training the generator in %s", gdir)
-        pending[gdir] = runner.submit(gdir / "logs", "generator", jobs.train_generator, [(str(gdir), threads)])[0]
-        atomic_write_json(gdir / "job.json", {"job_id": pending[gdir], "submitted": time.time()})
+            running[gdir] = (job["job_id"], job["submitted"])
+    waiting = [g for g in todo if g not in running]
     t0 = time.time()
-    while pending:
-        for gdir, jid in list(pending.items()):
-            st = runner.status(gdir / "logs", jid)
+    while running or waiting:
+        while waiting and len(running) < max_parallel:
+            gdir = waiting.pop(0)
+            log.info("training the generator in %s", gdir)
+            submitted = time.time()
+            jid = runner.submit(gdir / "logs", "generator", jobs.train_generator, [(str(gdir), threads)])[0]
+            atomic_write_json(gdir / "job.json", {"job_id": jid, "submitted": submitted})
+            running[gdir] = (jid, submitted)
+        for gdir, (jid, submitted) in list(running.items()):
+            st = runner.status(gdir / "logs", jid, submitted)
             if st.state == RUNNING:
                 continue
             if st.state != SUCCEEDED or not (gdir / "generator.json").exists():
-                raise RuntimeError(f"generator training failed (log: {st.log_path})\n{st.error or ''}")
+                raise GeneratorFailed(f"generator training failed ({st.state}; log: {st.log_path})\n{st.error or ''}")
             log.info("generator ready: %s (%.0fs)", gdir, time.time() - t0)
-            del pending[gdir]
-        if pending:
+            del running[gdir]
+        if running or waiting:
             time.sleep(poll_s)
 
 
@@ -167,19 +178,17 @@ LOCK = "launch.lock"
 
 def acquire_sweep_lock(sweep_dir: Path):
     """One launcher per sweep: two would submit every job twice. The flock dies with the process
-    (also on SIGKILL), so a relaunch after a crash is never blocked. Returns the open file or None."""
+    (also on SIGKILL), so a relaunch after a crash is never blocked. Taking it writes nothing.
+    Returns the open file (hold it) or None if another launcher holds it."""
     import fcntl
-    import os
 
-    f = open(sweep_dir / LOCK, "a+")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    f = open(sweep_dir / LOCK, "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
         return None
-    f.truncate(0)
-    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-    f.flush()
     return f
 
 
@@ -213,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(sweep, runs, out)
             return 0
         sweep_dir = out / sweep.name
-        prepare_dirs(sweep, runs, sweep_dir)
+        check_existing_runs(runs, sweep_dir)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
+    if lock is None:
+        print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
+        return 2
+    prepare_dirs(sweep, runs, sweep_dir)
 
     from dp_hpc.coordinate.coordinator import Coordinator
     from dp_hpc.coordinate.executor import JobRunner
@@ -231,22 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
         return 0
-    lock = acquire_sweep_lock(sweep_dir)
-    if lock is None:
-        print(f"error: another launcher is driving {sweep_dir} ({(sweep_dir / LOCK).read_text().strip()}); "
-              f"wait for it or stop it first", file=sys.stderr)
-        return 2
     for c in coordinators:
         c.retry_if_failed()
     todo = [r for r, c in zip(runs, coordinators) if not c.finished]
     print(f"sweep {sweep.name!r}: {len(todo)} of {len(runs)} runs to do, executor {kind}, "
           f"up to {ex.max_parallel_jobs} jobs at once -> {sweep_dir}/", flush=True)
     try:
-        ensure_generators(todo, sweep_dir, runner, ex.threads_per_job, ex.poll_interval_s)
+        ensure_generators(todo, sweep_dir, runner, ex.threads_per_job, ex.max_parallel_jobs, ex.poll_interval_s)
         drive([c for c in coordinators if not c.finished], ex.max_parallel_jobs, ex.poll_interval_s)
+    except GeneratorFailed as e:
+        print(f"error: {e}\nRerunning the command retries it (training resumes from its checkpoint).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted: jobs already started keep running; rerun the same command to re-attach.",
-              file=sys.stderr)
+        print("interrupted: jobs started from this terminal got the Ctrl-C too and stop at their next safe "
+              "point (a training step, a generated chunk); rerun the same command to continue.", file=sys.stderr)
         return 130
     print_table(sweep_dir)
     failed = [name for c in coordinators for name in c.failed_runs()]

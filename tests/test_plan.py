@@ -92,3 +92,23 @@ def test_static_runs_cannot_branch():
 
     with pytest.raises(ConfigError, match="branch_at"):
         MethodConfig(name="static", branch_at=(0,))
+
+
+def test_no_phase_change_while_a_job_of_the_run_still_runs():
+    m = MethodConfig(name="static", budget=100)
+    st = P.initial_state(m)
+    st.phase = "train"
+    st.jobs.append(JobRecord(job_id="7", kind="train", round=0, submitted=0))
+    budget = {"step": 240, "pool_rounds": [0], "stop_reason": "budget"}
+    assert isinstance(P.plan(st, P.Observation(checkpoint=budget), m, POOL), P.Wait)  # saved, not exited
+    st.jobs[-1].status = "succeeded"
+    assert P.plan(st, P.Observation(checkpoint=budget), m, POOL) == P.GoTo("eval")
+
+
+def test_a_previous_rounds_shard_still_exiting_does_not_hold_back_the_new_round():
+    m = MethodConfig(name="dp", budget=100, initial=50, per_round=50)
+    st = P.initial_state(m)
+    st.rounds.append(P.next_round(st, m, 10))
+    st.round = 1
+    st.jobs.append(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
+    assert P.plan(st, P.Observation(round_created=True), m, POOL) == P.SubmitShards(1, ((0, 2), (2, 4), (4, 5)))

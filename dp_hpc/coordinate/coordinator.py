@@ -83,8 +83,12 @@ class Coordinator:
                 "step": ck.get("step", 0), "best_val_acc": ck.get("best_val_acc")}
 
     def retry_if_failed(self) -> None:
-        """A relaunch retries a failed run from the phase it failed in."""
+        """A relaunch retries a failed run from the phase it failed in, and forgives earlier
+        lost jobs (a Ctrl-C or a reboot is no reason to give up on a run)."""
         st = self.state
+        if st.lost_in_a_row and st.phase != "failed":
+            st.lost_in_a_row = 0
+            save_state(self.run_dir, st)
         if st.phase == "failed":
             log.info("%s: retrying after failure: %s", self.name, st.error)
             st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
@@ -119,10 +123,12 @@ class Coordinator:
     def _refresh_jobs(self) -> None:
         st, changed = self.state, False
         for job in st.running_jobs():
-            status = self.runner.status(self.logs, job.job_id)
+            status = self.runner.status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
             job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
+            if st.phase in ("done", "failed"):
+                continue  # already ended: a late sibling's outcome changes nothing
             if status.state == SUCCEEDED:
                 st.lost_in_a_row = 0
             elif status.state == LOST:
@@ -141,15 +147,15 @@ class Coordinator:
         st.failed_phase, st.phase = st.phase, "failed"
         st.error = f"{what}: {job.kind} job {job.job_id} (log: {job.log_path})\n{job.error or ''}".strip()
         log.error("%s: %s", self.name, st.error)
-        self.runner.cancel([j.job_id for j in st.running_jobs()])
+        self.runner.cancel(self.logs, [j.job_id for j in st.running_jobs()])
 
     def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
         n = min(len(args_list), slots.free)
         if n <= 0:
             return False
+        now = time.time()  # before submitting: a job's result file is always newer than this
         ids = self.runner.submit(self.logs, f"{self.name}-{kind}", fn, args_list[:n])
         slots.free -= n
-        now = time.time()
         for jid, detail in zip(ids, details[:n]):
             self.state.jobs.append(JobRecord(job_id=jid, kind=kind, round=self.state.round, submitted=now,
                                              detail=detail))

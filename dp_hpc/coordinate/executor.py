@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,8 @@ class JobRunner:
         self.kind = kind
         self.timeout_min = timeout_min
         self.env = env or {}
-        self._jobs: dict[str, submitit.Job] = {}  # jobs submitted by this process
-        self._finished: dict[str, JobStatus] = {}
+        self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> jobs submitted by this process
+        self._finished: dict[tuple[str, str], JobStatus] = {}  # (folder, id): pids are reused across runs
 
     def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple]) -> list[str]:
         """Submit one job array (one task per args tuple); return the job ids."""
@@ -78,33 +79,39 @@ class JobRunner:
                 # DebugExecutor runs at first look; exception() does not drop into pdb
                 exc = job.exception()
                 jid = f"debug-{time.time_ns()}"
-                self._finished[jid] = JobStatus(SUCCEEDED if exc is None else FAILED,
-                                                None if exc is None else f"{type(exc).__name__}: {exc}")
+                self._finished[(str(folder), jid)] = JobStatus(SUCCEEDED if exc is None else FAILED,
+                                                               None if exc is None else f"{type(exc).__name__}: {exc}")
             else:
                 jid = job.job_id
-                self._jobs[jid] = job
+                self._finished.pop((str(folder), jid), None)  # a reused pid is a new job
+                self._jobs[(str(folder), jid)] = job
             ids.append(jid)
         return ids
 
-    def status(self, folder: Path, job_id: str) -> JobStatus:
-        if job_id in self._finished:
-            return self._finished[job_id]
+    def status(self, folder: Path, job_id: str, submitted: float | None = None) -> JobStatus:
+        """State of a job; `submitted` (unix time) lets a result file left by an earlier job
+        with the same (reused) pid in the same folder be told apart from this job's."""
+        key = (str(folder), job_id)
+        if key in self._finished:
+            return self._finished[key]
         paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
-        job = self._jobs.get(job_id)
+        job = self._jobs.get(key)
         if job is not None:
             running = job._process is not None and job._process.poll() is None
         else:
             running = _is_live_controller(job_id, folder)
         if running:
             return JobStatus(RUNNING, log_path=str(paths.stderr))
-        st = self._status_from_result(paths)
-        self._finished[job_id] = st
-        self._jobs.pop(job_id, None)
+        st = self._status_from_result(paths, submitted)
+        self._finished[key] = st
+        self._jobs.pop(key, None)
         return st
 
     @staticmethod
-    def _status_from_result(paths: Any) -> JobStatus:
-        if paths.result_pickle.exists():
+    def _status_from_result(paths: Any, submitted: float | None) -> JobStatus:
+        stale = submitted is not None and paths.result_pickle.exists() \
+            and paths.result_pickle.stat().st_mtime < submitted - 1.0
+        if paths.result_pickle.exists() and not stale:
             try:
                 outcome, value = pickle_load(paths.result_pickle)
             except Exception as e:  # a torn pickle: treat as lost
@@ -116,11 +123,18 @@ class JobRunner:
         return JobStatus(LOST, _tail(paths.stderr) or "the job died without writing a result",
                          str(paths.stderr))
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
+    def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
+        """Stop jobs: ours through submitit; re-attached local ones (submitted by an earlier
+        launcher) with SIGTERM, which their controller forwards so that tasks stop cleanly."""
         for jid in job_ids:
-            job = self._jobs.get(jid)
+            job = self._jobs.get((str(folder), jid))
             if job is not None:
                 job.cancel(check=False)
+            elif _is_live_controller(jid, folder):
+                try:
+                    os.kill(int(jid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
 
 def _is_live_controller(job_id: str, folder: Path) -> bool:

@@ -109,7 +109,7 @@ def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig)
     if st.phase == "train":
         return _plan_train(st, obs, method)
     if st.phase == "eval":
-        if st.running_jobs("eval"):  # even if eval.json is there: done means no job in flight
+        if st.running_jobs():  # even if eval.json is there: done means no job in flight
             return Wait("evaluating")
         if obs.eval_done:
             return GoTo("done")
@@ -128,7 +128,7 @@ def _plan_generate(st: RunState, obs: Observation, pool: PoolConfig) -> Action:
                  if any(c not in obs.done_chunks for c in range(s.start, s.stop)))
     if not todo:
         return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None)
-    running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate")}
+    running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == st.round}
     todo = tuple(s for s in todo if s not in running)
     if not todo:
         return Wait(f"generating round {st.round}")
@@ -138,6 +138,8 @@ def _plan_generate(st: RunState, obs: Observation, pool: PoolConfig) -> Action:
 def _plan_train(st: RunState, obs: Observation, method: MethodConfig) -> Action:
     ck = obs.checkpoint
     if ck is not None and ck.get("stop_reason") == "budget":
+        if st.running_jobs("train"):  # it saved its last checkpoint but has not exited yet
+            return Wait("training job exiting")
         return GoTo("eval")
     trained_all_rounds = ck is not None and list(ck.get("pool_rounds", [])) == list(range(st.round + 1))
     if st.adding_data and trained_all_rounds and ck.get("stop_reason") == "plateau":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class _StopFlag:
-    """Signal handlers only set a flag; the loop checks it between chunks."""
+    """Signal handlers only set a flag; the loop checks it between chunks. SIGINT too in a task
+    of the local executor: a Ctrl-C in the launcher's terminal reaches its jobs."""
 
     def __init__(self) -> None:
         self.stop = False
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
+        local = "SUBMITIT_LOCAL_JOB_ID" in os.environ
+        for sig in (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if local else ()):
             try:
                 signal.signal(sig, self._set)
             except ValueError:  # not the main thread (debug executor)

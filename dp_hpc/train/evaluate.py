@@ -16,9 +16,9 @@ from pathlib import Path
 from dp_hpc import metrics
 from dp_hpc.config import load_run_config
 from dp_hpc.data.digits import load_digit_splits
-from dp_hpc.io import atomic_write_json, read_json
+from dp_hpc.io import atomic_write_json, read_json, run_lock
 from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
-from dp_hpc.train.loop import Dist, evaluate, load_eval_split
+from dp_hpc.train.loop import RUN_LOCK, Dist, evaluate, load_eval_split
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ EVAL_FILE = "eval.json"
 
 def evaluate_final(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
+    with run_lock(run_dir / RUN_LOCK):  # a duplicate evaluation waits, then returns eval.json
+        return _evaluate_final(run_dir)
+
+
+def _evaluate_final(run_dir: Path) -> dict:
     done = read_json(run_dir / EVAL_FILE)
     if done is not None:
         return done

@@ -25,6 +25,7 @@ the counts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from torch import nn
 
 from dp_hpc import metrics
 from dp_hpc.config import RunConfig, load_run_config
+from dp_hpc.io import run_lock
 from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digit_splits
 from dp_hpc.pool import PoolReader
 from dp_hpc.train import checkpoint as ckpt
@@ -90,9 +92,10 @@ class _RankLog(logging.LoggerAdapter):
 
 class PreemptFlag:
     """SIGTERM/SIGUSR2 only set a flag; the loop saves at the next step boundary. Handlers are
-    installed only from the main thread (signal's rule) and restored on exit."""
+    installed only from the main thread (signal's rule) and restored on exit. In a task of the
+    local executor, SIGINT too: a Ctrl-C in the launcher's terminal reaches its jobs."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
 
     def __init__(self) -> None:
         self.set = False
@@ -237,6 +240,8 @@ class Trainer:
 
 # ----------------------------------------------------------------------------- the job
 
+RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
+
 
 def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_steps: int | None = None) -> dict:
     """Train the run's classifier from its latest checkpoint until a plateau (if `plateau_exit`),
@@ -249,7 +254,9 @@ def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_
     cfg = load_run_config(run_dir)
     d = setup_distributed()
     try:
-        with PreemptFlag() as flag:
+        # Rank 0 holds the run's lock: a duplicate job waits, then resumes from what this one saved.
+        lock = run_lock(run_dir / RUN_LOCK) if d.rank == 0 else contextlib.nullcontext()
+        with lock, PreemptFlag() as flag:
             return _train(run_dir, cfg, d, plateau_exit, max_steps, flag)
     finally:
         if d.owns_group:

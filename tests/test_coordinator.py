@@ -1,0 +1,79 @@
+"""Coordinator and executor edge cases, with a scripted runner where a real one cannot be made to
+fail on cue (job outcomes are what is scripted; state files and planning are real)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from submitit.core.utils import cloudpickle_dump
+
+from dp_hpc.config import RunConfig
+from dp_hpc.coordinate.coordinator import Coordinator, Slots
+from dp_hpc.coordinate.executor import FAILED, LOST, SUCCEEDED, JobRunner, JobStatus
+from dp_hpc.coordinate.state import JobRecord, load_state, save_state
+from dp_hpc.io import run_lock
+
+
+class ScriptedRunner:
+    """Answers job states from a dict; records cancellations."""
+
+    def __init__(self, states: dict[str, JobStatus]):
+        self.states = states
+        self.cancelled: list[str] = []
+
+    def status(self, folder, job_id, submitted=None):
+        return self.states[job_id]
+
+    def cancel(self, folder, job_ids):
+        self.cancelled += list(job_ids)
+
+    def submit(self, *a, **k):  # the failed run must not submit anything
+        raise AssertionError("nothing may be submitted after a failure")
+
+
+def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
+    runner = ScriptedRunner({"1": JobStatus(FAILED, "Boom: first"), "2": JobStatus(FAILED, "Boom: second"),
+                             "3": JobStatus(LOST, "killed")})
+    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    for jid, (a, b) in zip("123", [(0, 4), (4, 8), (8, 12)]):
+        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
+    save_state(c.run_dir, c.state)
+    c.advance(Slots(free=2))
+    st = load_state(c.run_dir)
+    assert st.phase == "failed" and st.failed_phase == "generate" and "Boom: first" in st.error
+    assert st.lost_in_a_row == 0  # jobs ending after the failure change nothing
+    c.retry_if_failed()
+    st = load_state(c.run_dir)
+    assert st.phase == "generate" and st.error is None and not c.finished
+
+
+def test_job_states_are_cached_per_folder_and_stale_results_are_ignored(tmp_path):
+    runner = JobRunner("local")
+    a, b = tmp_path / "runA" / "logs", tmp_path / "runB" / "logs"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    cloudpickle_dump(("success", {"ok": True}), a / "999999_0_result.pkl")
+    assert runner.status(a, "999999").state == SUCCEEDED
+    # the same (reused) pid in another run's folder is another job: no result there, not running
+    assert runner.status(b, "999999").state == LOST
+    # a result file older than the job's submission was left by an earlier job with that pid
+    cloudpickle_dump(("success", {"ok": True}), b / "999998_0_result.pkl")
+    assert runner.status(b, "999998", submitted=time.time() + 60).state == LOST
+    assert JobRunner("local").status(b, "999998", submitted=time.time() - 60).state == SUCCEEDED
+
+
+def test_run_lock_makes_a_second_holder_wait(tmp_path):
+    entered = threading.Event()
+
+    def second():
+        with run_lock(tmp_path / "train.lock"):
+            entered.set()
+
+    with run_lock(tmp_path / "train.lock"):
+        t = threading.Thread(target=second)
+        t.start()
+        assert not entered.wait(0.5), "a second holder got the lock while the first held it"
+    t.join(timeout=10)
+    assert entered.is_set(), "the second holder never got the lock after the first released it"
