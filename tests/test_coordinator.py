@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from submitit.core.utils import cloudpickle_dump
 
