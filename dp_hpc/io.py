@@ -69,19 +69,32 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def try_lock(path: str | os.PathLike):
+    """Exclusive flock on `path` (created if missing) without waiting: the open file holds the
+    lock until it is closed or the process dies (also on SIGKILL). None if someone holds it."""
+    import fcntl
+
+    f = open(path, "a")  # "a": taking the lock never changes the file
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike):
-    """Exclusive, blocking lock on `path` (created if missing), released when the block ends or
-    the process dies. Jobs that must not run twice at once on one run folder (training,
-    evaluation) take it: a duplicate (a launcher killed between starting a job and recording it)
-    waits for the first and then finds its work done."""
+    """Exclusive, blocking lock on `path` for the duration of the block. Jobs that must not run
+    twice at once on one run folder (training, evaluation) take it: a duplicate (a launcher killed
+    between starting a job and recording it) waits for the first and then finds its work done."""
     import fcntl
     import logging
 
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logging.getLogger(__name__).warning("%s is held by another job; waiting for it", path)
-            fcntl.flock(f, fcntl.LOCK_EX)
+    f = try_lock(path)
+    if f is None:
+        logging.getLogger(__name__).warning("%s is held by another job; waiting for it", path)
+        f = open(path, "a")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    with f:
         yield

@@ -177,19 +177,13 @@ LOCK = "launch.lock"
 
 
 def acquire_sweep_lock(sweep_dir: Path):
-    """One launcher per sweep: two would submit every job twice. The flock dies with the process
-    (also on SIGKILL), so a relaunch after a crash is never blocked. Taking it writes nothing.
-    Returns the open file (hold it) or None if another launcher holds it."""
-    import fcntl
+    """One launcher per sweep: two would submit every job twice. Returns the open lock file
+    (hold it; the lock dies with the process, so a relaunch after a crash is never blocked) or
+    None if another launcher holds it. Taking it writes nothing."""
+    from dp_hpc.io import try_lock
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    f = open(sweep_dir / LOCK, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
+    return try_lock(sweep_dir / LOCK)
 
 
 def drive(coordinators, max_parallel: int, poll_s: float) -> None:
