@@ -2,15 +2,13 @@
 
 Resumes at chunk granularity: a chunk with a marker is skipped, a chunk without one is
 (re)generated whole, from the per-sample seeds and labels fixed at round creation, so a rerun
-writes the same bytes. SIGTERM/SIGUSR2 (preemption) stop the task after the current chunk.
+writes the same bytes. SIGTERM/SIGUSR2 (preemption) stop the task after the current chunk (dp_hpc.signals).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -18,26 +16,9 @@ import torch
 
 from dp_hpc.config import load_run_config
 from dp_hpc.pool import Pool
+from dp_hpc.signals import PreemptFlag
 
 log = logging.getLogger(__name__)
-
-
-class _StopFlag:
-    """Signal handlers only set a flag; the loop checks it between chunks. SIGINT too in a task
-    of the local executor: a Ctrl-C in the launcher's terminal reaches its jobs."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        local = "SUBMITIT_LOCAL_JOB_ID" in os.environ
-        for sig in (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if local else ()):
-            try:
-                signal.signal(sig, self._set)
-            except ValueError:  # not the main thread (debug executor)
-                pass
-
-    def _set(self, signum, frame) -> None:  # noqa: ARG002
-        log.warning("signal %s: stopping after the current chunk", signum)
-        self.stop = True
 
 
 def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_dir: Path,
@@ -61,19 +42,19 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
     storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution
-    flag = _StopFlag()
     written = 0
-    for c in todo:
-        if flag.stop:
-            break
-        t0 = time.perf_counter()
-        labels, seeds = pool.chunk_inputs(round_index, c)
-        with torch.inference_mode(False):
-            out = sample_images(unet, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
-                                sampler_cfg, storage_size=storage_size, classifier=classifier)
-        pool.write_chunk(round_index, c, out.images, out.entropy)
-        written += 1
-        log.info("round %d (%s) chunk %d: %d samples in %.1fs (%d/%d)", round_index, kind, c,
-                 len(labels), time.perf_counter() - t0, written, len(todo))
-    return {"written": written, "skipped": (stop - start) - len(todo), "stopped_early": flag.stop}
+    with PreemptFlag() as flag:
+        for c in todo:
+            if flag.set:
+                break
+            t0 = time.perf_counter()
+            labels, seeds = pool.chunk_inputs(round_index, c)
+            with torch.inference_mode(False):
+                out = sample_images(unet, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
+                                    sampler_cfg, storage_size=storage_size, classifier=classifier)
+            pool.write_chunk(round_index, c, out.images, out.entropy)
+            written += 1
+            log.info("round %d (%s) chunk %d: %d samples in %.1fs (%d/%d)", round_index, kind, c,
+                     len(labels), time.perf_counter() - t0, written, len(todo))
+    return {"written": written, "skipped": (stop - start) - len(todo), "stopped_early": flag.set}
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock
 from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digit_splits
 from dp_hpc.pool import PoolReader
+from dp_hpc.signals import PreemptFlag
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train import plateau as pl
 from dp_hpc.train.model import build_classifier
@@ -88,31 +87,6 @@ def setup_distributed() -> Dist:
 class _RankLog(logging.LoggerAdapter):
     def process(self, msg, kwargs):
         return f"[rank {self.extra['rank']}] {msg}", kwargs
-
-
-class PreemptFlag:
-    """SIGTERM/SIGUSR2 only set a flag; the loop saves at the next step boundary. Handlers are
-    installed only from the main thread (signal's rule) and restored on exit. In a task of the
-    local executor, SIGINT too: a Ctrl-C in the launcher's terminal reaches its jobs."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict = {}
-
-    def _handler(self, signum, frame) -> None:
-        self.set = True
-
-    def __enter__(self) -> "PreemptFlag":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
 
 
 # ----------------------------------------------------------------------------- data
