@@ -40,7 +40,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dp_hpc.config import flatten
 from dp_hpc.io import read_json, read_jsonl
+from dp_hpc.pool import MARKER_DIR, Pool
 
 METHOD_ORDER = ("static", "dp", "prune")
 PHASES = ("new", "generate", "train", "eval", "done", "failed")
@@ -131,14 +133,6 @@ def glob_escape(s: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", s)
 
 
-def _complete_rounds(run_dir: Path) -> list[int] | None:
-    """Rounds whose pool markers say COMPLETE; None when the run has no marker folder at all."""
-    markers = run_dir / "pool_markers"
-    if not markers.is_dir():
-        return None
-    return sorted(int(p.parent.name.split("_")[1]) for p in markers.glob("round_*/COMPLETE"))
-
-
 def read_run(run_dir: Path) -> dict:
     """Everything the report needs from one run folder, as plain data."""
     run_dir = Path(run_dir)
@@ -158,7 +152,8 @@ def read_run(run_dir: Path) -> dict:
         "has_state": bool(state),
         "metrics": read_jsonl(run_dir / "metrics.jsonl"),
         "eval": read_json(run_dir / "eval.json"),
-        "complete_rounds": _complete_rounds(run_dir),
+        # None when the run has no marker folder at all (e.g. written by hand, or not started)
+        "complete_rounds": Pool(run_dir).complete_rounds() if (run_dir / MARKER_DIR).is_dir() else None,
     }
 
 
@@ -177,20 +172,6 @@ def read_generator_jobs(sweep_dir: Path, threads: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Raw run -> tidy rows (pure)
 # --------------------------------------------------------------------------------------------
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings (one type per column for parquet)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
-
 
 def counted_rounds(state: dict, complete_rounds: list[int] | None) -> list[dict]:
     """Rounds whose data exists: those with a COMPLETE pool marker. Without a marker folder (a run

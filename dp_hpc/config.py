@@ -164,6 +164,21 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON text (one type per table column, and
+    two lists compare equal exactly when their texts do)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     """data["a"]["b"] = value for dotted = "a.b", creating mappings on the way."""
     *parents, last = dotted.split(".")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, from_dict, generator_key,
-                           load_sweep, to_dict)
+from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, flatten, from_dict,
+                           generator_key, load_sweep, to_dict)
 from dp_hpc.errors import ConfigError, UsageError
 
 log = logging.getLogger("dp_hpc.launch")
@@ -96,16 +96,6 @@ def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) ->
         (sweep_dir / r.name / "logs").mkdir(exist_ok=True)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(path: Path, cfg: RunConfig) -> list[str]:
     """Keys whose values differ between a run's config.yaml and `cfg`. Keys added to the code
     since the file was written take their defaults, so an upgrade alone changes nothing."""
@@ -113,7 +103,7 @@ def config_changes(path: Path, cfg: RunConfig) -> list[str]:
         old = to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text())))
     except (ConfigError, yaml.YAMLError, TypeError) as e:
         return [f"(unreadable: {e})"]
-    a, b = _flatten(old), _flatten(to_dict(cfg))
+    a, b = flatten(old), flatten(to_dict(cfg))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
