@@ -17,7 +17,7 @@ from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
-from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES
+from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train.checkpoint import latest_checkpoint
 
@@ -167,9 +167,9 @@ class Coordinator:
         """Carry out one planned step; False when it has to wait for a free slot."""
         st, run = self.state, str(self.run_dir)
         if isinstance(action, P.CreateRound):
-            rec = action.record
-            self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=IMAGE_SHAPE,
-                                             chunk_size=self.cfg.pool.chunk_size, num_classes=NUM_CLASSES,
+            rec, spec = action.record, dataset_spec(self.cfg.data)
+            self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=spec.image_shape,
+                                             chunk_size=self.cfg.pool.chunk_size, num_classes=spec.num_classes,
                                              run_seed=self.cfg.seed, kind=rec.kind))
             return True
         if isinstance(action, P.SubmitShards):

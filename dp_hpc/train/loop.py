@@ -41,7 +41,8 @@ from torch import nn
 from dp_hpc import metrics
 from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock
-from dp_hpc.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digit_splits
+from dp_hpc.data.digits import load_digit_splits
+from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import PoolReader
 from dp_hpc.signals import PreemptFlag
 from dp_hpc.train import checkpoint as ckpt
@@ -152,9 +153,10 @@ class Trainer:
         tc = cfg.train
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(cfg.seed)
-            self.model = build_classifier(tc.classifier, NUM_CLASSES, IMAGE_SHAPE[0])
+            spec = dataset_spec(cfg.data)
+            self.model = build_classifier(tc.classifier, spec.num_classes, spec.image_shape[0])
         self.model.to(d.device).train()
-        self.ema = build_classifier(tc.classifier, NUM_CLASSES, IMAGE_SHAPE[0]).to(d.device).eval()
+        self.ema = build_classifier(tc.classifier, spec.num_classes, spec.image_shape[0]).to(d.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
