@@ -2,7 +2,8 @@
 
 Layout (``<run>/``)::
 
-    pool.zarr/round_003/images   uint8   (N, C, H, W)  chunks (chunk_size, C, H, W)
+    pool.zarr/round_003/images   uint8   (N, C, H, W)  chunks (chunk_size, C, H, W); RGB of 64 px
+                                                       and up: shards of chunk_size, one JPEG per image
                         labels   int64   (N,)          class-balanced, fixed at creation
                         seeds    int64   (N,)          per-sample seed = f(run seed, round, index)
                         entropy  float32 (N,)          classifier entropy of the stored sample
@@ -18,10 +19,19 @@ Why it is safe under concurrency and crashes (see DESIGN.md, "Zarr v3"):
   and since labels and seeds are fixed, redoing writes the same bytes;
 - markers live beside the store, not in it, because an all-fill chunk is never written by zarr
   and so "chunk file exists" cannot mean "written".
+
+Storage of natural images (3xRxR, R >= 64: the ImageNet pools): lossless codecs leave ~100 KB per
+256x256 photo, 0.8-1 TB for the largest IN-1k run (9.1M images), so each image is one JPEG
+(quality 95, 4:4:4 chroma: ~38 KB and ~41 dB PSNR on real photos, ~340 GB for 9.1M; numbers and
+the other candidates in bench/pool_storage.py). The images array is sharded: a shard is one
+chunk_size chunk of samples (still the unit of writing, written whole), an inner chunk is one
+image, so a random sample costs two small reads and one JPEG decode, not a whole chunk's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import shutil
 from collections import OrderedDict
@@ -30,6 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.core.common import parse_named_configuration
+from zarr.registry import register_codec
 
 POOL_DIR = "pool.zarr"
 MARKER_DIR = "pool_markers"
@@ -86,6 +100,143 @@ def shard_ranges(n_samples: int, chunk_size: int, shard_size: int) -> list[Chunk
     return [ChunkRange(s, min(s + per_shard, n_chunks)) for s in range(0, n_chunks, per_shard)]
 
 
+# ----------------------------------------------------------------------------- image codec
+
+JPEG_QUALITY = 95
+"""JPEG quality of pooled natural images, with 4:4:4 chroma (bench/pool_storage.py, real photos at
+256x256): ~41 dB PSNR where quality 90 or 4:2:0 chroma give 35-38 dB, at ~38 KB per image: 1.4x
+headroom under the 55 KB that 500 GB allows for 9.1M images."""
+
+
+JPEG_BYTES_PER_PIXEL = 37.7e3 / (256 * 256)
+"""Stored bytes per pixel of a JPEG round (37.7 KB per 256x256 image, shard index included;
+bench/pool_storage.py on real photos). Synthetic images may compress somewhat differently."""
+
+
+def estimated_bytes_per_image(image_shape: tuple[int, int, int]) -> float:
+    """For planning (`--dry-run`): JPEG rounds as measured, others at their raw size (an upper bound)."""
+    c, h, w = image_shape
+    return JPEG_BYTES_PER_PIXEL * h * w if uses_jpeg(image_shape) else float(c * h * w)
+
+
+def uses_jpeg(image_shape: tuple[int, int, int]) -> bool:
+    """RGB images of at least 64x64 are stored as JPEG; smaller ones (digits) losslessly, as before."""
+    c, h, w = image_shape
+    return c == 3 and min(h, w) >= 64
+
+
+@dataclass(frozen=True)
+class JpegCodec(ArrayBytesCodec):
+    """Zarr v3 array->bytes codec "dp_hpc.jpeg": every image of a uint8 (..., 3, H, W) chunk as one
+    baseline JPEG (Pillow's libjpeg-turbo, 4:4:4 chroma, fixed quality). Encoded chunk: uint32 count,
+    uint32 lengths, then the JPEG streams. Deterministic: the same pixels, quality and library give
+    the same bytes, so a redone chunk rewrites identical bytes. Readers must import dp_hpc.pool
+    (which registers it); every reader in this package does."""
+
+    is_fixed_size = False
+    quality: int
+
+    def __init__(self, *, quality: int = JPEG_QUALITY) -> None:
+        object.__setattr__(self, "quality", int(quality))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JpegCodec:
+        _, config = parse_named_configuration(data, "dp_hpc.jpeg")
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        return {"name": "dp_hpc.jpeg", "configuration": {"quality": self.quality}}
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        if dtype.to_native_dtype() != np.uint8 or len(shape) < 3 or shape[-3] != 3:
+            raise ValueError(f"dp_hpc.jpeg stores uint8 (..., 3, H, W) images, not {dtype} {shape}")
+
+    def _encode_sync(self, chunk_array, chunk_spec):
+        from PIL import Image
+
+        images = chunk_array.as_numpy_array().reshape(-1, *chunk_spec.shape[-3:])
+        streams = []
+        for img in images:  # (3, H, W)
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(
+                buf, format="JPEG", quality=self.quality, subsampling=0)
+            streams.append(buf.getvalue())
+        header = np.array([len(streams), *map(len, streams)], dtype="<u4").tobytes()
+        return chunk_spec.prototype.buffer.from_bytes(header + b"".join(streams))
+
+    @staticmethod
+    def decode_into(raw: bytes, out: np.ndarray) -> None:
+        """Decode an encoded chunk into `out`, uint8 (n, 3, H, W)."""
+        from PIL import Image
+
+        n = int(np.frombuffer(raw, "<u4", 1)[0])
+        pos = 4 * (n + 1)
+        for i, length in enumerate(np.frombuffer(raw, "<u4", n, 4).tolist()):
+            with Image.open(io.BytesIO(raw[pos : pos + length])) as im:
+                out[i] = np.asarray(im).transpose(2, 0, 1)
+            pos += length
+
+    def _decode_sync(self, chunk_bytes, chunk_spec):
+        raw = chunk_bytes.to_bytes()
+        out = np.empty((int(np.frombuffer(raw, "<u4", 1)[0]), *chunk_spec.shape[-3:]), dtype=np.uint8)
+        self.decode_into(raw, out)
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(out.reshape(chunk_spec.shape))
+
+    async def _encode_single(self, chunk_array, chunk_spec):
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes, chunk_spec):
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec) -> int:
+        raise NotImplementedError  # variable size
+
+
+register_codec("dp_hpc.jpeg", JpegCodec)
+
+
+EMPTY_CHUNK = 2**64 - 1
+"""Index entry (offset and nbytes) of an inner chunk that was not stored (all fill value)."""
+
+
+class JpegShardReader:
+    """Single images of a JPEG round, read straight from its shard files by the zarr v3 sharding
+    format (ZEP 2; index at the end: per inner chunk a little-endian uint64 (offset, nbytes), then a
+    crc32c): per image one open, two small reads and one JPEG decode. zarr's own per-item path
+    costs about twice the CPU per image (it rebuilds indexers and buffers for every item;
+    bench/pool_storage.py times both), i.e. about twice the cores per node to feed the GPUs. The
+    index checksum is not checked: shards are written whole and atomically. The constructor
+    checks that the array has exactly the layout `create_round` makes."""
+
+    def __init__(self, images: zarr.Array, array_dir: Path):
+        codecs = images.metadata.codecs
+        inner = codecs[0].codecs if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else ()
+        expected = ShardingCodec(chunk_shape=(1, *images.shape[1:]), codecs=inner,
+                                 index_codecs=(BytesCodec(endian="little"), Crc32cCodec()), index_location="end")
+        if len(inner) != 1 or not isinstance(inner[0], JpegCodec) or codecs[0] != expected:
+            raise RuntimeError(f"{array_dir}: not the sharded JPEG layout of dp_hpc.pool: {codecs}")
+        self.images, self.dir, self.per_shard = images, array_dir, images.shards[0]
+
+    def read(self, local: np.ndarray) -> np.ndarray:
+        """Images at round indices `local` (each decoded once). (len(local), 3, H, W)"""
+        uniq, inverse = np.unique(local, return_inverse=True)
+        out = np.zeros((len(uniq), *self.images.shape[1:]), dtype=np.uint8)  # fill value: never-written = all 0
+        index_bytes = 16 * self.per_shard + 4
+        for k, i in enumerate(uniq.tolist()):
+            shard, inner = divmod(i, self.per_shard)
+            try:
+                with open(self.dir / self.images.metadata.encode_chunk_key((shard, 0, 0, 0)), "rb") as f:
+                    f.seek(16 * inner - index_bytes, os.SEEK_END)
+                    offset, nbytes = np.frombuffer(f.read(16), "<u8").tolist()
+                    if offset == EMPTY_CHUNK:
+                        continue
+                    f.seek(offset)
+                    JpegCodec.decode_into(f.read(nbytes), out[k : k + 1])
+            except FileNotFoundError:  # a shard of all-zero images is never written
+                continue
+        return out[inverse]
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -130,8 +281,13 @@ class Pool:
              "num_classes": spec.num_classes, "run_seed": spec.run_seed}
         )
         c = spec.chunk_size
-        g.create_array("images", shape=(spec.n, *spec.image_shape), chunks=(c, *spec.image_shape),
-                       dtype="uint8", fill_value=0)
+        if uses_jpeg(spec.image_shape):
+            g.create_array("images", shape=(spec.n, *spec.image_shape), chunks=(1, *spec.image_shape),
+                           shards=(c, *spec.image_shape), serializer=JpegCodec(), compressors=None,
+                           dtype="uint8", fill_value=0)
+        else:
+            g.create_array("images", shape=(spec.n, *spec.image_shape), chunks=(c, *spec.image_shape),
+                           dtype="uint8", fill_value=0)
         g.create_array("entropy", shape=(spec.n,), chunks=(c,), dtype="float32", fill_value=np.nan)
         labels = g.create_array("labels", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
         seeds = g.create_array("seeds", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
@@ -175,7 +331,8 @@ class Pool:
         return g["labels"][a:b], g["seeds"][a:b]
 
     def write_chunk(self, round_index: int, chunk: int, images: np.ndarray, entropy: np.ndarray) -> None:
-        """Write one whole chunk, then its marker (the marker is the commit point)."""
+        """Write one whole chunk (a whole shard for JPEG rounds), then its marker (the marker is the
+        commit point). JPEG rounds store a lossy copy; `entropy` is that of the images given."""
         g = self.group(round_index, mode="r+")
         a, b = self.chunk_bounds(round_index, chunk)
         if images.shape[0] != b - a or entropy.shape != (b - a,):
@@ -230,8 +387,10 @@ class PoolReader:
 
     Global index i maps to (round, local index) through the rounds' sizes; prune rounds map
     through their `selected` indices. A round that fits in `cache_bytes` is read whole, once, and
-    indexed in memory (the digits pool); larger rounds are read chunk by chunk through a bounded
-    LRU cache of decoded chunks, so a large pool streams.
+    indexed in memory (the digits pool). Larger rounds stream: JPEG rounds image by image (a
+    uniformly random batch from millions of samples touches a different shard per sample, so any
+    cache of whole chunks would decode chunk_size images per image used), others chunk by chunk
+    through a bounded LRU cache of decoded chunks.
 
     Picklable by path; zarr arrays are opened lazily in the process that reads (DataLoader
     workers must not share the parent's zarr event loop)."""
@@ -247,13 +406,14 @@ class PoolReader:
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached = 0
         self._whole: dict[int, np.ndarray] = {}  # rounds held entirely in memory
+        self._jpeg: dict[int, JpegShardReader] = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_opened=None, _cache=OrderedDict(), _cached=0, _whole={})
+        state.update(_opened=None, _cache=OrderedDict(), _cached=0, _whole={}, _jpeg={})
         return state
 
     def _open(self) -> dict[int, tuple]:
@@ -285,6 +445,11 @@ class PoolReader:
             return None
         self._whole[r] = images[:]
         return self._whole[r]
+
+    def _jpeg_reader(self, r: int) -> JpegShardReader:
+        if r not in self._jpeg:
+            self._jpeg[r] = JpegShardReader(self._open()[r][0], self.pool.root / round_name(r) / "images")
+        return self._jpeg[r]
 
     def _chunk(self, r: int, c: int) -> np.ndarray:
         key = (r, c)
@@ -324,6 +489,9 @@ class PoolReader:
             whole = self._whole_round(r)
             if whole is not None:
                 images_out[mask] = whole[local]
+                continue
+            if images.shards is not None:
+                images_out[mask] = self._jpeg_reader(r).read(local)
                 continue
             chunk_ids = local // cs
             pos = np.flatnonzero(mask)

@@ -16,8 +16,14 @@ class DatasetSpec:
 
 
 def dataset_spec(cfg: DataConfig) -> DatasetSpec:
+    """Raises dp_hpc.data.imagenet.DataInputError (naming the file) for an unreadable class list."""
     if cfg.dataset == "digits":
         from dp_hpc.data.digits import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 
         return DatasetSpec(NUM_CLASSES, tuple(CLASS_NAMES), IMAGE_SHAPE)
+    if cfg.dataset == "imagenet":
+        from dp_hpc.data.imagenet import load_class_list
+
+        classes = load_class_list(cfg.classes)
+        return DatasetSpec(len(classes.wnids), classes.names, (3, cfg.resolution, cfg.resolution))
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
