@@ -118,14 +118,12 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
 
 def load_classifier(checkpoint_dir: str | os.PathLike, run_cfg, device: str | torch.device = "cpu") -> nn.Module:
     """The EMA classifier of a checkpoint, in eval mode (what entropy guidance uses).
-    Takes float images in [0, 1], (B, C, H, W)."""
-    from dp_hpc.data.spec import dataset_spec
-    from dp_hpc.train.model import build_classifier
+    Takes float images in [0, 1], (B, C, H, W) at the pool's stored resolution."""
+    from dp_hpc.train.model import classifier_for
 
     folder = Path(checkpoint_dir)
     if not (folder / TRAIN_STATE_FILE).exists():
         raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {TRAIN_STATE_FILE})")
-    spec = dataset_spec(run_cfg.data)
-    model = build_classifier(run_cfg.train.classifier, spec.num_classes, spec.image_shape[0])
+    model = classifier_for(run_cfg)
     model.load_state_dict(load_state(folder)["ema"])
     return model.to(device).eval()

@@ -38,8 +38,12 @@ class PatienceConfig:
 
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
-    classifier: Literal["digits_cnn"] = "digits_cnn"
-    """Classifier architecture (random init)."""
+    classifier: Literal["digits_cnn", "vit_b_16", "resnet50"] = "digits_cnn"
+    """Classifier architecture, random init. digits_cnn: a 0.1M-parameter CNN for the 8x8 digits.
+    vit_b_16 (the paper's ViT-B/16) and resnet50: the torchvision models, fed at `input_size`."""
+    input_size: int = 224
+    """Side of the square image vit_b_16 and resnet50 see: they resize the pool's stored resolution
+    to it inside the module (digits_cnn ignores it)."""
     total_steps: int = 3000
     """Total iteration budget of the run, cool-down included."""
     warmup_steps: int = 300
@@ -54,9 +58,26 @@ class TrainConfig:
     """AdamW weight decay."""
     label_smoothing: float = 0.11
     """Label smoothing of the cross-entropy (paper: 0.11)."""
+    mixup_alpha: float | None = None
+    """Mixup Beta(alpha, alpha) (0: off). null: the recipe of the classifier: 0.5 for vit_b_16 and
+    resnet50 (paper), off for digits_cnn. With CutMix also on, each batch gets one of the two."""
+    cutmix_alpha: float | None = None
+    """CutMix Beta(alpha, alpha) (0: off). null: 1.0 for vit_b_16 and resnet50 (paper), off for
+    digits_cnn."""
+    augment: bool | None = None
+    """Random-resized crop + horizontal flip of every training image, batched on the device.
+    null: on for vit_b_16 and resnet50, off for digits_cnn."""
+    crop_min_scale: float = 0.08
+    """Smallest area fraction of a random-resized crop (the largest is the whole image)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Forward-pass precision: bf16 autocasts forward passes (weights, optimizer and loss stay fp32).
+    auto: bf16 on CUDA (with channels_last), fp32 on CPU."""
     ema: float = 0.01
     """EMA update rate: ema += rate * (param - ema) every step (paper: 0.001 over 50k-100k steps).
     Evaluation uses the EMA weights."""
+    eval_workers: int = 4
+    """Loader processes reading an evaluation split from disk (the packed ImageNet splits);
+    splits held in memory (digits) ignore it."""
     eval_every: int = 100
     """tau: steps between evaluations on the real validation set (and checkpoints)."""
     patience: PatienceConfig = field(default_factory=PatienceConfig)
@@ -65,10 +86,10 @@ class TrainConfig:
     """How many recent checkpoints to keep (checkpoints used for guidance are always kept)."""
 
     def __post_init__(self) -> None:
-        for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep"):
+        for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep", "input_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "cooldown_steps"):
+        for name in ("warmup_steps", "cooldown_steps", "eval_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.total_steps <= self.warmup_steps + self.cooldown_steps:
@@ -83,6 +104,29 @@ class TrainConfig:
             raise ConfigError("ema", f"must be in (0, 1], got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0 (0: off) or null, got {getattr(self, name)}")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
+        if self.classifier != "digits_cnn" and self.input_size < 32:
+            raise ConfigError("input_size", f"{self.classifier} needs >= 32 (five stride-2 stages or "
+                                            f"16-pixel patches), got {self.input_size}")
+        if self.classifier == "vit_b_16" and self.input_size % 16:
+            raise ConfigError("input_size", f"vit_b_16 needs a multiple of its 16-pixel patch, "
+                                            f"got {self.input_size}")
+
+    @property
+    def mix_alphas(self) -> tuple[float, float]:
+        """(Mixup, CutMix) alphas in effect: the configured ones, else the classifier's recipe."""
+        recipe = (0.0, 0.0) if self.classifier == "digits_cnn" else (0.5, 1.0)
+        return (recipe[0] if self.mixup_alpha is None else self.mixup_alpha,
+                recipe[1] if self.cutmix_alpha is None else self.cutmix_alpha)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images get random-resized crops and flips (`augment`, else the recipe)."""
+        return self.classifier != "digits_cnn" if self.augment is None else self.augment
 
     @property
     def decay_start(self) -> int:

@@ -12,15 +12,16 @@ pure function of (seed, step, pool size), so
 - every rank draws the same global batch and takes its contiguous slice, so N ranks compute the
   same mean gradient as one process with the same global batch (up to float summation order).
 With replacement, a batch may repeat a sample; every sample has the same expected frequency,
-and there are no epochs to track.
+and there are no epochs to track. Augmentation (crops, flips, Mixup/CutMix; augment.py) happens on
+the device and is a pure function of (seed, step, rank) as well.
 Batches come from `PoolReader.read`, whose chunk cache holds the small digits pool in memory
 after the first reads (0.05 ms per batch of 128 from 2,000 samples, <1% of a step) and streams
 larger pools; no DataLoader worker processes (they would cost more to start than they save).
 
 Per step there is one collective when distributed: an all_reduce of the flattened gradients,
 with the step's loss and the preemption flag appended (so the ranks agree on stopping at the
-same step boundary for free). Evaluation shards the validation set over ranks and all_reduces
-the counts.
+same step boundary for free). Evaluation shards the real validation set over ranks
+(`open_eval_split`; digits: held on the device, ImageNet: streamed) and all_reduces the counts.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from torch import nn
 from dp_hpc import metrics
 from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock
-from dp_hpc.data.digits import load_digit_splits
+from dp_hpc.data.eval_data import EvalSplit, open_eval_split
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import PoolReader
 from dp_hpc.signals import PreemptFlag
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train import plateau as pl
-from dp_hpc.train.model import build_classifier
+from dp_hpc.train.augment import BatchAugment
+from dp_hpc.train.model import Numerics, classifier_for
 from dp_hpc.train.optim import AdamW
 from dp_hpc.train.schedule import lr_at
 
@@ -117,24 +119,57 @@ class PoolBatches:
         return x, torch.from_numpy(labels).to(dev, non_blocking=True)
 
 
-def load_eval_split(images: np.ndarray, labels: np.ndarray, d: Dist) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shard (every world_size-th sample) as float [0, 1] tensors on the device."""
-    x = torch.from_numpy(images[d.rank :: d.world_size]).float().div_(255.0)
-    return x.to(d.device), torch.from_numpy(labels[d.rank :: d.world_size]).to(d.device)
+EVAL_BATCH = 1024
+EVAL_CACHE_BYTES = 1 << 30
+"""A rank's shard of an evaluation split up to this size is kept on the device (as uint8) for the
+whole job, read once instead of at every evaluation: digits val is 23 KB, ImageNet-100 val (5k
+images) 0.75 GB at 224 px. Larger shards (ImageNet-1k val: 7.5 GB at 224 px, over fewer than 8
+ranks) stream from disk at every evaluation."""
+
+
+class EvalBatches:
+    """This rank's shard of a real split (every world_size-th sample) as uint8 (B, C, H, W) and
+    int64 (B,) batches, for `evaluate`: held on the device (`cache`) or streamed from the split's
+    reader with `workers` processes at every pass."""
+
+    def __init__(self, split: EvalSplit, d: Dist, workers: int, cache: bool):
+        self.split, self.d, self.workers = split, d, workers
+        self.cached = None
+        if cache:
+            xs, ys = zip(*split.batches(d.rank, d.world_size, EVAL_BATCH, 0))
+            self.cached = torch.cat(xs).to(d.device), torch.cat(ys).to(d.device)
+
+    @classmethod
+    def for_training(cls, split: EvalSplit, image_shape: tuple[int, int, int], d: Dist,
+                     workers: int) -> EvalBatches:
+        """Cached if the shard fits in EVAL_CACHE_BYTES (it is read at every evaluation)."""
+        shard_bytes = -(-len(split) // d.world_size) * int(np.prod(image_shape))
+        return cls(split, d, workers, cache=shard_bytes <= EVAL_CACHE_BYTES)
+
+    def __iter__(self):
+        if self.cached is None:
+            yield from self.split.batches(self.d.rank, self.d.world_size, EVAL_BATCH, self.workers)
+            return
+        x, y = self.cached
+        for i in range(0, len(y), EVAL_BATCH):
+            yield x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d: Dist, batch: int = 1024) -> tuple[float, float]:
-    """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards (x, y).
+def evaluate(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics) -> tuple[float, float]:
+    """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards.
     One all_reduce when distributed; one host sync (.tolist())."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)  # correct, loss, count
-    for i in range(0, len(x), batch):
-        logits = model(x[i : i + batch])
-        sums[0] += (logits.argmax(-1) == y[i : i + batch]).sum()
-        sums[1] += F.cross_entropy(logits.float(), y[i : i + batch], reduction="sum").double()
-    sums[2] += len(x)
+    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct, loss, count
+    for x, y in batches:
+        x = num.images(x.to(d.device, non_blocking=True).float().div_(255.0))  # uint8 -> [0, 1]
+        y = y.to(d.device, non_blocking=True)
+        with num.autocast():
+            logits = model(x)
+        sums[0] += (logits.argmax(-1) == y).sum()
+        sums[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[2] += len(y)
     if d.world_size > 1:
         dist.all_reduce(sums)
     model.train(was_training)
@@ -151,16 +186,19 @@ class Trainer:
     def __init__(self, cfg: RunConfig, d: Dist):
         self.cfg, self.d = cfg, d
         tc = cfg.train
+        self.num = Numerics.of(tc.precision, d.device)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(cfg.seed)
-            spec = dataset_spec(cfg.data)
-            self.model = build_classifier(tc.classifier, spec.num_classes, spec.image_shape[0])
-        self.model.to(d.device).train()
-        self.ema = build_classifier(tc.classifier, spec.num_classes, spec.image_shape[0]).to(d.device).eval()
+            self.model = classifier_for(cfg)
+        self.num.place(self.model, d.device).train()
+        self.ema = self.num.place(classifier_for(cfg), d.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema_params = list(self.ema.parameters())
+        # Persistent buffers (BatchNorm statistics of resnet50; digits_cnn and ViT have none): not
+        # averaged by the EMA but copied to it, and averaged over ranks with the gradients.
+        self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
         # torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
         self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -168,28 +206,34 @@ class Trainer:
         self.loss_count = 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, flag: "PreemptFlag") -> bool:
-        """One update; returns whether any rank's flag was set by the end of this step (when
-        distributed: before its all_reduce, so all ranks return the same answer)."""
+        """One update on images x (b, C, H, W) in [0, 1] and targets y: class indices (b,) or
+        Mixup/CutMix soft targets (b, K). Returns whether any rank's flag was set by the end of this
+        step (when distributed: before its all_reduce, so all ranks return the same answer)."""
         self.opt.lr = lr
-        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.cfg.train.label_smoothing)
+        with self.num.autocast():
+            logits = self.model(self.num.images(x))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
         self.opt.zero_grad()
         loss.backward()
         loss = loss.detach()
         if self.d.world_size > 1:
-            # one collective per step: [grads..., loss, flag] summed over ranks
-            flat = torch.cat([p.grad.reshape(-1) for p in self.params]
+            # one collective per step: [grads..., float buffers..., loss, flag] summed over ranks
+            tensors = [p.grad for p in self.params] + [b for b in self.buffers if b.is_floating_point()]
+            flat = torch.cat([t.reshape(-1) for t in tensors]
                              + [loss.view(1), torch.tensor([float(flag.set)], device=loss.device)])
             dist.all_reduce(flat)
             flat.div_(self.d.world_size)
             offset = 0
-            for p in self.params:
-                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
             loss = flat[offset]
             stop = bool(flat[offset + 1].item() > 0)  # host sync (free on CPU; on CUDA, one per step)
         self.opt.step()
         with torch.no_grad():  # ema += rate * (param - ema)
             torch._foreach_lerp_(self.ema_params, self.params, self.cfg.train.ema)
+            if self.buffers:
+                torch._foreach_copy_(self.ema_buffers, self.buffers)
         self.loss_sum += loss.double()
         self.loss_count += 1
         return stop if self.d.world_size > 1 else flag.set
@@ -212,6 +256,11 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.loss_sum = state["train_loss"]["sum"].to(self.d.device)
         self.loss_count = int(state["train_loss"]["count"])
+
+
+def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The buffers a checkpoint holds, in state_dict order."""
+    return [t for t in model.state_dict(keep_vars=True).values() if not isinstance(t, nn.Parameter)]
 
 
 # ----------------------------------------------------------------------------- the job
@@ -267,20 +316,22 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
               prog.plateau.limit, d.world_size)
 
     batches = PoolBatches(reader, cfg.seed, tc.batch_size, d)
-    val = load_digit_splits(cfg.data).val
-    val_x, val_y = load_eval_split(val.images, val.labels, d)
+    spec = dataset_spec(cfg.data)
+    augment = BatchAugment(tc, spec.num_classes, cfg.seed, d.rank)
+    val = EvalBatches.for_training(open_eval_split(cfg.data, "val"), spec.image_shape, d, tc.eval_workers)
     pool_info = {"round": max(reader.rounds), "pool_rounds": list(reader.rounds), "pool_size": len(reader)}
     done_here, t0 = 0, time.perf_counter()
     clock = [t0, prog.step]  # time and step of the last evaluation, for steps/s
     while True:
         lr = lr_at(prog.step, tc)
-        stop_signal = trainer.step(*batches(prog.step), lr, flag)
+        x, y = augment(*batches(prog.step), prog.step)  # y: labels (b,) or soft targets (b, K)
+        stop_signal = trainer.step(x, y, lr, flag)
         prog.step += 1
         done_here += 1
         stop_reason = None
         is_eval = prog.step % tc.eval_every == 0 or prog.step == tc.total_steps
         if is_eval:
-            _evaluate_and_log(run_dir, trainer, prog, (val_x, val_y), pool_info, lr, clock, d, rlog)
+            _evaluate_and_log(run_dir, trainer, prog, val, pool_info, lr, clock, d, rlog)
             if prog.step == tc.total_steps:
                 stop_reason = "budget"
             elif plateau_exit and pl.should_exit(prog.plateau, prog.step, tc.decay_start):
@@ -323,10 +374,10 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] |
     return trainer, prog
 
 
-def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: tuple, pool_info: dict,
+def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: EvalBatches, pool_info: dict,
                       lr: float, clock: list, d: Dist, rlog: logging.LoggerAdapter) -> None:
     """EMA model on real val, plateau update, one metrics line (rank 0), one log line."""
-    acc, loss = evaluate(trainer.ema, *val, d)
+    acc, loss = evaluate(trainer.ema, val, d, trainer.num)
     train_loss = float(trainer.pop_train_loss())  # sync point (once per evaluation)
     prog.plateau = pl.observe(prog.plateau, acc, prog.step, trainer.cfg.train.patience.min_delta)
     prog.last_val_acc = acc
