@@ -1,5 +1,6 @@
-"""Configuration of the generator (a small class-conditional pixel-space diffusion UNet) and of
-its DDIM sampler with classifier-free and entropy guidance.
+"""Configuration of the generator (a small class-conditional pixel-space diffusion UNet trained
+here, or a pretrained Stable Diffusion 1.5 read from a local folder) and of its DDIM sampler with
+classifier-free and entropy guidance.
 
 The defaults are sized for the embedded 8x8 digits on 2 CPU cores (see the module docstring of
 `dp_hpc.generate.unet` for the measured costs); `GeneratorConfig.smoke()` is the tiny setting that
@@ -8,17 +9,24 @@ tests use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from dp_hpc.errors import ConfigError
 
+SD_FIELDS = ("model_dir", "prompt_templates", "generation_resolution", "dtype")
+"""The fields that only the stable-diffusion backend reads; every other field of GeneratorConfig
+(besides `backend`) only digits_unet reads."""
+
 
 @dataclass(kw_only=True, slots=True)
 class GeneratorConfig:
-    backend: Literal["digits_unet"] = "digits_unet"
+    backend: Literal["digits_unet", "stable-diffusion"] = "digits_unet"
     """Generator family. `digits_unet`: a class-conditional diffusers UNet2DModel trained from scratch
-    in pixel space on the real generator-train images."""
+    in pixel space on the real generator-train images (fields `resolution` ... `quality_classifier_steps`).
+    `stable-diffusion`: a pretrained text-to-image latent diffusion model (SD 1.5, as in the paper) read
+    from `model_dir`, prompted with the class names (fields `model_dir` ... `dtype`); nothing is trained."""
     resolution: int = 8
     """Generation resolution (square). Real images are nearest-upsampled to it for training and
     samples are area-downsampled back to the stored 8x8, so the round trip is exact; mirrors the
@@ -61,6 +69,22 @@ class GeneratorConfig:
     """Class-balanced generated samples for the quality report in generator.json (0 skips it)."""
     quality_classifier_steps: int = 300
     """Optimizer steps of the real-data digits_cnn used by the quality report."""
+    model_dir: str = ""
+    """stable-diffusion: local folder in the layout of diffusers' StableDiffusionPipeline.save_pretrained
+    (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/). Read with local files only;
+    a safety_checker/ there is ignored. A relative path is resolved against the launcher's working
+    directory when the generator job prepares the folder (generator.json records the absolute path)."""
+    prompt_templates: tuple[str, ...] = ("{}",)
+    """stable-diffusion: prompts, "{}" standing for the class name (the paper prompts with the class name
+    alone). With several templates they are cycled, not averaged: the sample with seed s is prompted with
+    template s mod len(prompt_templates), so each image has a real prompt and a chunk stays reproducible."""
+    generation_resolution: int = 512
+    """stable-diffusion: side of the generated square image (the paper: 512). Decoded images are resized
+    to the pool's stored resolution (dp_hpc.data.spec) before the classifier sees them and before storage
+    (paper: 512 generated, 256 stored). Must be a multiple of the model's latent downsampling (64 for SD 1.5)."""
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """stable-diffusion: autocast precision of the UNet and VAE passes (weights stay fp32). auto: bf16 on
+    CUDA, fp32 on CPU. FG ran fp16; bf16 has fp32's range, so the VAE decode cannot overflow."""
 
     def __post_init__(self) -> None:
         if not self.block_out_channels:
@@ -97,6 +121,30 @@ class GeneratorConfig:
             raise ConfigError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError("cond_drop_prob", f"must be in [0, 1), got {self.cond_drop_prob}")
+        if self.backend == "stable-diffusion" and not self.model_dir:
+            raise ConfigError("model_dir", "required with backend stable-diffusion: the local folder of the model")
+        if not self.prompt_templates:
+            raise ConfigError("prompt_templates", "must name at least one template, got ()")
+        for t in self.prompt_templates:
+            try:
+                ok = t.count("{}") == 1 and t.format("x") == t.replace("{}", "x")
+            except (IndexError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError("prompt_templates", f"every template needs exactly one {{}} for the class name"
+                                  f" and no other braces, got {t!r}")
+        if self.generation_resolution < 8 or self.generation_resolution % 8:
+            raise ConfigError("generation_resolution",
+                              f"must be a positive multiple of 8, got {self.generation_resolution}")
+
+    def identity(self) -> dict:
+        """The fields that make this backend's generator, as plain JSON data (tuples -> lists): what a
+        trained or prepared generator folder records and is compared against. For digits_unet it is
+        exactly the config as it was before the stable-diffusion fields existed, so hashing it keeps
+        the keys (and folders) of existing sweeps' generators."""
+        sd = self.backend == "stable-diffusion"
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items()
+                                      if k == "backend" or (k in SD_FIELDS) == sd}))
 
     @classmethod
     def smoke(cls) -> GeneratorConfig:
@@ -131,7 +179,15 @@ class SamplerConfig:
     guidance_form: Literal["paper", "fg"] = "fg"
     """`fg`: per-sample normalised gradient g = grad H / ||grad H|| * ||x_t|| * omega added to x_t
     before the DDIM step (the authors' Feedback-guided Data Synthesis code). `paper`: classifier-guidance
-    form in eps space, eps - sqrt(1 - abar_t) * omega * grad H (eq. 7 with the entropy-raising sign)."""
+    form in eps space, eps - sqrt(1 - abar_t) * omega * grad H (eq. 7 with the entropy-raising sign).
+    What the classifier sees is `guidance_input`."""
+    guidance_input: Literal["x0_hat", "fg_blend"] = "x0_hat"
+    """The classifier's input on a guided step. `x0_hat`: the predicted clean sample as an image (digits:
+    (x0_hat + 1) / 2; stable-diffusion: VAE-decoded), resized to the stored resolution, unclamped: what
+    the sample would be stored as if sampling stopped there (the paper's f(x0_hat)). `fg_blend`: what FG's
+    code fed: the blend sqrt(1 - abar) x0_hat + (1 - sqrt(1 - abar)) x_t as an image, min-max scaled per
+    image. On the tiny random Stable Diffusion of tests/test_stable_diffusion.py (decodes spanning about
+    a third of [0, 1]) fg_blend lowered the entropy of the stored images, x0_hat raised it."""
     guidance_every: int = 5
     """Apply entropy guidance at every k-th DDIM step (steps 0, k, 2k, ...). FG guided every 5th of 30
     steps. On the digits UNet, `fg` with omega 0.05 at every step pushes most samples out of their
@@ -141,7 +197,8 @@ class SamplerConfig:
     batch_size: int = 256
     """Micro-batch of `sample_images`. A sample's bytes depend on the micro-batch it was drawn in
     (oneDNN's results depend on the batch shape), so reproduce a chunk with the same batching. On one
-    CPU thread 256 gave ~1.4x the samples/s of 64."""
+    CPU thread 256 gave ~1.4x the samples/s of 64. Stable Diffusion at 512 px needs far smaller
+    micro-batches (guided steps backpropagate through the UNet and the VAE decoder)."""
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:

@@ -13,19 +13,33 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler
 
 from dp_hpc.config import load_run_config
+from dp_hpc.generate.config import GeneratorConfig
+from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
 from dp_hpc.pool import Pool
 from dp_hpc.signals import PreemptFlag
 
 log = logging.getLogger(__name__)
 
 
-def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_dir: Path,
-              classifier_step: int | None) -> dict:
-    from dp_hpc.generate.sampler import sample_images
+def load_sampling_model(generator_dir: Path, gen_cfg: GeneratorConfig) -> tuple[Denoiser, DDIMScheduler]:
+    """The generator of a backend as the sampler's Denoiser, and its DDIM scheduler. The digits UNet
+    runs on CPU (0.16M parameters: a GPU would not pay for its transfers); Stable Diffusion on CUDA
+    when there is one."""
+    if gen_cfg.backend == "stable-diffusion":
+        from dp_hpc.generate.stable_diffusion import load_sd_generator
+
+        return load_sd_generator(generator_dir, "cuda" if torch.cuda.is_available() else "cpu")
     from dp_hpc.generate.unet import load_generator
 
+    unet, scheduler = load_generator(generator_dir)
+    return PixelUNet(unet), scheduler
+
+
+def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_dir: Path,
+              classifier_step: int | None) -> dict:
     pool = Pool(run_dir)
     todo = [c for c in range(start, stop) if not pool.chunk_done(round_index, c)]
     if not todo:
@@ -33,12 +47,13 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
         return {"written": 0, "skipped": stop - start}
     cfg = load_run_config(run_dir)
     kind = pool.round_attrs(round_index)["kind"]
-    unet, scheduler = load_generator(generator_dir)
+    model, scheduler = load_sampling_model(generator_dir, cfg.generator)
     classifier = None
     if classifier_step is not None:
         from dp_hpc.train.checkpoint import load_classifier
 
-        classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg)
+        classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg,
+                                     device=model.device)
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
     storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution
@@ -50,7 +65,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
             t0 = time.perf_counter()
             labels, seeds = pool.chunk_inputs(round_index, c)
             with torch.inference_mode(False):
-                out = sample_images(unet, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
+                out = sample_images(model, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
                                     sampler_cfg, storage_size=storage_size, classifier=classifier)
             pool.write_chunk(round_index, c, out.images, out.entropy)
             written += 1

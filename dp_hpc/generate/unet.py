@@ -27,7 +27,6 @@ Measured on the 2 shared CPU cores of the dev machine (load average 2-3 from oth
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -89,10 +88,6 @@ def to_model_space(images_uint8: np.ndarray, resolution: int) -> torch.Tensor:
     return x
 
 
-def _config_dict(cfg: GeneratorConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored in JSON
-
-
 def train_generator(
     cfg: GeneratorConfig,
     images_uint8: np.ndarray,
@@ -115,7 +110,7 @@ def train_generator(
     out_dir = Path(out_dir)
     done = read_json(out_dir / MARKER)
     if done is not None:
-        if done["config"] != _config_dict(cfg):
+        if done["config"] != cfg.identity():
             raise ValueError(f"{out_dir} holds a generator trained with a different config: {done['config']}")
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +166,7 @@ class _Training:
         if not path.exists():
             return t
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt["config"] != _config_dict(cfg):
+        if ckpt["config"] != cfg.identity():
             raise ValueError(f"{path} was written with a different config: {ckpt['config']}")
         t.unet.load_state_dict(ckpt["unet"])
         t.opt.load_state_dict(ckpt["opt"])
@@ -188,7 +183,7 @@ class _Training:
         # a crash mid-save leaves the previous checkpoint intact.
         buf = io.BytesIO()
         torch.save({
-            "config": _config_dict(self.cfg),
+            "config": self.cfg.identity(),
             "unet": self.unet.state_dict(),
             "opt": self.opt.state_dict(),
             "lr_sched": self.lr_sched.state_dict(),
@@ -210,7 +205,7 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
     cfg = t.cfg
     info = {
         "complete": True,
-        "config": _config_dict(cfg),
+        "config": cfg.identity(),
         "num_classes": t.unet.config.num_class_embeds - 1,
         "num_train_images": num_train_images,
         "steps": t.state["step"],

@@ -1,0 +1,262 @@
+"""The `stable-diffusion` generator backend: a pretrained Stable Diffusion 1.5 (the paper's generator)
+read from a local folder, sampled in its VAE latent space by the shared entropy-guided DDIM loop of
+`dp_hpc.generate.sampler`.
+
+Usage::
+
+    validate_generator_inputs(run_cfg)   # dp_hpc.generate.cache; the launcher, before any job
+    info = prepare_generator(run_cfg.generator, spec.class_names, generator_dir)  # the generator job
+    model, scheduler = load_sd_generator(generator_dir, device)                    # each shard task
+    out = sample_images(model, scheduler, labels, seeds, run_cfg.sampler, storage_size, classifier=clf)
+
+Generator folder (`generator_dir`), a contract the shard tasks read:
+  config.yaml          written by the launcher
+  text_embeddings.pt   cond: float32 (K, T, L, D), the text encoder's last hidden states for class k
+                       and prompt template t (L = 77 tokens, D = 768 for SD 1.5: ~236 KB per prompt,
+                       236 MB for ImageNet-1k with one template); null: (L, D), the empty prompt's
+  generator.json       completion marker, written last: config, absolute model_dir, class names, shapes
+The weights are not copied: shard tasks read unet/, vae/ and scheduler/ from model_dir; the text
+encoder only runs here, once per (class, template).
+
+Conditioning: sample (label k, seed s) is prompted with template s mod T of class k (templates are
+cycled, not averaged); classifier-free guidance's unconditional branch uses the empty prompt.
+
+Entropy guidance goes through the VAE, as in FG's cond_fn: on a guided step the predicted clean
+latent is decoded to pixels, resized to the pool's stored resolution and fed to the classifier; the
+entropy gradient flows back through decoder and UNet pass to the latent x_t (SamplerConfig
+guidance_form / guidance_input choose the update and FG's or the paper's classifier input). The VAE
+decoder is gradient-checkpointed per block: on guided steps its 512 px activations are recomputed in
+the backward pass instead of being held (no effect on plain steps or on the values).
+
+Precision: UNet and VAE run under autocast (GeneratorConfig.dtype; weights stay fp32); latents, the
+DDIM update and the classifier stay fp32. Determinism: per-sample generators draw the initial and eta
+noise on CPU, so on CPU the same seeds, batching and thread count give the same bytes; CUDA kernels
+are not bitwise deterministic.
+
+Not measured yet on a GPU: the cost of a guided image (paper: 1.82x a plain one on an H100) and the
+largest micro-batch (SamplerConfig.batch_size) that fits for guided 512 px sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+from dp_hpc.errors import ConfigError
+from dp_hpc.generate.config import GeneratorConfig
+from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+MARKER = "generator.json"
+EMBEDDINGS = "text_embeddings.pt"
+
+_DIFFUSERS_WEIGHTS = (("diffusion_pytorch_model.safetensors",), ("diffusion_pytorch_model.bin",),
+                      ("diffusion_pytorch_model.safetensors.index.json",), ("diffusion_pytorch_model.bin.index.json",))
+_TRANSFORMERS_WEIGHTS = (("model.safetensors",), ("pytorch_model.bin",), ("model.safetensors.index.json",),
+                         ("pytorch_model.bin.index.json",))
+LAYOUT: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
+    "unet": ((("config.json",),), _DIFFUSERS_WEIGHTS),
+    "vae": ((("config.json",),), _DIFFUSERS_WEIGHTS),
+    "text_encoder": ((("config.json",),), _TRANSFORMERS_WEIGHTS),
+    "tokenizer": ((("tokenizer.json",), ("vocab.json", "merges.txt")),),
+    "scheduler": ((("scheduler_config.json",),),),
+}
+"""What a model folder must hold, per component folder: requirements, each met by any one of its
+alternatives, an alternative being files that must all exist. fp16 'variant' files
+(diffusion_pytorch_model.fp16.safetensors) are not read; safety_checker/ and feature_extractor/ are ignored."""
+
+
+# ----------------------------------------------------------------------------- checks (launcher)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """The absolute model folder, or ConfigError("generator.model_dir", ...) naming the folder and
+    every part of the StableDiffusionPipeline.save_pretrained layout it lacks. Reads no weights."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError("generator.model_dir", f"{folder} does not exist or is not a folder")
+    missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
+    for component, requirements in LAYOUT.items():
+        if not (folder / component).is_dir():
+            missing.append(f"{component}/")
+            continue
+        for alternatives in requirements:
+            if not any(all((folder / component / f).is_file() for f in alt) for alt in alternatives):
+                missing.append(" or ".join(" + ".join(f"{component}/{f}" for f in alt) for alt in alternatives))
+    if missing:
+        raise ConfigError("generator.model_dir", f"{folder} is not a complete Stable Diffusion folder"
+                          f" (StableDiffusionPipeline.save_pretrained layout); missing: {'; '.join(missing)}")
+    return folder
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError("generator.model_dir", f"{path} is not readable JSON: {e}") from None
+
+
+def check_model_fits(cfg: GeneratorConfig, image_shape: tuple[int, int, int]) -> Path:
+    """check_model_dir, then: does the model make images the pool can store ((C, H, W) =
+    dataset_spec(...).image_shape), at a generation resolution its latent grid divides? Reads the
+    unet/ and vae/ config.json files only. Returns the absolute model folder."""
+    folder = check_model_dir(cfg.model_dir)
+    unet_cfg, vae_cfg = _read_config(folder / "unet" / "config.json"), _read_config(folder / "vae" / "config.json")
+    c, h, w = image_shape
+    if h != w:
+        raise ConfigError("generator.backend", f"stable-diffusion makes square images; the pool stores {h}x{w}")
+    made = vae_cfg.get("out_channels", 3)
+    if made != c:
+        raise ConfigError("generator.backend", f"{folder} makes {made}-channel images; the dataset's pool stores {c}")
+    vae_f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    unet_f = 2 ** (len(unet_cfg["block_out_channels"]) - 1)
+    if cfg.generation_resolution % (vae_f * unet_f):
+        raise ConfigError("generator.generation_resolution",
+                          f"must be a multiple of {vae_f * unet_f} for {folder} (VAE /{vae_f}, UNet /{unet_f}),"
+                          f" got {cfg.generation_resolution}")
+    return folder
+
+
+# ----------------------------------------------------------------------------- the model as a Denoiser
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
+    """GeneratorConfig.dtype -> torch dtype; auto is bf16 on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+class LatentDiffusion:
+    """Stable Diffusion as a `dp_hpc.generate.sampler.Denoiser`: x is the scaled VAE latent (B, 4, R/8,
+    R/8) for SD 1.5; the conditioning is the prompt embedding (B, L, D)."""
+
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, cond_table: torch.Tensor,
+                 null: torch.Tensor, resolution: int, dtype: torch.dtype):
+        self.unet, self.vae = unet, vae
+        self.cond_table = cond_table  # (K, T, L, D), on the model's device
+        self.null = null  # (L, D)
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_shape = (unet.config.in_channels, resolution // f, resolution // f)
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def condition(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """(B, L, D): class labels[i]'s embedding under template seeds[i] mod T."""
+        templates = torch.tensor([int(s) % self.cond_table.shape[1] for s in seeds], device=self.device)
+        return self.cond_table[labels.to(self.device), templates]
+
+    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.null.expand(len(cond), -1, -1)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.unet(x, t, encoder_hidden_states=cond).sample.float()
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, 4, h, w) -> decoded image float32 (B, 3, R, R), about [0, 1], unclamped."""
+        with self._autocast():
+            return (self.vae.decode(x / self.vae.config.scaling_factor).sample.float() + 1.0) / 2.0
+
+
+# ----------------------------------------------------------------------------- the generator job
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Prompts -> the text encoder's last hidden states, float32 (N, L, D) on CPU, tokenised as
+    diffusers' StableDiffusionPipeline does (padded to model_max_length, truncated, no attention mask)."""
+    device = next(text_encoder.parameters()).device
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        ids = tokenizer(list(prompts[lo : lo + batch_size]), padding="max_length", truncation=True,
+                        max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        out.append(text_encoder(ids.to(device))[0].float().cpu())
+    return torch.cat(out)
+
+
+def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir: Path) -> dict:
+    """The stable-diffusion counterpart of train_generator, run once per sweep as the generator job:
+    check the model folder, encode every (class, template) prompt and the empty prompt, write the
+    embeddings, then generator.json (last). Idempotent: a finished folder is returned as it is."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    done = read_json(out_dir / MARKER)
+    if done is not None:
+        if done["config"] != cfg.identity():
+            raise ValueError(f"{out_dir} holds a generator prepared with a different config: {done['config']}")
+        return done
+    t0 = time.perf_counter()
+    model_dir = check_model_dir(cfg.model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", local_files_only=True)
+    text_encoder = text_encoder.to(device).eval()
+    prompts = [t.format(name) for name in class_names for t in cfg.prompt_templates]
+    cond = encode_prompts(tokenizer, text_encoder, prompts)  # (K * T, L, D), class-major
+    cond = cond.view(len(class_names), len(cfg.prompt_templates), *cond.shape[1:])
+    null = encode_prompts(tokenizer, text_encoder, [""])[0]  # (L, D)
+    buf = io.BytesIO()
+    torch.save({"cond": cond, "null": null}, buf)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / EMBEDDINGS, buf.getvalue())
+    info = {
+        "complete": True,
+        "config": cfg.identity(),
+        "model_dir": str(model_dir),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "example_prompts": prompts[: len(cfg.prompt_templates)],
+        "embedding_shape": list(cond.shape),
+        "prepare_wall_s": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_json(out_dir / MARKER, info)
+    logger.info("stable-diffusion generator ready: %d prompts encoded from %s in %.1f s", len(prompts), model_dir,
+                info["prepare_wall_s"])
+    return info
+
+
+# ----------------------------------------------------------------------------- shard tasks
+
+
+def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -> tuple[LatentDiffusion, DDIMScheduler]:
+    """The prepared generator (see prepare_generator) on `device`, eval mode, frozen, and a
+    DDIMScheduler built from the model folder's scheduler config as it is (for SD 1.5: "leading"
+    timestep spacing with steps_offset 1, set_alpha_to_one False, no clipping: latents are unbounded),
+    which is what diffusers' pipelines and FG sample with."""
+    generator_dir = Path(generator_dir)
+    info = read_json(generator_dir / MARKER)
+    if info is None:
+        raise FileNotFoundError(f"{generator_dir} holds no prepared generator (no {MARKER})")
+    device = torch.device(device)
+    model_dir = check_model_dir(info["model_dir"])
+    kwargs = {"local_files_only": True, "low_cpu_mem_usage": False}  # the default wants `accelerate`
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **kwargs)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kwargs)
+    for m in (unet, vae):
+        m.to(device).eval().requires_grad_(False)  # guidance only needs d/dx_t
+    vae.enable_gradient_checkpointing()
+    emb = torch.load(generator_dir / EMBEDDINGS, map_location=device, weights_only=True)
+    cfg = info["config"]
+    model = LatentDiffusion(unet, vae, emb["cond"], emb["null"], cfg["generation_resolution"],
+                            autocast_dtype(cfg["dtype"], device))
+    scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
+    return model, scheduler
