@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dp_hpc.coordinate.config import MethodConfig, PoolConfig
+from dp_hpc.coordinate.config import MethodConfig, PoolConfig, SlurmConfig
 from dp_hpc.data.config import DataConfig
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
@@ -48,10 +48,13 @@ class RunConfig:
 class ExecutorConfig:
     """How jobs run. The `--executor` flag overrides `kind`."""
 
-    kind: Literal["local", "debug"] = "local"
-    """local: submitit LocalExecutor (real subprocesses). debug: in-process, one job at a time."""
+    kind: Literal["local", "debug", "slurm", "auto"] = "local"
+    """local: submitit LocalExecutor (real subprocesses). debug: in-process, one job at a time.
+    slurm: sbatch through submitit, resources from the sweep's `slurm:` section.
+    auto: slurm where `sbatch` is on PATH, else local."""
     max_parallel_jobs: int = 2
-    """Jobs (array tasks included) running at once across the sweep (local executor)."""
+    """Jobs (array tasks included) running at once across the sweep (local and debug executors;
+    on SLURM the cluster schedules, see slurm.max_queued_jobs)."""
     threads_per_job: int = 1
     """torch intra-op threads in each job."""
     poll_interval_s: float = 0.5
@@ -76,6 +79,8 @@ class SweepConfig:
     grid: list[dict[str, list]]
     """Overrides expanded as a cartesian product (a list of mappings: the union of products)."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Resources per kind of job when the executor is slurm (ignored otherwise)."""
 
 
 # ----------------------------------------------------------------------------- generic loading
@@ -112,8 +117,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
-            if option is type(None) and value is None:
-                return None
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return _convert(option, value, key)
             except ConfigError:
@@ -265,8 +272,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise fail("", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise fail("", "must be a mapping with keys name, base, grid, executor")
-    valid = {"name", "base", "grid", "executor"}
+        raise fail("", "must be a mapping with keys name, base, grid, executor, slurm")
+    valid = {"name", "base", "grid", "executor", "slurm"}
     for k in raw:
         if k not in valid:
             raise fail(str(k), f"unknown key; valid keys: {', '.join(sorted(valid))}")
@@ -276,10 +283,13 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
     if not isinstance(base, dict):
         raise fail("base", "must be a mapping (a run config)")
     executor = raw.get("executor") or {}
+    slurm = raw.get("slurm") or {}
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("executor."):
             set_dotted(executor, key[len("executor."):], value)
+        elif key.startswith("slurm."):
+            set_dotted(slurm, key[len("slurm."):], value)
         else:
             set_dotted(base, key.removeprefix("base."), value)
     grid = raw.get("grid") or [{}]
@@ -297,8 +307,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
     try:
         base_cfg = from_dict(RunConfig, base)
         executor_cfg = from_dict(ExecutorConfig, executor, "executor")
+        slurm_cfg = from_dict(SlurmConfig, slurm, "slurm")
     except ConfigError as e:
-        prefix = "" if e.key.startswith("executor") else "base."
+        prefix = "" if e.key.startswith(("executor", "slurm")) else "base."
         raise fail(prefix + e.key, e.message) from None
 
     runs: list[PlannedRun] = []
@@ -317,7 +328,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         except ConfigError as e:
             raise fail(f"grid ({name}): {e.key}", e.message) from None
         runs.append(PlannedRun(name=name, config=cfg, overrides=combo))
-    sweep = SweepConfig(name=raw["name"], base=base_cfg, grid=grid, executor=executor_cfg)
+    sweep = SweepConfig(name=raw["name"], base=base_cfg, grid=grid, executor=executor_cfg, slurm=slurm_cfg)
     return sweep, runs
 
 
@@ -336,7 +347,16 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: {e.key}", e.message) from None
 
 
+# what a generator depends on, per dataset: the images it learns from (digits) or the classes it
+# is prompted with and the stored resolution (imagenet; the evaluation files do not matter)
+GENERATOR_DATA_FIELDS = {"digits": ("dataset", "split_seed", "val_fraction", "test_fraction"),
+                         "imagenet": ("dataset", "classes", "resolution")}
+
+
 def generator_key(cfg: RunConfig) -> str:
-    """Runs whose data and generator configs agree share one trained generator."""
-    blob = json.dumps({"data": to_dict(cfg.data), "generator": to_dict(cfg.generator)}, sort_keys=True)
+    """Runs whose generators would be the same share one trained (or prepared) generator. Only
+    the fields that make the generator count, so that adding config keys keeps existing keys."""
+    data = to_dict(cfg.data)
+    blob = json.dumps({"data": {k: data[k] for k in GENERATOR_DATA_FIELDS[cfg.data.dataset]},
+                       "generator": cfg.generator.identity()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

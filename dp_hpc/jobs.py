@@ -1,12 +1,29 @@
 """The callables that submitit runs as jobs. Each takes only paths and small values (every task
 is pickled), sets up threads and logging, and calls one component. All are idempotent: run
-twice, they do the work once."""
+twice, they do the work once.
+
+Preemption (SLURM): the components stop at a safe point on SIGTERM or SIGUSR2 (a generated chunk,
+a training step) and return. After a USR2 -- submitit's signal for preemption and for the
+approaching time limit -- the job then hands the signal on to submitit's own handler, which
+requeues it (the callables are `Checkpointable`: the requeued job reruns the same call, and the
+work continues from what is on disk). After a SIGTERM SLURM is already requeueing or cancelling.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+from submitit.helpers import Checkpointable
+
+from dp_hpc import signals
+
+log = logging.getLogger(__name__)
 
 
 def _setup(threads: int) -> None:
@@ -18,6 +35,18 @@ def _setup(threads: int) -> None:
                         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
 
 
+def _on_slurm() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+
+
+def requeue_if_asked() -> None:
+    """After the work stopped at a safe point: if USR2 asked for it, requeue through submitit
+    (its handler checkpoints this call and runs `scontrol requeue`, then exits)."""
+    if signal.SIGUSR2 in signals.RECEIVED and _on_slurm():
+        log.info("preempted (USR2): requeueing this job")
+        signal.raise_signal(signal.SIGUSR2)
+
+
 def train_generator(generator_dir: str, threads: int = 1) -> dict:
     """Train (or find cached) the sweep's diffusion model; see dp_hpc.generate.unet."""
     _setup(threads)
@@ -26,24 +55,83 @@ def train_generator(generator_dir: str, threads: int = 1) -> dict:
     return build_generator(Path(generator_dir))
 
 
-def generate_shard(run_dir: str, round_index: int, chunk_start: int, chunk_stop: int,
-                   generator_dir: str, classifier_step: int | None, threads: int = 1) -> dict:
+class GenerateShard(Checkpointable):
     """Generate the chunks [chunk_start, chunk_stop) of one round; skips chunks already done."""
-    _setup(threads)
-    from dp_hpc.generate.shard import run_shard
 
-    return run_shard(Path(run_dir), round_index, chunk_start, chunk_stop, Path(generator_dir), classifier_step)
+    def __call__(self, run_dir: str, round_index: int, chunk_start: int, chunk_stop: int,
+                 generator_dir: str, classifier_step: int | None, threads: int = 1) -> dict:
+        _setup(threads)
+        from dp_hpc.generate.shard import run_shard
+
+        out = run_shard(Path(run_dir), round_index, chunk_start, chunk_stop, Path(generator_dir), classifier_step)
+        requeue_if_asked()
+        return out
 
 
-def train(run_dir: str, plateau_exit: bool, threads: int = 1) -> dict:
-    """Train the classifier until a plateau (if allowed) or the iteration budget."""
-    _setup(threads)
-    from dp_hpc.coordinate.coordinator import latest_train_state
-    from dp_hpc.train.loop import train_until_stop
+class Train(Checkpointable):
+    """Train the classifier until a plateau (if allowed) or the iteration budget. With
+    `procs_per_node`, through torchrun on every node of the job (SLURM); else in this process."""
 
-    before = latest_train_state(Path(run_dir)) or {}
-    state = train_until_stop(Path(run_dir), plateau_exit=plateau_exit)
-    return {**state, "start_step": before.get("step", 0)}  # lets tests check no step is trained twice
+    def __call__(self, run_dir: str, plateau_exit: bool, threads: int = 1, procs_per_node: int | None = None) -> dict:
+        _setup(threads)
+        from dp_hpc.coordinate.coordinator import latest_train_state
+
+        before = latest_train_state(Path(run_dir)) or {}
+        if procs_per_node is None:
+            from dp_hpc.train.loop import train_until_stop
+
+            state = train_until_stop(Path(run_dir), plateau_exit=plateau_exit)
+        else:
+            run_torchrun(run_dir, plateau_exit, threads, procs_per_node)
+            state = latest_train_state(Path(run_dir)) or {}
+        requeue_if_asked()
+        return {**state, "start_step": before.get("step", 0)}  # lets tests check no step is trained twice
+
+
+def torchrun_command(run_dir: str, plateau_exit: bool, threads: int, procs_per_node: int, num_nodes: int,
+                     first_host: str, job_id: str, log_dir: Path | None = None) -> list[str]:
+    """One node's torchrun agent. Several nodes meet at a c10d rendezvous on the first node, at
+    a port derived from the job id (jobs sharing a node get different ports). With `log_dir` the
+    workers' output also goes to a file per rank (to quote a failing worker's error)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={num_nodes}", f"--nproc-per-node={procs_per_node}"]
+    if log_dir is not None:
+        cmd += ["--log-dir", str(log_dir), "--tee", "3"]
+    if num_nodes == 1:
+        cmd.append("--standalone")
+    else:
+        port = 29500 + int(job_id.split("_")[0]) % 20000
+        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={first_host}:{port}", f"--rdzv-id={job_id}"]
+    cmd += ["-m", "dp_hpc.train", "--run-dir", str(run_dir), "--threads", str(max(1, threads))]
+    return cmd if plateau_exit else cmd + ["--no-plateau-exit"]
+
+
+def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node: int) -> None:
+    """Run this node's torchrun agent to the end. The agent dies on SIGUSR2 (it only handles
+    TERM/INT/HUP/QUIT), so it starts with USR2 ignored, and a preemption reaching this task (USR2
+    or SIGTERM) is passed to it as SIGTERM: it forwards that to the workers, which checkpoint at
+    the next step boundary and exit."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    log_dir = Path(run_dir) / "logs" / "torchrun" / f"{env.job_id}-node{env.node}"
+    cmd = torchrun_command(run_dir, plateau_exit, threads, procs_per_node, env.num_nodes, env.hostnames[0],
+                           str(env.job_id), log_dir)
+    log.info("node %d/%d: %s", env.node, env.num_nodes, " ".join(cmd))
+    agent = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+    with signals.forward_as_sigterm(agent):
+        code = agent.wait()
+    if code != 0 and not signals.RECEIVED:
+        raise RuntimeError(f"torchrun exited with code {code}; {_first_worker_error(log_dir)}")
+
+
+def _first_worker_error(log_dir: Path) -> str:
+    """The end of the first traceback among the workers' stderr files (torchrun --log-dir)."""
+    for path in sorted(log_dir.rglob("stderr.log")):
+        lines = [re.sub(r"^\[rank\d+\]: ?", "", ln) for ln in path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+        if any(ln.startswith("Traceback") for ln in lines):
+            return f"local rank {path.parent.name} ({path}):\n" + "\n".join(lines[-6:])
+    return f"no worker traceback under {log_dir}"
 
 
 def evaluate(run_dir: str, threads: int = 1) -> dict:
@@ -52,3 +140,17 @@ def evaluate(run_dir: str, threads: int = 1) -> dict:
     from dp_hpc.train.evaluate import evaluate_final
 
     return evaluate_final(Path(run_dir))
+
+
+class Coordinate(Checkpointable):
+    """The sweep's coordinator as a SLURM job: the launcher in the foreground. On preemption or
+    time limit submitit requeues it; state.json and the recorded job ids let the new one
+    re-attach to every job in flight."""
+
+    def __call__(self, argv: list[str]) -> int:
+        from dp_hpc.launch import main
+
+        code = main([*argv, "--foreground"])
+        if code not in (0, 1):  # 1: some runs failed, reported in their state.json
+            raise RuntimeError(f"the coordinator exited with code {code}")
+        return code

@@ -1,16 +1,20 @@
 """Launch (or resume) a sweep: expand the grid into runs, train the shared generator, and drive
 one coordinator per run until every run is done.
 
-    python -m dp_hpc.launch --sweep sweeps/digits.yaml [--out runs] [--executor local|debug]
-                            [--set key=value ...] [--dry-run]
+    python -m dp_hpc.launch --sweep sweeps/digits.yaml [--out runs] [--executor local|debug|slurm|auto]
+                            [--set key=value ...] [--dry-run] [--foreground]
 
-Rerunning the same command continues where it stopped: all state is in `<out>/<sweep>/`.
+With `--executor slurm` the launcher checks the request against the cluster, then submits the
+coordinator itself as a small CPU job and returns (`--foreground`: drive the sweep from this
+process instead). Rerunning the same command continues where it stopped: all state is in
+`<out>/<sweep>/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,12 +32,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dp_hpc.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", required=True, help="sweep YAML file (name, base, grid, executor)")
     p.add_argument("--out", default="runs", help="output root; the sweep lives in OUT/<sweep name>/ (default: runs)")
-    p.add_argument("--executor", choices=["local", "debug"], default=None,
-                   help="where jobs run (default: the sweep's executor.kind, else local)")
+    p.add_argument("--executor", choices=["local", "debug", "slurm", "auto"], default=None,
+                   help="where jobs run (default: the sweep's executor.kind, else local); "
+                        "auto: slurm if sbatch is on PATH, else local")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base run-config key (e.g. train.total_steps=500) or executor.KEY; repeatable")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and their planned rounds; write nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their planned rounds (on SLURM: "
+                   "the sbatch options of every job and a GPU-hour estimate); write nothing")
+    p.add_argument("--foreground", action="store_true",
+                   help="slurm: drive the sweep from this process instead of a coordinator job")
     return p.parse_args(argv)
+
+
+def resolve_executor(requested: str) -> str:
+    if requested == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return requested
 
 
 # ----------------------------------------------------------------------------- planning output
@@ -43,27 +57,81 @@ def describe_rounds(cfg: RunConfig) -> str:
     m = cfg.method
     sizes = m.round_sizes()
     if m.name == "static":
-        return f"1 round: {sizes[0]} plain"
+        return f"1 round: {sizes[0]:,} plain"
     later = sizes[1:]
     kind = "guided" if m.name == "dp" else f"kept of {m.prune_factor}x plain"
-    text = f"{sizes[0]} plain"
+    text = f"{sizes[0]:,} plain"
     if later:
-        text += f" + up to {len(later)} x {later[0]} {kind} (at plateaus)"
+        text += f" + up to {len(later)} x {later[0]:,} {kind} (at plateaus)"
     if m.branch_at:
         text += f"; branch-outs after rounds {', '.join(map(str, m.branch_at))}"
     return text
 
 
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.0f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:,.1f} TB"
+
+
 def print_plan(sweep: SweepConfig, runs: list[PlannedRun], out: Path) -> None:
+    from dp_hpc.data.spec import dataset_spec
+    from dp_hpc.pool import estimated_bytes_per_image
+
     print(f"sweep {sweep.name!r}: {len(runs)} runs -> {out / sweep.name}/")
     w = max(len(r.name) for r in runs)
-    print(f"  {'run':<{w}}  {'method':<6}  {'budget':>7}  {'max gen.':>8}  {'steps':>6}  planned rounds")
+    print(f"  {'run':<{w}}  {'method':<6}  {'budget':>10}  {'max gen.':>10}  {'pool':>8}  {'steps':>7}  planned rounds")
+    total = 0.0
     for r in runs:
         c = r.config
         sizes = c.method.round_sizes()
         gen = sum(c.method.generated(i, k) for i, k in enumerate(sizes))
-        print(f"  {r.name:<{w}}  {c.method.name:<6}  {c.method.budget:>7}  {gen:>8}  {c.train.total_steps:>6}  "
-              f"{describe_rounds(c)}")
+        pool = gen * estimated_bytes_per_image(dataset_spec(c.data).image_shape)
+        total += pool
+        print(f"  {r.name:<{w}}  {c.method.name:<6}  {c.method.budget:>10,}  {gen:>10,}  {_size(pool):>8}  "
+              f"{c.train.total_steps:>7,}  {describe_rounds(c)}")
+    print(f"  pool storage, all runs: up to {_size(total)} (pool = every generated sample, prune candidates included)")
+
+
+def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
+    """sbatch options of every kind of job, and per run its arrays and a GPU-hour estimate."""
+    import math
+
+    from dp_hpc.coordinate.slurm import sbatch_flags
+
+    sc, tp = sweep.slurm, sweep.slurm.throughput
+    tr = sc.training
+    print("SLURM jobs (sbatch options):")
+    print(f"  coordinator (1 per sweep): sbatch {' '.join(sbatch_flags(sc.coordinator, sc.signal_delay_s))}")
+    print(f"  generation round (array) : sbatch {' '.join(sbatch_flags(sc.generation, sc.signal_delay_s))} "
+          f"--array=0-<tasks-1>%{sc.generation.array_parallelism}")
+    print(f"  generator prep, eval     : sbatch {' '.join(sbatch_flags(sc.generation, sc.signal_delay_s))}")
+    print(f"  training                 : sbatch {' '.join(sbatch_flags(tr, sc.signal_delay_s))}  "
+          f"-> torchrun {tr.nodes} node(s) x {tr.procs} process(es)")
+    gpus = tr.nodes * tr.gpus_per_node
+    print(f"GPU-hours (assumed: {tp.plain_images_per_gpu_s:g} plain images/s per GPU, guided x{tp.guided_cost:g}, "
+          f"training {tp.train_images_per_gpu_s:g} images/s per GPU; dp rounds happen at plateaus, so 'up to'):")
+    for r in runs:
+        m, shard = r.config.method, r.config.pool.shard_size
+        parts, total = [], 0.0
+        for i, kept in enumerate(m.round_sizes()):
+            n = m.generated(i, kept)
+            kind = m.round_kind(i)
+            h = n / tp.plain_images_per_gpu_s * (tp.guided_cost if kind == "guided" else 1.0) / 3600
+            total += h
+            parts.append((kind, n, math.ceil(n / shard), h))
+        train_h = r.config.train.total_steps * r.config.train.batch_size / tp.train_images_per_gpu_s / 3600
+        total += train_h
+        first, rest = parts[0], parts[1:]
+        text = f"round 0: {first[1]:,} {first[0]} in {first[2]} tasks ~{first[3]:,.1f} GPU-h"
+        if rest:
+            which = "round 1" if len(rest) == 1 else f"rounds 1-{len(rest)}"
+            text += f"; {which}: {rest[0][1]:,} {rest[0][0]} in {rest[0][2]} tasks ~{rest[0][3]:,.1f} GPU-h each"
+        wall = f" ({train_h / gpus:,.1f} h on {gpus} GPUs)" if gpus else ""
+        print(f"  {r.name}: {text}; training {r.config.train.total_steps:,} steps x {r.config.train.batch_size} "
+              f"~{train_h:,.1f} GPU-h{wall}; total {'up to ' if rest else ''}{total:,.1f} GPU-h")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -80,13 +148,34 @@ def check_existing_runs(runs: list[PlannedRun], sweep_dir: Path) -> None:
                                  f"--out or sweep name (or delete that run folder) to change a run's settings")
 
 
+def check_run_inputs(runs: list[PlannedRun]) -> None:
+    """What the runs need from outside their config -- a Stable Diffusion folder, packed evaluation
+    files, a class list -- checked before anything is written or submitted."""
+    from dp_hpc.data.eval_data import check_data_inputs
+    from dp_hpc.generate.cache import validate_generator_inputs
+
+    seen = set()
+    for r in runs:
+        key = (repr(r.config.data), repr(r.config.generator))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_data_inputs(r.config.data)
+            validate_generator_inputs(r.config)
+        except ConfigError as e:
+            raise ConfigError(f"run {r.name}: {e.key}", e.message) from None
+        except ValueError as e:  # a data file the class list or resolution does not match
+            raise UsageError(f"run {r.name}: {e}") from None
+
+
 def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) -> None:
     """Write the sweep's and each run's resolved config (before any work)."""
     from dp_hpc.io import atomic_write_text
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"name": sweep.name, "base": to_dict(sweep.base), "grid": sweep.grid,
-                           "executor": to_dict(sweep.executor)}, sort_keys=False)
+                           "executor": to_dict(sweep.executor), "slurm": to_dict(sweep.slurm)}, sort_keys=False)
     if not (sweep_dir / "sweep.yaml").exists() or (sweep_dir / "sweep.yaml").read_text() != text:
         atomic_write_text(sweep_dir / "sweep.yaml", text)  # a grown grid adds runs to the same sweep
     for r in runs:
@@ -115,8 +204,7 @@ class GeneratorFailed(RuntimeError):
     pass
 
 
-def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: int, max_parallel: int,
-                      poll_s: float) -> None:
+def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_parallel: int, poll_s: float) -> None:
     """Train each distinct generator once per sweep (a job each, at most `max_parallel` at once),
     or find it cached; re-attach to a generator job that a killed launcher had started."""
     from dp_hpc import jobs
@@ -134,6 +222,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: 
                  "sampler": to_dict(r.config.sampler)}, sort_keys=False))
         todo.append(gdir)
     running: dict[Path, tuple[str, float]] = {}
+    runner.poll([j["job_id"] for g in todo if (j := read_json(g / "job.json"))])
     for gdir in todo:
         job = read_json(gdir / "job.json")
         if job and runner.status(gdir / "logs", job["job_id"], job["submitted"]).state == RUNNING:
@@ -146,9 +235,11 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, threads: 
             gdir = waiting.pop(0)
             log.info("training the generator in %s", gdir)
             submitted = time.time()
-            jid = runner.submit(gdir / "logs", "generator", jobs.train_generator, [(str(gdir), threads)])[0]
+            jid = runner.submit(gdir / "logs", "generator", jobs.train_generator,
+                                [(str(gdir), runner.threads_for("generator"))], kind="generator")[0]
             atomic_write_json(gdir / "job.json", {"job_id": jid, "submitted": submitted})
             running[gdir] = (jid, submitted)
+        runner.poll([jid for jid, _ in running.values()])
         for gdir, (jid, submitted) in list(running.items()):
             st = runner.status(gdir / "logs", jid, submitted)
             if st.state == RUNNING:
@@ -176,17 +267,23 @@ def acquire_sweep_lock(sweep_dir: Path):
     return try_lock(sweep_dir / LOCK)
 
 
-def drive(coordinators, max_parallel: int, poll_s: float) -> None:
+def step_sweep(coordinators, runner, max_jobs: int) -> None:
+    """One poll: the states of all the sweep's jobs in one query, then every run takes its next steps."""
     from dp_hpc.coordinate.coordinator import Slots
+
+    runner.poll([i for c in coordinators for i in c.running_job_ids()])
+    slots = Slots(free=max(0, max_jobs - sum(c.running_jobs() for c in coordinators)))
+    for c in coordinators:
+        c.advance(slots)
+
+
+def drive(coordinators, runner, max_jobs: int, poll_s: float) -> None:
     from dp_hpc.progress import SweepProgress
 
     progress = SweepProgress(coordinators)
     try:
         while True:
-            running = sum(c.running_jobs() for c in coordinators)
-            slots = Slots(free=max(0, max_parallel - running))
-            for c in coordinators:
-                c.advance(slots)
+            step_sweep(coordinators, runner, max_jobs)
             progress.update()
             if all(c.finished for c in coordinators):
                 return
@@ -195,36 +292,96 @@ def drive(coordinators, max_parallel: int, poll_s: float) -> None:
         progress.close()
 
 
+def make_runner(kind: str, sweep: SweepConfig, foreground: bool):
+    """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs."""
+    if kind == "slurm":
+        from dp_hpc.coordinate.slurm import SlurmRunner
+
+        runner = SlurmRunner(sweep.slurm, sweep_name=sweep.name)
+        runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
+        return runner
+    from dp_hpc.coordinate.executor import JobRunner
+
+    return JobRunner(kind, timeout_min=sweep.executor.timeout_min, threads=sweep.executor.threads_per_job)
+
+
+COORDINATOR = "coordinator.json"
+
+
+def active_coordinator(runner, sweep_dir: Path) -> tuple[str, str] | None:
+    """(job id, SLURM state) of the sweep's coordinator job if it is queued or running."""
+    from dp_hpc.coordinate.slurm import ENDED
+    from dp_hpc.io import read_json
+
+    info = read_json(sweep_dir / COORDINATOR)
+    if not info:
+        return None
+    runner.poll([info["job_id"]])
+    state = runner.slurm_state(info["job_id"])
+    if state is None and time.time() - info["submitted"] < 60:
+        return info["job_id"], "just submitted"  # accounting has not heard of it yet
+    return (info["job_id"], state) if state is not None and state not in ENDED else None
+
+
+def submit_coordinator(runner, sweep: SweepConfig, sweep_dir: Path, args: argparse.Namespace) -> str:
+    """Submit the coordinator job and record its id in <sweep>/coordinator.json."""
+    from dp_hpc import jobs
+    from dp_hpc.io import atomic_write_json
+
+    argv = ["--sweep", str(Path(args.sweep).resolve()), "--out", str(Path(args.out).resolve()), "--executor", "slurm"]
+    for o in args.overrides:
+        argv += ["--set", o]
+    submitted = time.time()
+    jid = runner.submit(sweep_dir / "logs", "coordinator", jobs.Coordinate(), [(argv,)], kind="coordinator")[0]
+    atomic_write_json(sweep_dir / COORDINATOR, {"job_id": jid, "submitted": submitted, "argv": argv})
+    print(f"sweep {sweep.name!r}: submitted its coordinator as SLURM job {jid} (log: "
+          f"{runner.status(sweep_dir / 'logs', jid).log_path}); it survives logging out.\n"
+          f"Watch it with: python -m dp_hpc.status {sweep_dir}", flush=True)
+    return jid
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("submitit").setLevel(logging.WARNING)
     try:
         sweep, runs = load_sweep(args.sweep, args.overrides)
+        kind = resolve_executor(args.executor or sweep.executor.kind)
         out = Path(args.out)
         if args.dry_run:
             print_plan(sweep, runs, out)
+            if kind == "slurm":
+                print_slurm_plan(sweep, runs)
             return 0
         sweep_dir = out / sweep.name
         check_existing_runs(runs, sweep_dir)
+        check_run_inputs(runs)
+        runner = make_runner(kind, sweep, args.foreground)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    submit_job = kind == "slurm" and not args.foreground
+    if submit_job and (active := active_coordinator(runner, sweep_dir)):
+        print(f"sweep {sweep.name!r}: its coordinator is already SLURM job {active[0]} ({active[1]}); "
+              f"watch it with: python -m dp_hpc.status {sweep_dir}")
+        return 0
     lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
     if lock is None:
         print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
         return 2
     prepare_dirs(sweep, runs, sweep_dir)
+    if submit_job:
+        submit_coordinator(runner, sweep, sweep_dir, args)
+        return 0
 
     from dp_hpc.coordinate.coordinator import Coordinator
-    from dp_hpc.coordinate.executor import JobRunner
     from dp_hpc.status import print_table
 
     ex = sweep.executor
-    kind = args.executor or ex.kind
-    runner = JobRunner(kind, timeout_min=ex.timeout_min, env={"OMP_NUM_THREADS": str(ex.threads_per_job)})
-    coordinators = [Coordinator(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config),
-                                ex.threads_per_job) for r in runs]
+    poll_s = sweep.slurm.poll_interval_s if kind == "slurm" else ex.poll_interval_s
+    max_jobs = sweep.slurm.max_queued_jobs if kind == "slurm" else ex.max_parallel_jobs
+    coordinators = [Coordinator(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config))
+                    for r in runs]
     if all(c.finished and not c.failed_runs() for c in coordinators):
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
@@ -233,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         c.retry_if_failed()
     todo = [r for r, c in zip(runs, coordinators) if not c.finished]
     print(f"sweep {sweep.name!r}: {len(todo)} of {len(runs)} runs to do, executor {kind}, "
-          f"up to {ex.max_parallel_jobs} jobs at once -> {sweep_dir}/", flush=True)
+          f"up to {max_jobs} jobs at once -> {sweep_dir}/", flush=True)
     try:
-        ensure_generators(todo, sweep_dir, runner, ex.threads_per_job, ex.max_parallel_jobs, ex.poll_interval_s)
-        drive([c for c in coordinators if not c.finished], ex.max_parallel_jobs, ex.poll_interval_s)
+        ensure_generators(todo, sweep_dir, runner, max_jobs, poll_s)
+        drive([c for c in coordinators if not c.finished], runner, max_jobs, poll_s)
     except GeneratorFailed as e:
         print(f"error: {e}\nRerunning the command retries it (training resumes from its checkpoint).", file=sys.stderr)
         return 1

@@ -16,24 +16,23 @@ import threading
 
 log = logging.getLogger(__name__)
 
+RECEIVED: list[int] = []
+"""Every preemption signal any flag of this process caught, in order (a job's wrapper reads it
+after the work returns: USR2 asks the job to requeue itself, SIGTERM means SLURM already does)."""
 
-class PreemptFlag:
-    """SIGTERM/SIGUSR2 set the flag (SLURM and submitit preempt with them). In a task of the local
-    executor SIGINT too: a Ctrl-C in the launcher's terminal reaches its jobs. Handlers are
-    installed only from the main thread (signal's rule; jobs of the debug executor run in the
-    launcher's main thread) and always restored on exit, so the launcher keeps its own."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
+class _Handlers:
+    """Installs `_handler` for `SIGNALS` while the context is open and restores the previous
+    handlers on exit. Only from the main thread (signal's rule; jobs of the debug executor run in
+    the launcher's main thread), so the launcher keeps its own handlers."""
 
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict = {}
+    SIGNALS: tuple[int, ...] = ()
 
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        log.warning("signal %s: stopping at the next safe point", signum)
-        self.set = True
+    def _handler(self, signum, frame) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> "PreemptFlag":
+    def __enter__(self):
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handler)
@@ -42,3 +41,35 @@ class PreemptFlag:
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+class PreemptFlag(_Handlers):
+    """SIGTERM/SIGUSR2 set the flag (SLURM and submitit preempt with them). In a task of the local
+    executor SIGINT too: a Ctrl-C in the launcher's terminal reaches its jobs."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        log.warning("signal %s: stopping at the next safe point", signum)
+        RECEIVED.append(signum)
+        self.set = True
+
+
+class forward_as_sigterm(_Handlers):  # noqa: N801 (used like a function: `with forward_as_sigterm(p):`)
+    """While a child process runs: SIGTERM/SIGUSR2 to us -> SIGTERM to it (recorded in RECEIVED)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self, child) -> None:
+        self.child = child
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        log.warning("signal %s: passing it on to pid %d as SIGTERM", signum, self.child.pid)
+        RECEIVED.append(signum)
+        try:
+            self.child.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass

@@ -1,4 +1,5 @@
-"""Print where every run of a sweep stands.
+"""Print where every run of a sweep stands, with the ids and states of its jobs in flight
+(SLURM states from one batched sacct for the whole sweep).
 
     python -m dp_hpc.status runs/digits
 """
@@ -6,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,7 +45,25 @@ def _run_row(run: Path) -> dict:
         "best_val_acc": ck.get("best_val_acc"),
         "test_acc": ev.get("acc"),
         "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
+        "jobs": [(j["kind"], j["job_id"], j.get("executor", "local")) for j in st.get("jobs", [])
+                 if j.get("status") == "running"],
     }
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: SLURM state} in one sacct call ({} without SLURM)."""
+    from dp_hpc.coordinate.slurm import parse_sacct
+
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
+                       capture_output=True, text=True, timeout=120)
+    return parse_sacct(r.stdout) if r.returncode == 0 else {}
+
+
+def _jobs_text(jobs: list[tuple[str, str, str]], states: dict[str, str]) -> str:
+    parts = [f"{kind} {jid} {states.get(jid, 'PENDING?') if ex == 'slurm' else 'running'}" for kind, jid, ex in jobs]
+    return ", ".join(parts[:4]) + (f", +{len(parts) - 4} more" if len(parts) > 4 else "")
 
 
 def _fmt(v) -> str:
@@ -58,12 +79,20 @@ def print_table(sweep_dir: Path, file=sys.stdout) -> None:
     if not rows:
         print(f"{sweep_dir}: no runs", file=file)
         return
+    coordinator = read_json(Path(sweep_dir) / "coordinator.json")
+    states = slurm_states([jid for r in rows for _, jid, ex in r["jobs"] if ex == "slurm"]
+                          + ([coordinator["job_id"]] if coordinator else []))
+    if coordinator:
+        print(f"coordinator: SLURM job {coordinator['job_id']} {states.get(coordinator['job_id'], '(unknown to sacct)')}",
+              file=file)
     cols = ["run", "method", "round", "phase", "pool_size", "generated", "step", "best_val_acc", "test_acc"]
     table = [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
     for r, t in zip(rows, table):
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)), file=file)
+        if r["jobs"]:
+            print(f"    jobs: {_jobs_text(r['jobs'], states)}", file=file)
         if r["error"]:
             print(f"    error: {r['error']}", file=file)
 

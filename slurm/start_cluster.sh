@@ -143,6 +143,15 @@ fi
 # "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=..."
 HW=$(env -u SLURM_CONF slurmd -C | head -n 1 | sed 's/^NodeName=[^ ]* //')
 [[ $HW == *CPUs=* && $HW == *RealMemory=* ]] || fail "unexpected 'slurmd -C' output: $HW"
+# Test jobs mostly wait (imports, polling): let the node offer more CPU slots than it has cores,
+# so that a coordinator job and several workers fit at once on a 2-core CI machine.
+OVERRIDES_LINE="# SlurmdParameters: the node's real hardware"
+if [[ -n ${DP_HPC_SLURM_CPUS:-} ]]; then
+  [[ $DP_HPC_SLURM_CPUS =~ ^[1-9][0-9]*$ ]] || fail "DP_HPC_SLURM_CPUS must be a positive integer, got '$DP_HPC_SLURM_CPUS'"
+  MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<< "$HW")
+  HW="CPUs=$DP_HPC_SLURM_CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$DP_HPC_SLURM_CPUS ThreadsPerCore=1 RealMemory=$MEM"
+  OVERRIDES_LINE="SlurmdParameters=config_overrides"
+fi
 
 if [[ ! -s $DBPASS_FILE ]]; then
   (umask 077; head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$DBPASS_FILE")
@@ -197,6 +206,7 @@ AccountingStoragePass=$MUNGE_SOCK
 ReturnToService=2
 JobRequeue=1
 KillWait=5
+$OVERRIDES_LINE
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE $HW State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF

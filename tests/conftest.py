@@ -44,3 +44,15 @@ def smoke_generator_dir(tmp_path_factory, splits):
     train_generator(GeneratorConfig.smoke(), splits.gen_train.images, splits.gen_train.labels, out,
                     NUM_CLASSES, eval_splits=splits)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """The smoke sweep run once per session with the local executor: (sweep dir, completed process).
+    Its pools and weights are the uninterrupted references of the end-to-end and SLURM tests."""
+    from e2e_helpers import SMOKE, run_launch
+
+    out = tmp_path_factory.mktemp("smoke_out")
+    r = run_launch(SMOKE, out)
+    assert r.returncode == 0, f"launch failed\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-5000:]}"
+    return out / "smoke", r

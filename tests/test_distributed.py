@@ -77,3 +77,40 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
     assert max_diff(final_state(run), final_state(ref)) < 5e-2
     for (sa, a), (sb, b) in zip(acc(run), acc(ref), strict=True):
         assert sa == sb and abs(a - b) <= 2 / 359  # at most two of the 359 val images differ
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
+    """Two torchrun agents on one machine as two "nodes" (--nnodes=2, c10d rendezvous on
+    127.0.0.1, gloo), each with one worker, built by the SLURM training job's own command builder;
+    against one process with the same global batch. Tolerance as above (summation order only)."""
+    from dp_hpc.jobs import torchrun_command
+
+    steps = 12
+    run = make_run(tmp_path / "two_nodes", train=TRAIN)
+    port = free_port()
+    while not 29500 <= port < 49500:  # the builder derives the port from the job id: 29500 + id % 20000
+        port = free_port()
+    cmd = torchrun_command(str(run), plateau_exit=False, threads=1, procs_per_node=1, num_nodes=2,
+                           first_host="127.0.0.1", job_id=str(port - 29500))
+    assert f"--rdzv-endpoint=127.0.0.1:{port}" in cmd and "--rdzv-backend=c10d" in cmd
+    cmd[cmd.index("--no-plateau-exit"):] = ["--no-plateau-exit", "--max-steps", str(steps)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    agents = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outs = [a.communicate(timeout=300) for a in agents]
+    for a, (_, err) in zip(agents, outs):
+        assert a.returncode == 0, err[-3000:]
+    ts = ckpt.latest_checkpoint(run)[1]
+    assert (ts["step"], ts["world_size"], ts["stop_reason"]) == (steps, 2, "preempted")
+
+    ref = make_run(tmp_path / "single", train=TRAIN)
+    assert train_until_stop(ref, plateau_exit=False, max_steps=steps)["step"] == steps
+    assert max_diff(final_state(run), final_state(ref)) < 1e-4

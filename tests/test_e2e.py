@@ -20,14 +20,6 @@ from e2e_helpers import (ROOT, SMOKE, children, kill, launch_cmd, pool_digest, r
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke_out")
-    r = run_launch(SMOKE, out)
-    assert r.returncode == 0, f"launch failed\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-5000:]}"
-    return out / "smoke", r
-
-
 def file_snapshot(d):
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(d.rglob("*")) if p.is_file()}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dp_hpc.errors import ConfigError
@@ -71,3 +71,101 @@ class PoolConfig:
         if self.shard_size < self.chunk_size or self.shard_size % self.chunk_size:
             raise ConfigError("shard_size", f"must be a positive multiple of chunk_size ({self.chunk_size}), "
                               f"got {self.shard_size}")
+
+
+@dataclass(kw_only=True, slots=True)
+class SlurmJobConfig:
+    """sbatch resources of one kind of job. Unset (null) values are left to the cluster's defaults."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 240
+    """Time limit per job (minutes). Jobs that reach it checkpoint, requeue and continue."""
+    nodes: int = 1
+    """Nodes per job (training only; generation tasks and the coordinator use one node each)."""
+    gpus_per_node: int = 0
+    """GPUs per node (0: a CPU job)."""
+    procs_per_node: int | None = None
+    """Training processes per node (torchrun --nproc-per-node); default: gpus_per_node, or 1 on CPU."""
+    cpus_per_task: int = 4
+    mem_gb: float | None = None
+    """Memory per node in GB (null: the cluster's default)."""
+    array_parallelism: int = 256
+    """Array tasks of one generation round running at once (sbatch --array=...%N)."""
+    setup: tuple[str, ...] = ()
+    """Shell lines run in the batch script before the job (module load ..., source venv ...)."""
+    additional_parameters: dict = field(default_factory=dict)
+    """Any other sbatch option, e.g. {exclude: node17, mail_type: FAIL} (underscores become dashes)."""
+
+    def __post_init__(self) -> None:
+        for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_node < 0:
+            raise ConfigError("gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
+        if self.procs_per_node is not None and self.procs_per_node < 1:
+            raise ConfigError("procs_per_node", f"must be >= 1 or null, got {self.procs_per_node}")
+        if self.procs_per_node and self.gpus_per_node and self.procs_per_node > self.gpus_per_node:
+            raise ConfigError("procs_per_node", f"{self.procs_per_node} processes cannot share "
+                              f"{self.gpus_per_node} GPUs (one GPU per process)")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ConfigError("mem_gb", f"must be > 0 or null, got {self.mem_gb}")
+
+    @property
+    def procs(self) -> int:
+        return self.procs_per_node or self.gpus_per_node or 1
+
+
+def _coordinator_defaults() -> SlurmJobConfig:
+    return SlurmJobConfig(cpus_per_task=1, time_min=24 * 60, mem_gb=4.0)
+
+
+@dataclass(kw_only=True, slots=True)
+class ThroughputConfig:
+    """Assumed speeds, only for the GPU-hour estimate of `--dry-run`."""
+
+    plain_images_per_gpu_s: float = 1.0
+    """Plain generated images per second per GPU (SD-1.5, 30 DDIM steps, 512 px, bf16: ~1 on an A100)."""
+    guided_cost: float = 1.82
+    """Time of an entropy-guided image over a plain one (paper, H100)."""
+    train_images_per_gpu_s: float = 1000.0
+    """Classifier training throughput per GPU (images/s; ViT-B/16 at 224 px, bf16: ~1000 on an A100)."""
+
+    def __post_init__(self) -> None:
+        for name in ("plain_images_per_gpu_s", "guided_cost", "train_images_per_gpu_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True, slots=True)
+class SlurmConfig:
+    """The sweep's `slurm:` section: resources per kind of job, used by `--executor slurm`."""
+
+    generation: SlurmJobConfig = field(default_factory=SlurmJobConfig)
+    """Generation array tasks (one shard each); also the generator-preparation and final-eval jobs."""
+    training: SlurmJobConfig = field(default_factory=SlurmJobConfig)
+    """The classifier's (multi-node) torchrun job."""
+    coordinator: SlurmJobConfig = field(default_factory=_coordinator_defaults)
+    """The small CPU job that drives the sweep (unless `--foreground`)."""
+    poll_interval_s: float = 30.0
+    """Seconds between job-state polls (one batched sacct per poll for the whole sweep)."""
+    signal_delay_s: int = 120
+    """USR2 this long before the time limit: jobs checkpoint and requeue."""
+    max_queued_jobs: int = 1000
+    """Jobs (array tasks included) of this sweep queued or running at once."""
+    max_array_size: int = 1000
+    """Largest job array the cluster takes (its MaxArraySize - 1; SLURM's default is 1001): a round
+    with more shards is submitted as several arrays."""
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0:
+            raise ConfigError("poll_interval_s", f"must be > 0, got {self.poll_interval_s}")
+        for name in ("signal_delay_s", "max_queued_jobs", "max_array_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("generation", "coordinator"):
+            if getattr(self, name).nodes != 1:
+                raise ConfigError(f"{name}.nodes", "only training jobs span several nodes; must be 1")

@@ -40,13 +40,11 @@ def latest_train_state(run_dir: Path) -> dict | None:
 
 
 class Coordinator:
-    def __init__(self, run_dir: Path, cfg: RunConfig, runner: JobRunner, generator_dir: Path,
-                 threads_per_job: int = 1):
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: JobRunner, generator_dir: Path):
         self.run_dir = Path(run_dir).resolve()
         self.cfg = cfg
         self.runner = runner
         self.generator_dir = Path(generator_dir).resolve()
-        self.threads = threads_per_job
         self.pool = Pool(self.run_dir)
         self.logs = self.run_dir / "logs"
         st = load_state(self.run_dir)
@@ -57,7 +55,7 @@ class Coordinator:
         self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
 
     def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
-        return Coordinator(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir, self.threads)
+        return Coordinator(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir)
 
     # -- what the launcher shows
     @property
@@ -71,6 +69,11 @@ class Coordinator:
 
     def running_jobs(self) -> int:
         return len(self.state.running_jobs()) + sum(b.running_jobs() for b in self.branches.values())
+
+    def running_job_ids(self) -> list[str]:
+        """Ids of the jobs this run and its branch-outs wait for (polled in one batch per sweep)."""
+        return [j.job_id for j in self.state.running_jobs()] + [i for b in self.branches.values()
+                                                               for i in b.running_job_ids()]
 
     def failed_runs(self) -> list[str]:
         own = [self.name] if self.state.phase == "failed" else []
@@ -154,11 +157,11 @@ class Coordinator:
         if n <= 0:
             return False
         now = time.time()  # before submitting: a job's result file is always newer than this
-        ids = self.runner.submit(self.logs, f"{self.name}-{kind}", fn, args_list[:n])
+        ids = self.runner.submit(self.logs, f"{self.name}-{kind}", fn, args_list[:n], kind=kind)
         slots.free -= n
         for jid, detail in zip(ids, details[:n]):
             self.state.jobs.append(JobRecord(job_id=jid, kind=kind, round=self.state.round, submitted=now,
-                                             detail=detail))
+                                             detail=detail, executor=self.runner.kind))
         save_state(self.run_dir, self.state)
         self._refresh_jobs()  # the debug executor has already run them
         return True
@@ -174,10 +177,11 @@ class Coordinator:
             return True
         if isinstance(action, P.SubmitShards):
             step = st.rounds[action.round_index].classifier_step
-            args = [(run, action.round_index, a, b, str(self.generator_dir), step, self.threads)
+            threads = self.runner.threads_for("generate")
+            args = [(run, action.round_index, a, b, str(self.generator_dir), step, threads)
                     for a, b in action.shards]
             details = [{"start": a, "stop": b} for a, b in action.shards]
-            return self._submit("generate", jobs.generate_shard, args, details, slots)
+            return self._submit("generate", jobs.GenerateShard(), args, details, slots)
         if isinstance(action, P.CompleteRound):
             self.pool.complete_round(action.round_index, keep=action.keep)
             st.phase = "train"
@@ -196,10 +200,10 @@ class Coordinator:
             log.info("%s: no more data (%s); training to the end of the budget", self.name, action.reason)
             st.adding_data = False
         elif isinstance(action, P.SubmitTrain):
-            return self._submit("train", jobs.train, [(run, action.plateau_exit, self.threads)],
-                                [{"plateau_exit": action.plateau_exit}], slots)
+            args = (run, action.plateau_exit, self.runner.threads_for("train"), self.runner.train_procs())
+            return self._submit("train", jobs.Train(), [args], [{"plateau_exit": action.plateau_exit}], slots)
         elif isinstance(action, P.SubmitEval):
-            return self._submit("eval", jobs.evaluate, [(run, self.threads)], [{}], slots)
+            return self._submit("eval", jobs.evaluate, [(run, self.runner.threads_for("eval"))], [{}], slots)
         else:
             raise TypeError(f"unknown action {action!r}")
         save_state(self.run_dir, st)

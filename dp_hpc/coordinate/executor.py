@@ -8,6 +8,7 @@ a failed job's error. Job ids are recorded in state.json by the caller.
   submitit.local._local`), job id = its pid. Those processes outlive a killed coordinator; a new
   coordinator re-attaches by checking the pid is still a submitit controller for our log folder.
 - `debug`: submitit's DebugExecutor: runs the task in-process at submission (no parallelism).
+- `slurm`: see dp_hpc.coordinate.slurm (same interface; states from one batched sacct per poll).
 """
 
 from __future__ import annotations
@@ -45,17 +46,32 @@ def _tail(path: Path, n: int = 15) -> str:
 class JobRunner:
     """One per executor kind per sweep; `folder` is where submitit writes pickles and logs."""
 
-    def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None):
+    def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1):
         if kind not in ("local", "debug"):
             raise ValueError(f"unknown executor {kind!r}; allowed: local, debug")
         self.kind = kind
         self.timeout_min = timeout_min
-        self.env = env or {}
+        self.threads = threads
+        self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> jobs submitted by this process
         self._finished: dict[tuple[str, str], JobStatus] = {}  # (folder, id): pids are reused across runs
 
-    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple]) -> list[str]:
-        """Submit one job array (one task per args tuple); return the job ids."""
+    def threads_for(self, kind: str) -> int:  # noqa: ARG002 (the slurm runner sizes by kind)
+        """torch threads of a job of this kind (generator | generate | train | eval)."""
+        return self.threads
+
+    def train_procs(self) -> int | None:
+        """Processes per node of a training job started through torchrun; None: in the job's own process."""
+        return None
+
+    def poll(self, job_ids: Sequence[str]) -> None:
+        """Refresh the states of these jobs in one go (local jobs are looked up one by one)."""
+
+    def slurm_state(self, job_id: str) -> str | None:  # noqa: ARG002
+        return None
+
+    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple], kind: str = "generate") -> list[str]:  # noqa: ARG002
+        """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "debug":
             ex: Any = submitit.DebugExecutor(folder=folder)

@@ -32,6 +32,7 @@ class JobRecord:
     detail: dict = field(default_factory=dict)  # e.g. chunk range, plateau_exit
     error: str | None = None
     log_path: str | None = None
+    executor: str = "local"  # local | debug | slurm: how the job id is to be read
 
 
 @dataclass

@@ -1,0 +1,211 @@
+"""Jobs on a SLURM cluster, through submitit's SlurmExecutor.
+
+- Generation rounds are job arrays (one task per shard); training is one multi-node job; the
+  generator-preparation and final-evaluation jobs are single tasks. Resources per kind of job
+  come from the sweep's `slurm:` section (`SlurmJobConfig`).
+- Job states: ONE batched `sacct` per poll for every job of the sweep (`poll`), so that hundreds
+  of runs do not hammer slurmctld; `status` answers from that snapshot. Jobs submitted by an
+  earlier coordinator are re-attached simply by asking about their recorded ids.
+- A job that ends is judged by its submitit result file: success, an exception (failed, with the
+  traceback), or none (cancelled, node failure: lost, redone from what is on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import submitit
+
+from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
+from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, JobRunner, JobStatus, _tail
+from dp_hpc.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+# sacct states (SLURM 22.05+): all others are still queued, running or about to run again
+ENDED_LOST = {"CANCELLED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE", "REVOKED"}
+ENDED = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT"} | ENDED_LOST
+
+RESOURCES = {"generator": "generation", "generate": "generation", "eval": "generation",
+             "train": "training", "coordinator": "coordinator"}
+
+
+def submitit_parameters(job: SlurmJobConfig, signal_delay_s: int, name: str) -> dict:
+    """SlurmExecutor.update_parameters(...) for one kind of job."""
+    p: dict = {"job_name": name, "time": job.time_min, "nodes": job.nodes, "ntasks_per_node": 1,
+               "cpus_per_task": job.cpus_per_task, "signal_delay_s": signal_delay_s,
+               "array_parallelism": job.array_parallelism}
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(job, key) is not None:
+            p[key] = getattr(job, key)
+    if job.gpus_per_node:
+        p["gpus_per_node"] = job.gpus_per_node
+    if job.mem_gb is not None:
+        p["mem"] = f"{int(job.mem_gb * 1024)}M"
+    if job.setup:
+        p["setup"] = list(job.setup)
+    p["additional_parameters"] = {"requeue": True, **job.additional_parameters}
+    return p
+
+
+def sbatch_flags(job: SlurmJobConfig, signal_delay_s: int, array: int | None = None) -> list[str]:
+    """The sbatch options a job of this kind gets (what `--dry-run` prints and `--test-only` checks)."""
+    p = submitit_parameters(job, signal_delay_s, "x")
+    flags = [f"--time={p['time']}", f"--nodes={p['nodes']}", "--ntasks-per-node=1",
+             f"--cpus-per-task={p['cpus_per_task']}"]
+    for key in ("partition", "account", "qos", "constraint", "gpus_per_node", "mem"):
+        if key in p:
+            flags.append(f"--{key.replace('_', '-')}={p[key]}")
+    flags.append(f"--signal=USR2@{signal_delay_s}")
+    if array is not None:
+        flags.append(f"--array=0-{array - 1}%{min(array, job.array_parallelism)}")
+    for k, v in p["additional_parameters"].items():
+        flags.append(f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}"))
+    return flags
+
+
+def expand_job_ids(field: str) -> list[str]:
+    """sacct's JobID column -> job ids: '12_3' -> ['12_3'], pending array ranges
+    '12_[0-2,5%4]' -> ['12_0', '12_1', '12_2', '12_5']."""
+    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", field)
+    if not m:
+        return [field]
+    base, out = m.group(1), []
+    for part in m.group(2).split(","):
+        a, _, b = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(a), int(b or a) + 1)]
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """`sacct -X -n -P -o JobID,State` output -> {job id: state word} ('CANCELLED by 0' -> 'CANCELLED')."""
+    states = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        jid, state = line.split("|", 1)
+        for j in expand_job_ids(jid.strip()):
+            states[j] = state.split()[0] if state.strip() else "UNKNOWN"
+    return states
+
+
+@contextlib.contextmanager
+def submission_environment(extra: dict[str, str]) -> Iterator[None]:
+    """sbatch exports the submitter's environment to the job: add `extra`, and drop the SLURM_*,
+    SBATCH_* and SUBMITIT_* variables of a job we may be running in (the coordinator job), which
+    would otherwise leak into the new job's srun and resources."""
+    saved = dict(os.environ)
+    for k in list(os.environ):
+        if k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_")) and k != "SLURM_CONF":
+            del os.environ[k]
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class SlurmRunner(JobRunner):
+    """The slurm executor: same interface as JobRunner (submit, poll, status, cancel)."""
+
+    def __init__(self, cfg: SlurmConfig, env: dict[str, str] | None = None, sweep_name: str = "dp_hpc"):
+        self.kind = "slurm"
+        self.cfg = cfg
+        self.env = env or {}
+        self.sweep_name = sweep_name
+        self._states: dict[str, str] = {}  # job id -> sacct state at the last poll
+        self._finished: dict[tuple[str, str], JobStatus] = {}
+        self.polls = 0  # sacct calls made (tests check there is one per poll)
+
+    def threads_for(self, kind: str) -> int:
+        job = getattr(self.cfg, RESOURCES[kind])
+        return max(1, job.cpus_per_task // (job.procs if kind == "train" else 1))
+
+    def train_procs(self) -> int | None:
+        return self.cfg.training.procs
+
+    # -- before anything is submitted
+    def check(self, kinds: Sequence[str] = ("generation", "training")) -> None:
+        """Fail early, with the cluster's own words: sbatch missing, an unknown partition or
+        account, GPUs or CPUs no node has. `sbatch --test-only` submits nothing."""
+        if shutil.which("sbatch") is None:
+            raise UsageError("--executor slurm needs SLURM's sbatch on PATH, and it is not; run on a login "
+                             "node, or use --executor local")
+        for kind in kinds:
+            job = getattr(self.cfg, kind)
+            cmd = ["sbatch", "--test-only", "--job-name=dp_hpc-check", *sbatch_flags(job, self.cfg.signal_delay_s),
+                   "--wrap", "true"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                why = " ".join((r.stderr or r.stdout).split())
+                raise UsageError(f"the cluster would refuse the {kind} jobs of slurm.{kind} "
+                                 f"({' '.join(cmd[2:-2])}): {why}")
+
+    # -- submission
+    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple],
+               kind: str = "generate") -> list[str]:
+        if not args_list:
+            return []
+        folder.mkdir(parents=True, exist_ok=True)
+        resources = RESOURCES[kind]
+        job = getattr(self.cfg, resources)
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=1000 if kind == "coordinator" else 30)
+        ex.update_parameters(**submitit_parameters(job, self.cfg.signal_delay_s, f"{self.sweep_name}/{name}"))
+        with submission_environment(self.env):
+            if kind == "generate" or len(args_list) > 1:  # a generation round is an array, even of one task
+                step = self.cfg.max_array_size
+                jobs = [j for i in range(0, len(args_list), step)
+                        for j in ex.map_array(fn, *zip(*args_list[i : i + step]))]
+            else:
+                jobs = [ex.submit(fn, *args_list[0])]
+        ids = [j.job_id for j in jobs]
+        for jid in ids:
+            self._states[jid] = "PENDING"  # until sacct knows it
+        log.info("submitted %s: %s", name, ids[0] if len(ids) == 1 else f"array {ids[0].split('_')[0]} x{len(ids)}")
+        return ids
+
+    # -- states
+    def poll(self, job_ids: Sequence[str]) -> None:
+        """One sacct call for all these jobs (the sweep's running jobs)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return
+        self.polls += 1
+        r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:  # slurmdbd busy or restarting: keep the last known states
+            log.warning("sacct failed (%s); job states unchanged this poll", r.stderr.strip()[:200])
+            return
+        self._states.update(parse_sacct(r.stdout))
+
+    def slurm_state(self, job_id: str) -> str | None:
+        return self._states.get(job_id)
+
+    def status(self, folder: Path, job_id: str, submitted: float | None = None) -> JobStatus:
+        key = (str(folder), job_id)
+        if key in self._finished:
+            return self._finished[key]
+        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
+        state = self._states.get(job_id)
+        if state is None or state not in ENDED:  # unknown to sacct yet: just submitted
+            return JobStatus(RUNNING, log_path=str(paths.stderr))
+        st = self._status_from_result(paths, submitted)
+        if st.state == LOST and state not in ENDED_LOST:
+            # ended without a result and not cancelled/preempted: it crashed (OOM, segfault, time limit)
+            hint = " (raise its time_min)" if state == "TIMEOUT" else ""
+            st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{_tail(paths.stderr)}".strip(), str(paths.stderr))
+        self._finished[key] = st
+        return st
+
+    def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+

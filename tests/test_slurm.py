@@ -1,0 +1,277 @@
+"""The slurm executor on a real SLURM cluster (slurm/start_cluster.sh: slurmctld, slurmd, slurmdbd,
+MariaDB, munge on loopback; .ci/run starts it). Jobs are real sbatch arrays and jobs, preemption
+is real (`scancel --signal=USR2`, `scontrol requeue`), job counts come from accounting (sacct).
+
+References: the smoke sweep run with the local executor (conftest `smoke`) gives the pools and
+weights that an interrupted SLURM run must reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dp_hpc.io import read_json
+from dp_hpc.train import checkpoint as ckpt
+from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SLURM_DIR = Path(os.environ.get("DP_HPC_SLURM_DIR", "/tmp/dp_hpc_slurm"))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Point this process and its children at the local cluster (SLURM_CONF from its env.sh)."""
+    env_sh = SLURM_DIR / "env.sh"
+    why = None
+    if shutil.which("sbatch") is None:
+        why = "sbatch is not installed"
+    elif not env_sh.exists():
+        why = f"no cluster state in {SLURM_DIR}"
+    if why is None:
+        conf = re.search(r"SLURM_CONF=(\S+)", env_sh.read_text()).group(1)
+        os.environ["SLURM_CONF"] = conf
+        if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+            why = "slurmctld does not answer"
+    if why is not None:
+        msg = f"no local SLURM cluster ({why}); start it with: sudo slurm/start_cluster.sh"
+        if os.environ.get("DP_HPC_REQUIRE_SLURM"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return SLURM_DIR
+
+
+def slurm_sweep(tmp: Path, name: str, grid: dict, slurm: dict | None = None, **base) -> Path:
+    """The smoke sweep under another name (job names in accounting start with it), another grid,
+    SLURM settings for this one-machine cluster, and some base keys changed."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["name"], raw["grid"] = name, grid
+    job = {"cpus_per_task": 1, "time_min": 60}  # >= 50 min: a USR2 counts as preemption, not timeout
+    raw["slurm"] = {"poll_interval_s": 0.5, "signal_delay_s": 30, "generation": dict(job),
+                    "training": dict(job), "coordinator": dict(job), **(slurm or {})}
+    for dotted, value in base.items():
+        node = raw["base"]
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{time.time_ns() % 10**8}"
+
+
+def sacct(*args: str) -> list[list[str]]:
+    r = subprocess.run(["sacct", "-n", "-P", *args], capture_output=True, text=True, check=True)
+    return [line.split("|") for line in r.stdout.splitlines() if line]
+
+
+def accounted_jobs(sweep_name: str, since: str) -> list[tuple[str, str, str]]:
+    """(job id, job name, state) of every job of this sweep in accounting, one row per job."""
+    rows = sacct("-X", "-S", since, "-o", "JobID,JobName%200,State")
+    return [(jid, name, state) for jid, name, state in rows if name.startswith(sweep_name + "/")]
+
+
+def job_attempts(job_id: str) -> list[str]:
+    """States of every run of one job (sacct -D keeps the records of requeued runs)."""
+    return [state.split()[0] for _, state in sacct("-X", "-D", "-j", job_id, "-o", "JobID,State")]
+
+
+def slurm_state(job_id: str) -> str:
+    rows = sacct("-X", "-j", job_id, "-o", "JobID,State")
+    return rows[-1][1].split()[0] if rows else "UNKNOWN"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+
+
+def final_weights(run: Path) -> dict:
+    folder, ts = ckpt.latest_checkpoint(run)
+    assert ts["stop_reason"] == "budget"
+    state = ckpt.load_state(folder)
+    return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
+
+
+def chunks_written(run: Path, round_index: int) -> list[int]:
+    """Chunk numbers of every 'chunk generated' log line of the run's jobs (all attempts: SLURM
+    logs are opened in append mode, so a requeued task adds to the same file)."""
+    out = []
+    for log in (run / "logs").glob("*_log.err"):
+        out += [int(c) for c in re.findall(rf"round {round_index} \(\w+\) chunk (\d+):", log.read_text())]
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_preempted_shard_and_training_job_resume_to_the_uninterrupted_result(cluster, smoke, tmp_path):
+    """One static run: its generation task gets USR2 (submitit's preemption signal) in the middle of
+    its shard, its training job is `scontrol requeue`d mid-round. Both requeue and continue from
+    disk; pool and final weights equal the local uninterrupted run's, bit for bit."""
+    smoke_dir, _ = smoke
+    name = unique("preempt")
+    # one task for all 8 chunks of round 0; more DDIM steps make a chunk last long enough to aim at
+    sweep = slurm_sweep(tmp_path, name, {"method.name": ["static"]}, pool__shard_size=256)
+    out = tmp_path / "out"
+    reuse_generators(smoke_dir, out / name)
+    run = out / name / "static"
+    proc = subprocess.Popen(launch_cmd(sweep, out, "--executor", "slurm", "--foreground"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        markers = run / "pool_markers" / "round_000"
+        wait_for(lambda: markers.exists() and any(markers.glob("chunk_*.done")), 300, 0.01, "a first chunk")
+        shard = next(j for j in read_json(run / "state.json")["jobs"] if j["kind"] == "generate")
+        subprocess.run(["scancel", "--signal=USR2", shard["job_id"]], check=True)
+        done_at_signal = len(list(markers.glob("chunk_*.done")))
+        assert done_at_signal < 8, "the shard finished before the signal; the test proves nothing"
+
+        def train_job_with_checkpoint():
+            st = read_json(run / "state.json")
+            jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
+            latest = ckpt.latest_checkpoint(run)
+            return jobs[0] if jobs and latest and 0 < latest[1]["step"] < 200 else None
+
+        train = wait_for(train_job_with_checkpoint, 300, 0.05, "a training checkpoint")
+        subprocess.run(["scontrol", "requeue", train["job_id"]], check=True)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-4000:]
+
+    st = read_json(run / "state.json")
+    assert st["phase"] == "done"
+    # the same job ids ran again: nothing resubmitted, nothing lost
+    assert [j["job_id"] for j in st["jobs"] if j["kind"] == "generate"] == [shard["job_id"]]
+    assert [j["job_id"] for j in st["jobs"] if j["kind"] == "train"] == [train["job_id"]]
+    assert job_attempts(shard["job_id"])[0] == "REQUEUED" and job_attempts(shard["job_id"])[-1] == "COMPLETED"
+    assert job_attempts(train["job_id"])[0] == "REQUEUED" and job_attempts(train["job_id"])[-1] == "COMPLETED"
+    assert chunks_written(run, 0) == list(range(8)), "each chunk is generated exactly once"
+    assert pool_digest(run) == pool_digest(smoke_dir / "static"), "pool differs from the uninterrupted run"
+    log = "".join(p.read_text() for p in (run / "logs").glob(f"{train['job_id']}_*log.err"))
+    assert re.search(r"continue at step [1-9]\d*", log), "the requeued training did not resume from its checkpoint"
+    mine, ref = final_weights(run), final_weights(smoke_dir / "static")
+    assert mine.keys() == ref.keys()
+    assert all(torch.equal(mine[k], ref[k]) for k in ref), "final weights differ from the uninterrupted run"
+
+
+def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smoke, tmp_path):
+    """The launcher submits the coordinator as a job and returns. The coordinator job is cancelled
+    while dp trains; launching again re-attaches to the jobs in flight: accounting holds each
+    job once. A run whose training fails is reported with its log; the other run finishes."""
+    smoke_dir, _ = smoke
+    name = unique("coord")
+    # static gets a batch that 2 training processes cannot split: a genuine failure inside the job
+    sweep = slurm_sweep(tmp_path, name, {"method.name,train.batch_size": [["dp", 64], ["static", 63]]},
+                        slurm={"training": {"cpus_per_task": 2, "procs_per_node": 2, "time_min": 60}})
+    out = tmp_path / "out"
+    reuse_generators(smoke_dir, out / name)
+    since = now_iso()
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = read_json(out / name / "coordinator.json")["job_id"]
+    assert f"SLURM job {first}" in r.stdout
+    dp = out / name / "dp"
+
+    def dp_training():
+        st = read_json(dp / "state.json") or {"jobs": []}
+        return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+
+    train = wait_for(dp_training, 300, 0.05, "dp's first training job")
+    status = subprocess.run([sys.executable, "-m", "dp_hpc.status", str(out / name)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert f"coordinator: SLURM job {first} RUNNING" in status.stdout, status.stdout
+    assert re.search(rf"train {train['job_id']} (RUNNING|PENDING)", status.stdout), status.stdout
+    subprocess.run(["scancel", first], check=True)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
+             60, 0.2, "the coordinator job to be gone")
+    assert slurm_state(first) == "CANCELLED"
+
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = read_json(out / name / "coordinator.json")["job_id"]
+    assert second != first
+    again = run_launch(sweep, out, "--executor", "slurm")  # while it runs: nothing new is submitted
+    assert again.returncode == 0 and f"already SLURM job {second}" in again.stdout, again.stdout + again.stderr
+    wait_for(lambda: slurm_state(second) == "COMPLETED", 600, 1.0, "the second coordinator to finish")
+
+    st_dp, st_static = read_json(dp / "state.json"), read_json(out / name / "static" / "state.json")
+    assert st_dp["phase"] == "done" and len(st_dp["rounds"]) == 2
+    assert st_static["phase"] == "failed" and st_static["failed_phase"] == "train"
+    assert "divisible by the world size" in st_static["error"]
+    log_path = re.search(r"log: (\S+)\)", st_static["error"]).group(1)
+    assert Path(log_path).exists()
+
+    # accounting: the coordinator twice, every other job once, and each is a job the runs recorded
+    jobs = accounted_jobs(name, since)
+    ids = Counter(jid for jid, _, _ in jobs)
+    assert all(n == 1 for n in ids.values()), f"a job id appears twice in accounting: {ids}"
+    assert sorted(jid for jid, n, _ in jobs if n.endswith("/coordinator")) == sorted([first, second])
+    recorded = [j for st in (st_dp, st_static) for j in st["jobs"]]
+    assert sorted(jid for jid, n, _ in jobs if not n.endswith("/coordinator")) == sorted(j["job_id"] for j in recorded)
+    work = Counter((j["kind"], j["round"], j["detail"].get("start"), j["detail"].get("plateau_exit"))
+                   for st in (st_dp,) for j in st["jobs"])
+    assert all(n == 1 for n in work.values()), f"some work was submitted twice: {work}"
+    assert train["job_id"] in {j["job_id"] for j in st_dp["jobs"] if j["status"] == "succeeded"}
+    arrays = [jid for jid, n, _ in jobs if n.endswith("dp-generate")]
+    assert len(arrays) == 4 and all("_" in jid for jid in arrays), f"generation rounds are job arrays: {arrays}"
+    # round 0 is plain sampling from fixed seeds: the same bytes as the local run's
+    ref = {k: v for k, v in pool_digest(smoke_dir / "dp").items() if k.startswith("round_000")}
+    assert {k: v for k, v in pool_digest(dp).items() if k.startswith("round_000")} == ref
+
+
+def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_path):
+    from dp_hpc.config import RunConfig
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.coordinator import Coordinator
+    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.state import JobRecord, save_state
+    from dp_hpc.launch import step_sweep
+
+    runner = SlurmRunner(SlurmConfig())
+    # a real job per run, held so that it stays PENDING
+    ids = [subprocess.run(["sbatch", "--parsable", "--hold", "-J", "dp_hpc-poll-test", "--wrap", "true"],
+                          capture_output=True, text=True, check=True).stdout.strip() for _ in range(3)]
+    try:
+        wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), 60, 0.2, "accounting to know the jobs")
+        coordinators = []
+        for i, jid in enumerate(ids):
+            c = Coordinator(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
+            c.state.phase = "train"
+            c.state.jobs.append(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
+            save_state(c.run_dir, c.state)
+            coordinators.append(c)
+        step_sweep(coordinators, runner, max_jobs=10)
+        assert runner.polls == 1
+        assert [runner.slurm_state(j) for j in ids] == ["PENDING"] * 3
+        assert all(c.running_jobs() == 1 for c in coordinators)  # nothing resubmitted, nothing lost
+    finally:
+        subprocess.run(["scancel", *ids])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("slurm.generation.partition=nosuch", "invalid partition"),
+    ("slurm.training.gpus_per_node=64", "gres"),
+])
+def test_a_request_the_cluster_cannot_satisfy_fails_before_any_submission(cluster, tmp_path, override, words):
+    since = now_iso()
+    r = run_launch(SMOKE, tmp_path, "--executor", "slurm", "--set", override)
+    assert r.returncode == 2, r.stdout + r.stderr
+    section = override.split("=")[0].rsplit(".", 1)[0]
+    assert section in r.stderr and words in r.stderr.lower(), r.stderr
+    assert not (tmp_path / "smoke").exists(), "nothing may be written"
+    assert not [row for row in sacct("-X", "-S", since, "-o", "JobID,JobName%100") if row[1].startswith("smoke/")]

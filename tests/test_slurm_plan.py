@@ -1,0 +1,84 @@
+"""The slurm executor's pure parts and its planning output; no cluster needed (tests/test_slurm.py
+runs on one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dp_hpc.config import load_sweep
+from dp_hpc.coordinate.config import SlurmJobConfig
+from dp_hpc.coordinate.slurm import expand_job_ids, parse_sacct, sbatch_flags
+from dp_hpc.errors import ConfigError
+from e2e_helpers import ROOT, SMOKE, run_launch
+
+
+def test_sacct_rows_become_job_states_including_pending_array_ranges():
+    text = "12_0|COMPLETED\n12_[1-3,7%2]|PENDING\n13|CANCELLED by 0\n14|REQUEUED\n"
+    assert parse_sacct(text) == {"12_0": "COMPLETED", "12_1": "PENDING", "12_2": "PENDING", "12_3": "PENDING",
+                                 "12_7": "PENDING", "13": "CANCELLED", "14": "REQUEUED"}
+    assert expand_job_ids("15") == ["15"] and expand_job_ids("15_4") == ["15_4"]
+
+
+def test_sbatch_flags_carry_every_configured_resource():
+    job = SlurmJobConfig(partition="gpu", account="lab", qos="high", constraint="h100", time_min=90, nodes=4,
+                         gpus_per_node=8, cpus_per_task=64, mem_gb=480, array_parallelism=16,
+                         additional_parameters={"exclude": "node7", "exclusive": True})
+    flags = sbatch_flags(job, 120, array=100)
+    for f in ("--partition=gpu", "--account=lab", "--qos=high", "--constraint=h100", "--time=90", "--nodes=4",
+              "--gpus-per-node=8", "--cpus-per-task=64", "--mem=491520M", "--signal=USR2@120",
+              "--array=0-99%16", "--exclude=node7", "--exclusive", "--requeue"):
+        assert f in flags, (f, flags)
+    assert SlurmJobConfig(gpus_per_node=8).procs == 8 and SlurmJobConfig().procs == 1
+
+
+@pytest.mark.parametrize("slurm, key", [
+    ({"generation": {"gpu": 1}}, "slurm.generation.gpu"),
+    ({"training": {"procs_per_node": 9, "gpus_per_node": 8}}, "slurm.training.procs_per_node"),
+    ({"coordinator": {"nodes": 2}}, "slurm.coordinator.nodes"),
+    ({"poll_interval_s": 0}, "slurm.poll_interval_s"),
+])
+def test_bad_slurm_sections_name_the_key(tmp_path, slurm, key):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["slurm"] = slurm
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path)
+    assert key in str(e.value)
+
+
+def test_dry_run_on_slurm_prints_sbatch_options_and_gpu_hours(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["slurm"] = {"generation": {"partition": "gen", "gpus_per_node": 1, "array_parallelism": 8},
+                    "training": {"partition": "train", "nodes": 4, "gpus_per_node": 8},
+                    "throughput": {"plain_images_per_gpu_s": 0.1, "guided_cost": 2.0, "train_images_per_gpu_s": 64}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = run_launch(path, tmp_path / "out", "--dry-run", "--executor", "slurm")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "--partition=gen --gpus-per-node=1" in out and "--array=0-<tasks-1>%8" in out
+    assert "--partition=train --gpus-per-node=8" in out and "torchrun 4 node(s) x 8 process(es)" in out
+    # dp: 128 plain (2 tasks of 64) at 0.1/s = 0.36 GPU-h; 128 guided at 2x = 0.71 GPU-h;
+    # training 240 steps x 64 images at 64/s per GPU = 240 GPU-s = 0.07 GPU-h
+    assert "round 0: 128 plain in 2 tasks ~0.4 GPU-h; round 1: 128 guided in 2 tasks ~0.7 GPU-h each" in out
+    assert "training 240 steps x 64 ~0.1 GPU-h" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_without_sbatch_is_refused_before_anything_is_written(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no SLURM commands
+    r = subprocess.run([sys.executable, "-m", "dp_hpc.launch", "--sweep", str(SMOKE), "--out", str(tmp_path),
+                        "--executor", "slurm"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 2 and "sbatch" in r.stderr and "--executor local" in r.stderr, r.stderr
+    assert not (tmp_path / "smoke").exists()
+    auto = subprocess.run([sys.executable, "-m", "dp_hpc.launch", "--sweep", str(SMOKE), "--out", str(tmp_path),
+                           "--executor", "auto", "--dry-run"], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+    assert auto.returncode == 0 and "SLURM jobs" not in auto.stdout  # auto without sbatch: local
