@@ -40,11 +40,18 @@ def _on_slurm() -> bool:
 
 
 def requeue_if_asked() -> None:
-    """After the work stopped at a safe point: if USR2 asked for it, requeue through submitit
-    (its handler checkpoints this call and runs `scontrol requeue`, then exits)."""
-    if signal.SIGUSR2 in signals.RECEIVED and _on_slurm():
+    """After the work stopped at a safe point on SLURM: after USR2, requeue through submitit (its
+    handler checkpoints this call and runs `scontrol requeue`, then exits); after SIGTERM (SLURM is
+    requeueing or cancelling the job) exit without a result, so that this attempt is not read as
+    a success."""
+    if not _on_slurm():
+        return
+    if signal.SIGUSR2 in signals.RECEIVED:
         log.info("preempted (USR2): requeueing this job")
         signal.raise_signal(signal.SIGUSR2)
+    if signal.SIGTERM in signals.RECEIVED:
+        log.info("SIGTERM: stopped at a safe point; exiting without a result")
+        sys.exit(143)
 
 
 def train_generator(generator_dir: str, threads: int = 1) -> dict:
@@ -150,7 +157,10 @@ class Coordinate(Checkpointable):
     def __call__(self, argv: list[str]) -> int:
         from dp_hpc.launch import main
 
-        code = main([*argv, "--foreground"])
+        requeued = os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
+        code = main([*argv, "--foreground"], retry_failed=not requeued)  # only a user's launch retries
+        if code == 143:  # stopped between polls by USR2 (requeue) or SIGTERM
+            requeue_if_asked()
         if code not in (0, 1):  # 1: some runs failed, reported in their state.json
-            raise RuntimeError(f"the coordinator exited with code {code}")
+            raise RuntimeError(f"the coordinator exited with code {code} (see this log)")
         return code

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -204,12 +206,45 @@ class GeneratorFailed(RuntimeError):
     pass
 
 
-def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_parallel: int, poll_s: float) -> None:
+def read_job_record(runner, path: Path, logs: Path) -> dict | None:
+    """A single job recorded in `path` ({job_id, name, submitted}). A record without an id is a
+    submission that died before writing it: adopt the job by its name, or forget the record."""
+    from dp_hpc.io import atomic_write_json, read_json
+
+    rec = read_json(path)
+    if rec is None or rec.get("job_id") is not None:
+        return rec
+    ids = runner.find_submitted(logs, rec["name"])
+    if not ids:
+        path.unlink(missing_ok=True)
+        return None
+    rec["job_id"] = ids[0]
+    atomic_write_json(path, rec)
+    return rec
+
+
+def submit_recorded(runner, path: Path, logs: Path, name: str, fn, args: tuple, kind: str) -> dict:
+    """Submit one job, writing the intent to `path` first and the job id after (see read_job_record)."""
+    import uuid
+
+    from dp_hpc.io import atomic_write_json
+
+    if runner.kind == "slurm":
+        name = f"{name}-{uuid.uuid4().hex[:8]}"
+    rec = {"job_id": None, "name": name, "submitted": time.time()}
+    atomic_write_json(path, rec)
+    rec["job_id"] = runner.submit(logs, name, fn, [args], kind=kind)[0]
+    atomic_write_json(path, rec)
+    return rec
+
+
+def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_parallel: int, poll_s: float,
+                      flag) -> None:
     """Train each distinct generator once per sweep (a job each, at most `max_parallel` at once),
     or find it cached; re-attach to a generator job that a killed launcher had started."""
     from dp_hpc import jobs
     from dp_hpc.coordinate.executor import RUNNING, SUCCEEDED
-    from dp_hpc.io import atomic_write_json, atomic_write_text, read_json
+    from dp_hpc.io import atomic_write_text
 
     todo: list[Path] = []
     for r in runs:
@@ -222,23 +257,22 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_paral
                  "sampler": to_dict(r.config.sampler)}, sort_keys=False))
         todo.append(gdir)
     running: dict[Path, tuple[str, float]] = {}
-    runner.poll([j["job_id"] for g in todo if (j := read_json(g / "job.json"))])
+    records = {g: read_job_record(runner, g / "job.json", g / "logs") for g in todo}
+    runner.poll([j["job_id"] for j in records.values() if j])
     for gdir in todo:
-        job = read_json(gdir / "job.json")
+        job = records[gdir]
         if job and runner.status(gdir / "logs", job["job_id"], job["submitted"]).state == RUNNING:
             log.info("re-attaching to the generator job %s in %s", job["job_id"], gdir)
             running[gdir] = (job["job_id"], job["submitted"])
     waiting = [g for g in todo if g not in running]
     t0 = time.time()
-    while running or waiting:
+    while (running or waiting) and not stopping(flag):
         while waiting and len(running) < max_parallel:
             gdir = waiting.pop(0)
             log.info("training the generator in %s", gdir)
-            submitted = time.time()
-            jid = runner.submit(gdir / "logs", "generator", jobs.train_generator,
-                                [(str(gdir), runner.threads_for("generator"))], kind="generator")[0]
-            atomic_write_json(gdir / "job.json", {"job_id": jid, "submitted": submitted})
-            running[gdir] = (jid, submitted)
+            rec = submit_recorded(runner, gdir / "job.json", gdir / "logs", "generator", jobs.train_generator,
+                                  (str(gdir), runner.threads_for("generator")), kind="generator")
+            running[gdir] = (rec["job_id"], rec["submitted"])
         runner.poll([jid for jid, _ in running.values()])
         for gdir, (jid, submitted) in list(running.items()):
             st = runner.status(gdir / "logs", jid, submitted)
@@ -249,7 +283,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_paral
             log.info("generator ready: %s (%.0fs)", gdir, time.time() - t0)
             del running[gdir]
         if running or waiting:
-            time.sleep(poll_s)
+            sleep_unless(flag, poll_s)
 
 
 # ----------------------------------------------------------------------------- the sweep loop
@@ -277,28 +311,47 @@ def step_sweep(coordinators, runner, max_jobs: int) -> None:
         c.advance(slots)
 
 
-def drive(coordinators, runner, max_jobs: int, poll_s: float) -> None:
+def stopping(flag) -> bool:
+    """A stop signal reached the launcher: through its own flag, or through the flag of a job that
+    the debug executor runs in this process (which holds the handlers meanwhile)."""
+    from dp_hpc.signals import RECEIVED
+
+    return flag.set or bool(RECEIVED)
+
+
+def sleep_unless(flag, seconds: float) -> None:
+    """Sleep, but wake within 0.2 s when a stop signal arrives."""
+    end = time.time() + seconds
+    while not stopping(flag) and time.time() < end:
+        time.sleep(min(0.2, max(0.0, end - time.time())))
+
+
+def drive(coordinators, runner, max_jobs: int, poll_s: float, flag) -> None:
+    """Poll and advance until every run has ended, or a stop signal sets `flag` (checked only
+    between polls, so a submission and its record are never torn apart by it)."""
     from dp_hpc.progress import SweepProgress
 
     progress = SweepProgress(coordinators)
     try:
-        while True:
+        while not stopping(flag):
             step_sweep(coordinators, runner, max_jobs)
             progress.update()
             if all(c.finished for c in coordinators):
                 return
-            time.sleep(poll_s)
+            sleep_unless(flag, poll_s)
     finally:
         progress.close()
 
 
 def make_runner(kind: str, sweep: SweepConfig, foreground: bool):
-    """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs."""
+    """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs
+    (not again inside the coordinator job: a passing hiccup of sbatch must not fail a sweep)."""
     if kind == "slurm":
         from dp_hpc.coordinate.slurm import SlurmRunner
 
         runner = SlurmRunner(sweep.slurm, sweep_name=sweep.name)
-        runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
         return runner
     from dp_hpc.coordinate.executor import JobRunner
 
@@ -311,36 +364,41 @@ COORDINATOR = "coordinator.json"
 def active_coordinator(runner, sweep_dir: Path) -> tuple[str, str] | None:
     """(job id, SLURM state) of the sweep's coordinator job if it is queued or running."""
     from dp_hpc.coordinate.slurm import ENDED
-    from dp_hpc.io import read_json
 
-    info = read_json(sweep_dir / COORDINATOR)
-    if not info:
+    rec = read_job_record(runner, sweep_dir / COORDINATOR, sweep_dir / "logs")
+    if not rec:
         return None
-    runner.poll([info["job_id"]])
-    state = runner.slurm_state(info["job_id"])
-    if state is None and time.time() - info["submitted"] < 60:
-        return info["job_id"], "just submitted"  # accounting has not heard of it yet
-    return (info["job_id"], state) if state is not None and state not in ENDED else None
+    jid = rec["job_id"]
+    runner.poll([jid])
+    state = runner.slurm_state(jid)
+    if state is None or state in ENDED:  # accounting lags or the attempt ended: ask the queue too
+        q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True, timeout=120)
+        if q.returncode == 0 and q.stdout.strip():
+            return jid, q.stdout.split()[0]
+        return None
+    return jid, state
 
 
 def submit_coordinator(runner, sweep: SweepConfig, sweep_dir: Path, args: argparse.Namespace) -> str:
     """Submit the coordinator job and record its id in <sweep>/coordinator.json."""
     from dp_hpc import jobs
-    from dp_hpc.io import atomic_write_json
 
     argv = ["--sweep", str(Path(args.sweep).resolve()), "--out", str(Path(args.out).resolve()), "--executor", "slurm"]
     for o in args.overrides:
         argv += ["--set", o]
-    submitted = time.time()
-    jid = runner.submit(sweep_dir / "logs", "coordinator", jobs.Coordinate(), [(argv,)], kind="coordinator")[0]
-    atomic_write_json(sweep_dir / COORDINATOR, {"job_id": jid, "submitted": submitted, "argv": argv})
+    rec = submit_recorded(runner, sweep_dir / COORDINATOR, sweep_dir / "logs", "coordinator", jobs.Coordinate(),
+                          (argv,), kind="coordinator")
+    jid = rec["job_id"]
     print(f"sweep {sweep.name!r}: submitted its coordinator as SLURM job {jid} (log: "
           f"{runner.status(sweep_dir / 'logs', jid).log_path}); it survives logging out.\n"
           f"Watch it with: python -m dp_hpc.status {sweep_dir}", flush=True)
     return jid
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
+    """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
+    another launcher, 3 the generator failed, 143 stopped by SIGTERM/SIGUSR2 (rerun to continue),
+    130 Ctrl-C. `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("submitit").setLevel(logging.WARNING)
@@ -386,21 +444,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
         return 0
-    for c in coordinators:
-        c.retry_if_failed()
+    if retry_failed:
+        for c in coordinators:
+            c.retry_if_failed()
     todo = [r for r, c in zip(runs, coordinators) if not c.finished]
     print(f"sweep {sweep.name!r}: {len(todo)} of {len(runs)} runs to do, executor {kind}, "
           f"up to {max_jobs} jobs at once -> {sweep_dir}/", flush=True)
+    from dp_hpc.coordinate.executor import SubmitError
+    from dp_hpc.signals import PreemptFlag
+
     try:
-        ensure_generators(todo, sweep_dir, runner, max_jobs, poll_s)
-        drive([c for c in coordinators if not c.finished], runner, max_jobs, poll_s)
-    except GeneratorFailed as e:
+        with PreemptFlag() as flag:  # SIGTERM/SIGUSR2 (a preempted coordinator job): stop between polls
+            ensure_generators(todo, sweep_dir, runner, max_jobs, poll_s, flag)
+            if not stopping(flag):
+                drive([c for c in coordinators if not c.finished], runner, max_jobs, poll_s, flag)
+    except (GeneratorFailed, SubmitError) as e:
         print(f"error: {e}\nRerunning the command retries it (training resumes from its checkpoint).", file=sys.stderr)
-        return 1
+        return 3
     except KeyboardInterrupt:
-        print("interrupted: jobs started from this terminal got the Ctrl-C too and stop at their next safe "
-              "point (a training step, a generated chunk); rerun the same command to continue.", file=sys.stderr)
+        where = ("SLURM jobs keep running; " if kind == "slurm" else "jobs started from this terminal got the Ctrl-C "
+                 "too and stop at their next safe point (a training step, a generated chunk); ")
+        print(f"interrupted: {where}rerun the same command to continue.", file=sys.stderr)
         return 130
+    if stopping(flag):
+        print("stopped by a signal between polls; rerun the same command to continue.", file=sys.stderr)
+        return 143
     print_table(sweep_dir)
     failed = [name for c in coordinators for name in c.failed_runs()]
     if failed:

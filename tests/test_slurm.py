@@ -81,9 +81,11 @@ def sacct(*args: str) -> list[list[str]]:
 
 
 def accounted_jobs(sweep_name: str, since: str) -> list[tuple[str, str, str]]:
-    """(job id, job name, state) of every job of this sweep in accounting, one row per job."""
+    """(job id, job name without its submission nonce, state) of every job of this sweep in
+    accounting, one row per job. Names: <sweep>/<run>-<kind>-<nonce> (see Coordinator._submit)."""
     rows = sacct("-X", "-S", since, "-o", "JobID,JobName%200,State")
-    return [(jid, name, state) for jid, name, state in rows if name.startswith(sweep_name + "/")]
+    return [(jid, re.sub(r"-[0-9a-f]{8}$", "", name), state) for jid, name, state in rows
+            if name.startswith(sweep_name + "/")]
 
 
 def job_attempts(job_id: str) -> list[str]:
@@ -117,6 +119,35 @@ def chunks_written(run: Path, round_index: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- tests
+
+
+def test_smoke_sweep_through_slurm_gives_the_local_results(cluster, smoke, tmp_path):
+    """sweeps/smoke.yaml itself (dp, static, prune, two branch-outs) through --executor slurm: every
+    generation round is an array in accounting, and pools, final weights and test accuracies equal
+    the local executor's bit for bit (the same seeds; training is deterministic on CPU)."""
+    smoke_dir, _ = smoke
+    out = tmp_path / "out"
+    reuse_generators(smoke_dir, out / "smoke")
+    since = now_iso()
+    job = "{cpus_per_task: 1, time_min: 60}"
+    r = run_launch(SMOKE, out, "--executor", "slurm", "--foreground", "--set", "slurm.poll_interval_s=0.5",
+                   "--set", f"slurm.generation={job}", "--set", f"slurm.training={job}", timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    runs = ["dp", "static", "prune", "dp/branches/round_000", "prune/branches/round_000"]
+    for run in runs:
+        assert read_json(out / "smoke" / run / "state.json")["phase"] == "done", run
+        mine, ref = final_weights(out / "smoke" / run), final_weights(smoke_dir / run)
+        assert all(torch.equal(mine[k], ref[k]) for k in ref), f"{run}: weights differ from the local run"
+        assert read_json(out / "smoke" / run / "eval.json")["acc"] == read_json(smoke_dir / run / "eval.json")["acc"]
+    for run in ("dp", "static", "prune"):
+        assert pool_digest(out / "smoke" / run) == pool_digest(smoke_dir / run), run
+    jobs = accounted_jobs("smoke", since)
+    generate = [(jid, n) for jid, n, _ in jobs if n.endswith("-generate")]
+    states = read_json(out / "smoke" / "dp" / "state.json")["rounds"]
+    assert generate and all("_" in jid for jid, _ in generate), "generation rounds are job arrays"
+    # dp: 2 rounds of 128 samples in shards of 64 -> 4 array tasks
+    assert len([1 for _, n in generate if n == "smoke/dp-generate"]) == sum(r["generated"] // 64 for r in states) == 4
+    assert {state for _, _, state in jobs} == {"COMPLETED"}
 
 
 def test_preempted_shard_and_training_job_resume_to_the_uninterrupted_result(cluster, smoke, tmp_path):
@@ -261,6 +292,62 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
         assert all(c.running_jobs() == 1 for c in coordinators)  # nothing resubmitted, nothing lost
     finally:
         subprocess.run(["scancel", *ids])
+
+
+def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(cluster, tmp_path):
+    """The coordinator saves its intent (state.pending, with a unique job name) before sbatch; if it
+    dies before recording the ids, the next one finds the job by that name."""
+    from dp_hpc.config import RunConfig
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.coordinator import Coordinator, Slots
+    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.state import save_state
+
+    sweep = unique("adopt")
+    runner = SlurmRunner(SlurmConfig(), sweep_name=sweep)
+    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c.state.phase = "train"
+    c.state.pending = {"name": "run-train-0123abcd", "kind": "train", "round": 0, "submitted": time.time(),
+                       "details": [{"plateau_exit": True}]}
+    save_state(c.run_dir, c.state)
+    # what the dead coordinator's sbatch did: a job under that name (held, so it stays queued)
+    jid = subprocess.run(["sbatch", "--parsable", "--hold", "-J", f"{sweep}/run-train-0123abcd", "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        again = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
+        again.advance(Slots(free=5))
+        st = read_json(tmp_path / "run" / "state.json")
+        assert st["pending"] is None
+        assert [(j["job_id"], j["kind"], j["detail"]) for j in st["jobs"]] == [(jid, "train", {"plateau_exit": True})]
+        queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
+        assert [n for n in queued if n.startswith(sweep)] == [f"{sweep}/run-train-0123abcd"], "submitted again"
+
+        # an intent that never reached sbatch is dropped (and the plan may submit afresh)
+        c2 = Coordinator(tmp_path / "run2", RunConfig(), runner, tmp_path / "gen")
+        c2.state.phase = "train"
+        c2.state.pending = {"name": "run2-train-feedbeef", "kind": "train", "round": 0, "submitted": time.time(),
+                            "details": [{"plateau_exit": True}]}
+        save_state(c2.run_dir, c2.state)
+        c2.advance(Slots(free=0))  # no slot: nothing new may start
+        st2 = read_json(tmp_path / "run2" / "state.json")
+        assert st2["pending"] is None and st2["jobs"] == []
+    finally:
+        subprocess.run(["scancel", jid])
+
+
+def test_a_cancelled_job_fails_its_run_with_a_clear_reason(cluster, tmp_path):
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.executor import FAILED
+    from dp_hpc.coordinate.slurm import SlurmRunner
+
+    runner = SlurmRunner(SlurmConfig())
+    jid = subprocess.run(["sbatch", "--parsable", "-J", "dp_hpc-cancel-test", "--wrap", "sleep 60"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["scancel", jid], check=True)
+    wait_for(lambda: slurm_state(jid) == "CANCELLED", 60, 0.2, "the cancellation in accounting")
+    runner.poll([jid])
+    st = runner.status(tmp_path, jid, submitted=time.time() - 5)
+    assert st.state == FAILED and "cancelled" in st.error
 
 
 @pytest.mark.parametrize("override, words", [

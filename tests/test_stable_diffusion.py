@@ -52,10 +52,13 @@ def _tokenizer(folder: Path) -> CLIPTokenizer:
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory) -> Path:
-    """A random SD-1.5-shaped pipeline saved with save_pretrained: VAE /4 (3 levels), UNet /2 with
-    cross-attention at the 8x8 level only (self-attention over a 16x16 latent costs 10x more on CPU),
-    SD 1.5's scheduler config (a PNDMScheduler the backend turns into DDIM)."""
-    base = tmp_path_factory.mktemp("sd")
+    return save_tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+def save_tiny_sd(base: Path) -> Path:
+    """A random SD-1.5-shaped pipeline saved with save_pretrained into base/sd: VAE /4 (3 levels),
+    UNet /2 with cross-attention at the 8x8 level only (self-attention over a 16x16 latent costs 10x
+    more on CPU), SD 1.5's scheduler config (a PNDMScheduler the backend turns into DDIM)."""
     tokenizer = _tokenizer(base / "tokenizer_src")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from dp_hpc import jobs
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
-from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner
+from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import Pool, RoundSpec
@@ -103,6 +104,8 @@ class Coordinator:
     def advance(self, slots: Slots) -> None:
         for b in self.branches.values():
             b.advance(slots)
+        if self.state.pending is not None and not self._adopt_pending():
+            return
         self._refresh_jobs()
         for _ in range(100):  # bounded: each iteration changes state or returns
             if self.state.phase in ("done", "failed"):
@@ -153,17 +156,45 @@ class Coordinator:
         self.runner.cancel(self.logs, [j.job_id for j in st.running_jobs()])
 
     def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
+        """Submit up to slots.free tasks. On SLURM the intent is saved first, under a job name of
+        its own: if this process dies between sbatch and recording the ids, the next coordinator
+        finds the jobs by that name (`_adopt_pending`) instead of submitting them again."""
         n = min(len(args_list), slots.free)
         if n <= 0:
             return False
-        now = time.time()  # before submitting: a job's result file is always newer than this
-        ids = self.runner.submit(self.logs, f"{self.name}-{kind}", fn, args_list[:n], kind=kind)
+        st = self.state
+        name = f"{self.name}-{kind}" + (f"-{uuid.uuid4().hex[:8]}" if self.runner.kind == "slurm" else "")
+        st.pending = {"name": name, "kind": kind, "round": st.round, "submitted": time.time(), "details": details[:n]}
+        save_state(self.run_dir, st)  # (`submitted` precedes sbatch: a job's result file is always newer)
+        try:
+            ids = self.runner.submit(self.logs, name, fn, args_list[:n], kind=kind)
+        except SubmitError as e:  # a queue limit, a slurmctld timeout: sbatch may still have taken some
+            log.warning("%s: %s; the next poll adopts what was submitted and retries the rest", self.name, e)
+            return False
         slots.free -= n
-        for jid, detail in zip(ids, details[:n]):
-            self.state.jobs.append(JobRecord(job_id=jid, kind=kind, round=self.state.round, submitted=now,
-                                             detail=detail, executor=self.runner.kind))
-        save_state(self.run_dir, self.state)
+        self._record(ids)
         self._refresh_jobs()  # the debug executor has already run them
+        return True
+
+    def _record(self, ids: list[str]) -> None:
+        st, pending = self.state, self.state.pending
+        for jid, detail in zip(ids, pending["details"]):
+            st.jobs.append(JobRecord(job_id=jid, kind=pending["kind"], round=pending["round"],
+                                     submitted=pending["submitted"], detail=detail, executor=self.runner.kind))
+        st.pending = None
+        save_state(self.run_dir, st)
+
+    def _adopt_pending(self) -> bool:
+        """A submission that an earlier coordinator started but did not record: adopt the jobs it
+        made (found by their name), or forget it if there are none. False: cannot tell yet."""
+        pending = self.state.pending
+        try:
+            ids = self.runner.find_submitted(self.logs, pending["name"])
+        except SubmitError as e:
+            log.warning("%s: %s", self.name, e)
+            return False
+        log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending["name"])
+        self._record(ids[: len(pending["details"])])
         return True
 
     def _apply(self, action: P.Action, slots: Slots) -> bool:

@@ -36,6 +36,14 @@ class JobStatus:
     log_path: str | None = None
 
 
+class SubmitError(RuntimeError):
+    """Submission refused or failed (a queue limit, a timeout). `ids`: jobs submitted before it did."""
+
+    def __init__(self, message: str, ids: list[str]):
+        super().__init__(message)
+        self.ids = ids
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -69,6 +77,12 @@ class JobRunner:
 
     def slurm_state(self, job_id: str) -> str | None:  # noqa: ARG002
         return None
+
+    def find_submitted(self, folder: Path, name: str) -> list[str]:  # noqa: ARG002
+        """Jobs of a submission that was not recorded. Local jobs cannot be found by name (their
+        ids are pids): the work is planned again, and duplicates are harmless (train/eval wait on
+        the run lock, shard tasks rewrite identical bytes)."""
+        return []
 
     def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple], kind: str = "generate") -> list[str]:  # noqa: ARG002
         """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""

@@ -18,13 +18,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import submitit
 
 from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
-from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, JobRunner, JobStatus, _tail
+from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, JobRunner, JobStatus, SubmitError, _tail
 from dp_hpc.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # sacct states (SLURM 22.05+): all others are still queued, running or about to run again
 ENDED_LOST = {"CANCELLED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE", "REVOKED"}
 ENDED = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT"} | ENDED_LOST
+REQUEUED_BY_SLURM = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}  # ends of an attempt that SLURM may requeue
+RESULT_GRACE_S = 30.0
 
 RESOURCES = {"generator": "generation", "generate": "generation", "eval": "generation",
              "train": "training", "coordinator": "coordinator"}
@@ -96,14 +99,17 @@ def parse_sacct(text: str) -> dict[str, str]:
     return states
 
 
+JOB_SCOPED_ENV = ("SLURM_", "SLURMD_", "SBATCH_", "SUBMITIT_", "PMI_", "PMIX_", "OMPI_")
+
+
 @contextlib.contextmanager
 def submission_environment(extra: dict[str, str]) -> Iterator[None]:
-    """sbatch exports the submitter's environment to the job: add `extra`, and drop the SLURM_*,
-    SBATCH_* and SUBMITIT_* variables of a job we may be running in (the coordinator job), which
-    would otherwise leak into the new job's srun and resources."""
+    """sbatch exports the submitter's environment to the job: add `extra`, and drop the variables
+    of a job or step we may be running in (the coordinator job: SLURM_*, PMI_*, ...), which would
+    otherwise leak into the new job's srun and resources."""
     saved = dict(os.environ)
     for k in list(os.environ):
-        if k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_")) and k != "SLURM_CONF":
+        if k.startswith(JOB_SCOPED_ENV) and k != "SLURM_CONF":
             del os.environ[k]
     os.environ.update(extra)
     try:
@@ -119,9 +125,13 @@ class SlurmRunner(JobRunner):
     def __init__(self, cfg: SlurmConfig, env: dict[str, str] | None = None, sweep_name: str = "dp_hpc"):
         self.kind = "slurm"
         self.cfg = cfg
-        self.env = env or {}
+        # torchrun kills its workers 30 s after a SIGTERM by default: give them the warning time
+        # to finish a step and save instead (a ViT-B checkpoint is ~1.4 GB)
+        self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
         self.sweep_name = sweep_name
         self._states: dict[str, str] = {}  # job id -> sacct state at the last poll
+        self._queued: set[str] = set()  # of the jobs sacct calls ended-by-preemption: still in squeue
+        self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}
         self.polls = 0  # sacct calls made (tests check there is one per poll)
 
@@ -159,32 +169,60 @@ class SlurmRunner(JobRunner):
         job = getattr(self.cfg, resources)
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=1000 if kind == "coordinator" else 30)
         ex.update_parameters(**submitit_parameters(job, self.cfg.signal_delay_s, f"{self.sweep_name}/{name}"))
-        with submission_environment(self.env):
-            if kind == "generate" or len(args_list) > 1:  # a generation round is an array, even of one task
-                step = self.cfg.max_array_size
-                jobs = [j for i in range(0, len(args_list), step)
-                        for j in ex.map_array(fn, *zip(*args_list[i : i + step]))]
-            else:
-                jobs = [ex.submit(fn, *args_list[0])]
+        jobs: list = []
+        try:
+            with submission_environment(self.env):
+                if kind == "generate" or len(args_list) > 1:  # a generation round is an array, even of one task
+                    step = self.cfg.max_array_size
+                    for i in range(0, len(args_list), step):
+                        jobs += ex.map_array(fn, *zip(*args_list[i : i + step]))
+                else:
+                    jobs.append(ex.submit(fn, *args_list[0]))
+        except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as e:
+            raise SubmitError(f"sbatch failed for {name}: {' '.join(str(e).split())[:500]}",
+                              [j.job_id for j in jobs]) from None
         ids = [j.job_id for j in jobs]
         for jid in ids:
             self._states[jid] = "PENDING"  # until sacct knows it
         log.info("submitted %s: %s", name, ids[0] if len(ids) == 1 else f"array {ids[0].split('_')[0]} x{len(ids)}")
         return ids
 
+    def find_submitted(self, folder: Path, name: str) -> list[str]:  # noqa: ARG002
+        """Ids of the jobs named `name` (this sweep's), queued or ended: a coordinator that died
+        between sbatch and recording the ids adopts them instead of submitting again."""
+        full = f"{self.sweep_name}/{name}"
+        found: set[str] = set()
+        for cmd in (["squeue", "-h", "-r", "--name", full, "-o", "%i"],
+                    ["sacct", "-X", "-n", "-P", "--name", full, "-S", "now-7days", "-o", "JobID"]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise SubmitError(f"cannot tell whether {full} was submitted: {r.stderr.strip()[:200]}", [])
+            found.update(j for line in r.stdout.split() for j in expand_job_ids(line.strip()))
+        return sorted(found, key=lambda j: tuple(int(x) for x in j.split("_")))
+
     # -- states
     def poll(self, job_ids: Sequence[str]) -> None:
-        """One sacct call for all these jobs (the sweep's running jobs)."""
+        """One sacct call for all these jobs (the sweep's running jobs); and, only if some of them
+        ended by preemption or node failure, one squeue for those: SLURM requeues our jobs
+        (--requeue) under the same id, and sacct may still show the ended attempt."""
         ids = sorted(set(job_ids))
         if not ids:
             return
         self.polls += 1
-        r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-                           capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:  # slurmdbd busy or restarting: keep the last known states
-            log.warning("sacct failed (%s); job states unchanged this poll", r.stderr.strip()[:200])
+        try:
+            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                               capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            r = None
+        if r is None or r.returncode != 0:  # slurmdbd busy or restarting: keep the last known states
+            log.warning("sacct failed (%s); job states unchanged this poll", "timeout" if r is None else r.stderr.strip()[:200])
             return
         self._states.update(parse_sacct(r.stdout))
+        maybe_requeued = [j for j in ids if self._states.get(j) in REQUEUED_BY_SLURM]
+        if maybe_requeued:
+            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(maybe_requeued)],
+                               capture_output=True, text=True, timeout=120)
+            self._queued = set(q.stdout.split()) if q.returncode == 0 else set(maybe_requeued)
 
     def slurm_state(self, job_id: str) -> str | None:
         return self._states.get(job_id)
@@ -195,11 +233,22 @@ class SlurmRunner(JobRunner):
             return self._finished[key]
         paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         state = self._states.get(job_id)
-        if state is None or state not in ENDED:  # unknown to sacct yet: just submitted
-            return JobStatus(RUNNING, log_path=str(paths.stderr))
+        running = JobStatus(RUNNING, log_path=str(paths.stderr))
+        if state is None or state not in ENDED:  # unknown to sacct yet (just submitted), queued, running
+            return running
+        if state in REQUEUED_BY_SLURM and job_id in self._queued:
+            return running  # preempted or its node failed, and SLURM has requeued it
         st = self._status_from_result(paths, submitted)
-        if st.state == LOST and state not in ENDED_LOST:
-            # ended without a result and not cancelled/preempted: it crashed (OOM, segfault, time limit)
+        if st.state == LOST and state == "COMPLETED":
+            # a shared file system may show the result file late (submitit waits for it too)
+            first = self._no_result_since.setdefault(job_id, time.time())
+            if time.time() - first < RESULT_GRACE_S:
+                return running
+        if st.state == LOST and state == "CANCELLED":
+            st = JobStatus(FAILED, "cancelled (scancel) before it finished; relaunch to retry the run",
+                           str(paths.stderr))
+        elif st.state == LOST and state not in ENDED_LOST:
+            # ended without a result, not cancelled or preempted: it crashed (OOM, segfault, time limit)
             hint = " (raise its time_min)" if state == "TIMEOUT" else ""
             st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{_tail(paths.stderr)}".strip(), str(paths.stderr))
         self._finished[key] = st

@@ -45,6 +45,7 @@ class RunState:
     lost_in_a_row: int = 0  # jobs that died without a result, consecutively (retried up to a limit)
     error: str | None = None
     failed_phase: str | None = None  # the phase a relaunch retries after a failure
+    pending: dict | None = None  # a submission under way: job name, kind, round, details (see Coordinator._submit)
     updated: float = 0.0
 
     # -- derived views
