@@ -6,7 +6,8 @@ Preemption (SLURM): the components stop at a safe point on SIGTERM or SIGUSR2 (a
 a training step) and return. After a USR2 -- submitit's signal for preemption and for the
 approaching time limit -- the job then hands the signal on to submitit's own handler, which
 requeues it (the callables are `Checkpointable`: the requeued job reruns the same call, and the
-work continues from what is on disk). After a SIGTERM SLURM is already requeueing or cancelling.
+work continues from what is on disk). After a SIGTERM SLURM is already requeueing or cancelling
+the job: it exits without a result (see `requeue_if_asked`).
 """
 
 from __future__ import annotations
