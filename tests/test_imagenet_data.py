@@ -196,16 +196,21 @@ def test_eval_split_two_ranks_with_workers(packed, folder):
     split = open_eval_split(cfg, "test")
     want, _ = arrays(packed)
     assert len(split) == len(want["labels"])
-    seen = []
-    for rank in range(2):
-        batches = list(split.batches(rank, 2, batch_size=4, workers=2))
-        assert all(x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape[1:] == (3, R, R) and len(x) <= 4
-                   for x, y in batches)
-        x = np.concatenate([b[0].numpy() for b in batches])
-        y = np.concatenate([b[1].numpy() for b in batches])
-        assert np.array_equal(x, want["images"][rank::2]) and np.array_equal(y, want["labels"][rank::2])
-        seen += list(range(rank, len(want["labels"]), 2))
-    assert sorted(seen) == list(range(len(want["labels"])))
+    for world in (2, 4):  # 18 samples: 9/9, and the uneven 5/5/4/4
+        images, labels = [], []
+        for rank in range(world):
+            batches = list(split.batches(rank, world, batch_size=4, workers=2))
+            assert all(x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape[1:] == (3, R, R) and len(x) <= 4
+                       for x, y in batches)
+            x = np.concatenate([b[0].numpy() for b in batches])
+            y = np.concatenate([b[1].numpy() for b in batches])
+            assert np.array_equal(x, want["images"][rank::world]) and np.array_equal(y, want["labels"][rank::world])
+            images.append(x)
+            labels.append(y)
+        # every sample exactly once over the ranks
+        assert sum(len(y) for y in labels) == len(want["labels"])
+        assert sorted(hashlib.sha1(im.tobytes()).hexdigest() for x in images for im in x) == \
+            sorted(hashlib.sha1(im.tobytes()).hexdigest() for im in want["images"])
 
 
 # ----------------------------------------------------------------------------- bad inputs

@@ -10,11 +10,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
 from dp_hpc.io import read_json
-from dp_hpc.pool import PoolReader
+from dp_hpc.pool import Pool, PoolReader
 from e2e_helpers import ROOT, run_launch
 from test_imagenet_data import WNIDS, write_folder
 from test_stable_diffusion import save_tiny_sd
@@ -70,6 +71,8 @@ def test_tiny_imagenet_sweep_with_stable_diffusion_runs_to_done(tmp_path):
     reader = PoolReader(sweep_dir / "dp")
     images, labels = reader.read(list(range(32)))
     assert images.shape == (32, 3, 64, 64) and sorted(set(labels.tolist())) == [0, 1, 2]
+    entropy = Pool(sweep_dir / "dp").group(1)["entropy"][:]  # scored by the classifier that guided it
+    assert entropy.shape == (16,) and np.isfinite(entropy).all() and (entropy > 0).all()
     meta = json.loads((sweep_dir / "dp" / "pool.zarr" / "round_001" / "images" / "zarr.json").read_text())
     assert "dp_hpc.jpeg" in json.dumps(meta["codecs"]), "3x64x64 RGB rounds are stored as JPEG"
     for run in ("dp", "static"):

@@ -258,5 +258,8 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
     cfg = info["config"]
     model = LatentDiffusion(unet, vae, emb["cond"], emb["null"], cfg["generation_resolution"],
                             autocast_dtype(cfg["dtype"], device))
-    scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
+    # DDIM's defaults clip x0 to [-1, 1], which is wrong in latent space; a folder whose scheduler
+    # config does not say otherwise would get them (diffusers' pipeline forces this off too)
+    scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True,
+                                              clip_sample=False, thresholding=False)
     return model, scheduler

@@ -126,4 +126,4 @@ def load_classifier(checkpoint_dir: str | os.PathLike, run_cfg, device: str | to
         raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {TRAIN_STATE_FILE})")
     model = classifier_for(run_cfg)
     model.load_state_dict(load_state(folder)["ema"])
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)  # guidance needs d/dx only
