@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -195,6 +196,9 @@ class JpegCodec(ArrayBytesCodec):
 register_codec("dp_hpc.jpeg", JpegCodec)
 
 
+DECODE_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+"""Threads that decode the JPEG images of one training batch (per training process)."""
+
 EMPTY_CHUNK = 2**64 - 1
 """Index entry (offset and nbytes) of an inner chunk that was not stored (all fill value)."""
 
@@ -216,25 +220,33 @@ class JpegShardReader:
         if len(inner) != 1 or not isinstance(inner[0], JpegCodec) or codecs[0] != expected:
             raise RuntimeError(f"{array_dir}: not the sharded JPEG layout of dp_hpc.pool: {codecs}")
         self.images, self.dir, self.per_shard = images, array_dir, images.shards[0]
+        self._threads: ThreadPoolExecutor | None = None  # made on first use, never pickled
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_threads": None}
 
     def read(self, local: np.ndarray) -> np.ndarray:
-        """Images at round indices `local` (each decoded once). (len(local), 3, H, W)"""
+        """Images at round indices `local` (each decoded once), decoded by DECODE_THREADS threads
+        (libjpeg releases the GIL; each image has its own slot, so the result is the same).
+        (len(local), 3, H, W)"""
         uniq, inverse = np.unique(local, return_inverse=True)
         out = np.zeros((len(uniq), *self.images.shape[1:]), dtype=np.uint8)  # fill value: never-written = all 0
-        index_bytes = 16 * self.per_shard + 4
-        for k, i in enumerate(uniq.tolist()):
-            shard, inner = divmod(i, self.per_shard)
-            try:
-                with open(self.dir / self.images.metadata.encode_chunk_key((shard, 0, 0, 0)), "rb") as f:
-                    f.seek(16 * inner - index_bytes, os.SEEK_END)
-                    offset, nbytes = np.frombuffer(f.read(16), "<u8").tolist()
-                    if offset == EMPTY_CHUNK:
-                        continue
-                    f.seek(offset)
-                    JpegCodec.decode_into(f.read(nbytes), out[k : k + 1])
-            except FileNotFoundError:  # a shard of all-zero images is never written
-                continue
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="jpeg-decode")
+        list(self._threads.map(lambda k: self._read_one(int(uniq[k]), out[k : k + 1]), range(len(uniq))))
         return out[inverse]
+
+    def _read_one(self, i: int, out: np.ndarray) -> None:
+        shard, inner = divmod(i, self.per_shard)
+        try:
+            with open(self.dir / self.images.metadata.encode_chunk_key((shard, 0, 0, 0)), "rb") as f:
+                f.seek(16 * inner - 16 * self.per_shard - 4, os.SEEK_END)  # the index: (offset, nbytes) + crc32c
+                offset, nbytes = np.frombuffer(f.read(16), "<u8").tolist()
+                if offset != EMPTY_CHUNK:
+                    f.seek(offset)
+                    JpegCodec.decode_into(f.read(nbytes), out)
+        except FileNotFoundError:  # a shard of all-zero images is never written
+            pass
 
 
 # ----------------------------------------------------------------------------- writing

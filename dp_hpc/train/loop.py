@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +107,27 @@ class PoolBatches:
         self.reader, self.seed, self.batch_size, self.d = reader, seed, batch_size, d
         self.local = batch_size // d.world_size
         self.n = len(reader)
+        # the next step's read runs in a thread while this step trains (JPEG decoding releases the
+        # GIL); the batch of a step depends on the step only, so this changes no result
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="pool-prefetch")
+        self._next: tuple[int, Future] | None = None
 
     def indices(self, step: int) -> np.ndarray:
         """The global batch of `step`: (batch_size,) pool indices. Stateless."""
         return np.random.default_rng([self.seed, step]).integers(0, self.n, size=self.batch_size)
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices(step)[self.d.rank * self.local : (self.d.rank + 1) * self.local]
         images, labels = self.reader.read(idx)  # 0.05 ms for 128 of 2,000 cached samples
+        x, y = torch.from_numpy(images), torch.from_numpy(labels)
+        return (x.pin_memory(), y.pin_memory()) if self.d.device.type == "cuda" else (x, y)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ahead, self._next = self._next, None
+        x, y = ahead[1].result() if ahead is not None and ahead[0] == step else self._read(step)
+        self._next = (step + 1, self._ahead.submit(self._read, step + 1))
         dev = self.d.device
-        x = torch.from_numpy(images).to(dev, non_blocking=True).float().div_(255.0)
-        return x, torch.from_numpy(labels).to(dev, non_blocking=True)
+        return x.to(dev, non_blocking=True).float().div_(255.0), y.to(dev, non_blocking=True)
 
 
 EVAL_BATCH = 1024
