@@ -202,3 +202,23 @@ def test_recipe_run_resumes_exactly(tmp_path):
     plain = make_run(tmp_path / "plain", train={k: v for k, v in train.items() if k not in RECIPE})
     train_until_stop(plain, plateau_exit=False)
     assert not torch.equal(final_state(plain)["model"]["head.weight"], final_state(ref)["model"]["head.weight"])
+
+
+def test_vit_and_resnet_keep_biases_norms_and_embeddings_out_of_weight_decay():
+    """DeiT/timm's recipe for ViT-B; digits_cnn keeps decaying everything (the README's numbers)."""
+    from dp_hpc.train.config import TrainConfig
+    from dp_hpc.train.loop import decays
+    from dp_hpc.train.optim import AdamW
+
+    vit = build_classifier("vit_b_16", 10, 3, input_size=32)
+    exempt = {n.removeprefix("net.") for n, p in vit.named_parameters() if not decays(n, p)}
+    assert {"class_token", "encoder.pos_embedding", "conv_proj.bias", "heads.head.bias",
+            "encoder.layers.encoder_layer_0.ln_1.weight", "encoder.ln.weight"} <= exempt
+    assert not {"conv_proj.weight", "heads.head.weight", "encoder.layers.encoder_layer_0.mlp.0.weight"} & exempt
+    assert not TrainConfig(classifier="vit_b_16").decays_everything and TrainConfig().decays_everything
+
+    a, b = torch.ones(3), torch.ones(3)
+    opt = AdamW([a, b], lr=1.0, weight_decay=0.1, decay=[True, False])
+    a.grad, b.grad = torch.zeros(3), torch.zeros(3)
+    opt.step()
+    assert torch.allclose(a, torch.full((3,), 0.9)) and torch.equal(b, torch.ones(3))

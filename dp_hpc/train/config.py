@@ -124,6 +124,13 @@ class TrainConfig:
                 recipe[1] if self.cutmix_alpha is None else self.cutmix_alpha)
 
     @property
+    def decays_everything(self) -> bool:
+        """AdamW's weight decay on every parameter (digits_cnn, as measured in the README), or not on
+        biases, norm gains, ViT's position embedding and class token (DeiT/timm's ViT recipe: vit_b_16
+        and resnet50)."""
+        return self.classifier == "digits_cnn"
+
+    @property
     def augments(self) -> bool:
         """Whether training images get random-resized crops and flips (`augment`, else the recipe)."""
         return self.classifier != "digits_cnn" if self.augment is None else self.augment

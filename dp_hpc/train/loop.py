@@ -205,13 +205,15 @@ class Trainer:
         self.ema = self.num.place(classifier_for(cfg), d.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
         self.ema_params = list(self.ema.parameters())
         # Persistent buffers (BatchNorm statistics of resnet50; digits_cnn and ViT have none): not
         # averaged by the EMA but copied to it, and averaged over ranks with the gradients.
         self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
         # torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
-        self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
+                         decay=[tc.decays_everything or decays(n, p) for n, p in named])
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
         """Sum of (global-batch mean) training losses since the last evaluation."""
         self.loss_count = 0
@@ -267,6 +269,12 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.loss_sum = state["train_loss"]["sum"].to(self.d.device)
         self.loss_count = int(state["train_loss"]["count"])
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    """DeiT/timm's ViT recipe: no weight decay on biases and norm gains (1-D), nor on ViT's
+    position embedding and class token."""
+    return p.ndim > 1 and not name.endswith(("pos_embedding", "class_token"))
 
 
 def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:

@@ -13,9 +13,14 @@ import torch
 
 
 class AdamW:
+    """`decay[i]` False exempts parameter i from weight decay (torch's two parameter groups)."""
+
     def __init__(self, params: list[torch.Tensor], *, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, decay: list[bool] | None = None):
         self.params = list(params)
+        self.decay = [True] * len(self.params) if decay is None else list(decay)
+        if len(self.decay) != len(self.params):
+            raise ValueError(f"decay has {len(self.decay)} flags for {len(self.params)} parameters")
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
@@ -34,8 +39,9 @@ class AdamW:
         grads = [p.grad for p in params]
         beta1, beta2 = self.betas
         self.step_count += 1
-        if self.weight_decay:
-            torch._foreach_mul_(params, 1 - self.lr * self.weight_decay)
+        decayed = [p for p, d in zip(params, self.decay) if d]
+        if self.weight_decay and decayed:
+            torch._foreach_mul_(decayed, 1 - self.lr * self.weight_decay)
         torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
         torch._foreach_mul_(self.exp_avg_sq, beta2)  # v = b2 v + (1 - b2) g^2
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - beta2)
