@@ -10,30 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Literal, Union
 
-import numpy as np
 import torch
 
 from dp_hpc.data.config import DataConfig
+from dp_hpc.data.digits import LabelledImages
 from dp_hpc.data.imagenet import DataInputError, check_h5, load_class_list
 from dp_hpc.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class InMemorySplit:
-    """A split small enough to hold in memory (digits)."""
-
-    images: np.ndarray  # uint8 (N, C, H, W)
-    labels: np.ndarray  # int64 (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, rank: int = 0, world_size: int = 1, batch_size: int = 1024,
-                workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's shard (every world_size-th sample), in order."""
-        x, y = self.images[rank::world_size], self.labels[rank::world_size]
-        for i in range(0, len(y), batch_size):
-            yield torch.from_numpy(x[i : i + batch_size]), torch.from_numpy(y[i : i + batch_size])
 
 
 class _RankBatches(torch.utils.data.Dataset):
@@ -69,7 +51,7 @@ class _RankBatches(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class H5Split:
-    """A packed real split; the same interface as `InMemorySplit`."""
+    """A packed real split; the same interface as the in-memory `LabelledImages`."""
 
     path: str
     n: int
@@ -89,7 +71,7 @@ class H5Split:
             ds.close()
 
 
-EvalSplit = Union[InMemorySplit, H5Split]
+EvalSplit = Union[LabelledImages, H5Split]  # in memory (digits) or packed HDF5
 
 
 def open_eval_split(cfg: DataConfig, split: Literal["val", "test"]) -> EvalSplit:
@@ -100,8 +82,7 @@ def open_eval_split(cfg: DataConfig, split: Literal["val", "test"]) -> EvalSplit
     if cfg.dataset == "digits":
         from dp_hpc.data.digits import load_digit_splits
 
-        s = getattr(load_digit_splits(cfg), split)
-        return InMemorySplit(s.images, s.labels)
+        return getattr(load_digit_splits(cfg), split)
     if cfg.dataset == "imagenet":
         path = cfg.val_h5 if split == "val" else cfg.test_h5
         return H5Split(path, check_h5(path, cfg.resolution, load_class_list(cfg.classes)))
