@@ -180,6 +180,32 @@ def test_the_sweeps_guidance_settings_raise_entropy(generator, classifier):
     assert h > h0 + 0.1 and raised > 0.6, (h0, h, raised)
 
 
+def test_plain_sampling_matches_diffusers_own_pipeline(sd_dir, generator):
+    """Unguided, our sampler is diffusers' StableDiffusionPipeline with a DDIM scheduler (latents
+    scaled and decoded the same way, the same prompt and empty-prompt embeddings, CFG as
+    guidance_scale = 1 + lambda), from the same x_T. The pipeline runs both CFG branches as one
+    batch of 2B and we run two of B: only the last bits may differ."""
+    from dp_hpc.generate.sampler import initial_noise, store_images
+
+    model, scheduler = generator
+    labels, seeds = _inputs(6)
+    lam, steps = 2.0, 10
+    ours = sample_images(model, scheduler, labels, seeds,
+                         SamplerConfig(omega=0.0, num_inference_steps=steps, cfg_lambda=lam, batch_size=6), STORED)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = scheduler  # the DDIM scheduler our loader builds from the folder (no clipping)
+    pipe.set_progress_bar_config(disable=True)
+    x_t = initial_noise([torch.Generator().manual_seed(s) for s in seeds], model.latent_shape)
+    cond = model.condition(labels, seeds)
+    out = pipe(prompt_embeds=cond, negative_prompt_embeds=model.null_condition(cond), latents=x_t,
+               num_inference_steps=steps, guidance_scale=1.0 + lam, eta=0.0, output_type="pt",
+               height=64, width=64).images  # (B, 3, 64, 64) in [0, 1]
+    ref = store_images(out, STORED).numpy()
+    diff = np.abs(ours.images.astype(int) - ref.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
 def test_fg_blend_input_is_min_max_scaled_blend(generator):
     """FG's classifier input: at abar = 1 (no noise left) the blend is x_t; each image spans exactly [0, 1]."""
     model, _ = generator
