@@ -161,6 +161,7 @@ def test_digits_default_has_no_augmentation():
     ({"augment": "yes"}, "train.augment"),
     ({"classifier": "vit_b_32"}, "train.classifier"),
     ({"eval_workers": -1}, "train.eval_workers"),
+    ({"eval_crop": 0.0}, "train.eval_crop"),
 ])
 def test_recipe_keys_are_validated(train, key):
     with pytest.raises(ConfigError) as e:
@@ -222,3 +223,13 @@ def test_vit_and_resnet_keep_biases_norms_and_embeddings_out_of_weight_decay():
     a.grad, b.grad = torch.zeros(3), torch.zeros(3)
     opt.step()
     assert torch.allclose(a, torch.full((3,), 0.9)) and torch.equal(b, torch.ones(3))
+
+
+def test_imagenet_classifiers_are_evaluated_on_the_standard_center_crop():
+    """Packed images are 256 px; evaluation keeps the central 224 (Resize(256) + CenterCrop(224))."""
+    from dp_hpc.train.loop import center_crop
+
+    x = torch.arange(2 * 3 * 256 * 256).reshape(2, 3, 256, 256)
+    c = center_crop(x, TrainConfig(classifier="vit_b_16").eval_crop_fraction)
+    assert c.shape == (2, 3, 224, 224) and torch.equal(c, x[..., 16:240, 16:240])
+    assert TrainConfig().eval_crop_fraction == 1.0 and center_crop(x, 1.0) is x

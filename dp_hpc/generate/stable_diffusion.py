@@ -143,7 +143,7 @@ class LatentDiffusion:
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, cond_table: torch.Tensor,
                  null: torch.Tensor, resolution: int, dtype: torch.dtype):
         self.unet, self.vae = unet, vae
-        self.cond_table = cond_table  # (K, T, L, D), on the model's device
+        self.cond_table = cond_table  # (K, T, L, D) on the CPU (memory-mapped): a batch's rows go to the device
         self.null = null  # (L, D)
         f = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape = (unet.config.in_channels, resolution // f, resolution // f)
@@ -160,8 +160,8 @@ class LatentDiffusion:
 
     def condition(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """(B, L, D): class labels[i]'s embedding under template seeds[i] mod T."""
-        templates = torch.tensor([int(s) % self.cond_table.shape[1] for s in seeds], device=self.device)
-        return self.cond_table[labels.to(self.device), templates]
+        templates = torch.tensor([int(s) % self.cond_table.shape[1] for s in seeds])
+        return self.cond_table[labels.cpu(), templates].to(self.device)
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         return self.null.expand(len(cond), -1, -1)
@@ -254,9 +254,11 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
     for m in (unet, vae):
         m.to(device).eval().requires_grad_(False)  # guidance only needs d/dx_t
     vae.enable_gradient_checkpointing()
-    emb = torch.load(generator_dir / EMBEDDINGS, map_location=device, weights_only=True)
+    # all classes x templates: 236 MB for ImageNet-1k with one template, GBs with many; only the
+    # rows of each batch are read and moved to the device
+    emb = torch.load(generator_dir / EMBEDDINGS, map_location="cpu", weights_only=True, mmap=True)
     cfg = info["config"]
-    model = LatentDiffusion(unet, vae, emb["cond"], emb["null"], cfg["generation_resolution"],
+    model = LatentDiffusion(unet, vae, emb["cond"], emb["null"].to(device), cfg["generation_resolution"],
                             autocast_dtype(cfg["dtype"], device))
     # DDIM's defaults clip x0 to [-1, 1], which is wrong in latent space; a folder whose scheduler
     # config does not say otherwise would get them (diffusers' pipeline forces this off too)

@@ -67,6 +67,10 @@ class TrainConfig:
     augment: bool | None = None
     """Random-resized crop + horizontal flip of every training image, batched on the device.
     null: on for vit_b_16 and resnet50, off for digits_cnn."""
+    eval_crop: float | None = None
+    """Evaluation sees the central fraction of each side of the stored image, then the classifier
+    resizes it to input_size. null: 0.875 for vit_b_16 and resnet50 (the standard Resize(256) +
+    CenterCrop(224) of ImageNet evaluation, from the packed 256 px images), 1.0 for digits_cnn."""
     crop_min_scale: float = 0.08
     """Smallest area fraction of a random-resized crop (the largest is the whole image)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -109,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(name, f"must be >= 0 (0: off) or null, got {getattr(self, name)}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
+        if self.eval_crop is not None and not 0 < self.eval_crop <= 1:
+            raise ConfigError("eval_crop", f"must be in (0, 1] or null, got {self.eval_crop}")
         if self.classifier != "digits_cnn" and self.input_size < 32:
             raise ConfigError("input_size", f"{self.classifier} needs >= 32 (five stride-2 stages or "
                                             f"16-pixel patches), got {self.input_size}")
@@ -122,6 +128,13 @@ class TrainConfig:
         recipe = (0.0, 0.0) if self.classifier == "digits_cnn" else (0.5, 1.0)
         return (recipe[0] if self.mixup_alpha is None else self.mixup_alpha,
                 recipe[1] if self.cutmix_alpha is None else self.cutmix_alpha)
+
+    @property
+    def eval_crop_fraction(self) -> float:
+        """`eval_crop` in effect (the configured one, else the classifier's)."""
+        if self.eval_crop is not None:
+            return self.eval_crop
+        return 1.0 if self.classifier == "digits_cnn" else 0.875
 
     @property
     def decays_everything(self) -> bool:

@@ -53,7 +53,8 @@ def _evaluate_final(run_dir: Path) -> dict:
     num = Numerics.of(cfg.train.precision, d.device)
     model = num.place(load_classifier(folder, cfg), d.device)
     test = open_eval_split(cfg.data, "test")  # read once: streamed, not cached
-    acc, loss = evaluate(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False), d, num)
+    acc, loss = evaluate(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False), d, num,
+                         cfg.train.eval_crop_fraction)
     result = {"acc": acc, "loss": loss, "step": ts["step"], "pool_size": ts["pool_size"],
               "round": ts["round"], "rounds": ts["pool_rounds"], "n_test": len(test), "best_val_acc": ts["best_val_acc"],
               "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}

@@ -167,14 +167,26 @@ class EvalBatches:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics) -> tuple[float, float]:
-    """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards.
-    One all_reduce when distributed; one host sync (.tolist())."""
+def center_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The central `fraction` of each side of (B, C, H, W) images (1.0: unchanged)."""
+    if fraction >= 1.0:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = round(h * fraction), round(w * fraction)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
+def evaluate(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics,
+             crop: float = 1.0) -> tuple[float, float]:
+    """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards, on the central `crop`
+    of each image (train.eval_crop). One all_reduce when distributed; one host sync (.tolist())."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct, loss, count
     for x, y in batches:
-        x = num.images(x.to(d.device, non_blocking=True).float().div_(255.0))  # uint8 -> [0, 1]
+        x = center_crop(x.to(d.device, non_blocking=True), crop)
+        x = num.images(x.float().div_(255.0))  # uint8 -> [0, 1]
         y = y.to(d.device, non_blocking=True)
         with num.autocast():
             logits = model(x)
@@ -396,7 +408,7 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] |
 def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: EvalBatches, pool_info: dict,
                       lr: float, clock: list, d: Dist, rlog: logging.LoggerAdapter) -> None:
     """EMA model on real val, plateau update, one metrics line (rank 0), one log line."""
-    acc, loss = evaluate(trainer.ema, val, d, trainer.num)
+    acc, loss = evaluate(trainer.ema, val, d, trainer.num, trainer.cfg.train.eval_crop_fraction)
     train_loss = float(trainer.pop_train_loss())  # sync point (once per evaluation)
     prog.plateau = pl.observe(prog.plateau, acc, prog.step, trainer.cfg.train.patience.min_delta)
     prog.last_val_acc = acc
