@@ -183,7 +183,11 @@ def test_shard_task_killed_mid_shard_is_redone_from_its_last_chunk(smoke, tmp_pa
     written = []
     for log in (run / "logs").glob("*_log.err"):
         written += [int(c) for c in re.findall(r"round 0 \(plain\) chunk (\d+):", log.read_text())]
-    assert sorted(written) == list(range(8)), f"each chunk generated exactly once: {sorted(written)}"
+    # each chunk generated exactly once: logged once, or (the killed task's last chunk) marked before
+    # the kill -- SIGKILL may land between a chunk's marker and its log line -- and not rewritten (above)
+    done_before = {int(n[6:12]) for n in before}
+    assert sorted(written) == sorted(set(written)), f"a chunk was generated twice: {sorted(written)}"
+    assert set(written) | done_before == set(range(8)), f"a chunk was never generated: {sorted(written)}"
     assert pool_digest(run) == pool_digest(sweep_dir / "static"), "pool differs from the uninterrupted run"
     r = run_launch(sweep, out)
     assert r.returncode == 0 and "nothing to do" in r.stdout
