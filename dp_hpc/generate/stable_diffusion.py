@@ -53,6 +53,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.train.model import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class LatentDiffusion:
         return next(self.unet.parameters()).device
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device.type, self.dtype)
 
     def condition(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """(B, L, D): class labels[i]'s embedding under template seeds[i] mod T."""

@@ -97,6 +97,14 @@ def classifier_for(cfg) -> nn.Module:
                             input_size=cfg.train.input_size)
 
 
+def autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """torch.autocast to `dtype` (bf16/fp16), or nothing for fp32 (the classifier's and the SD
+    generator's precision settings both come here)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class Numerics:
     """How forward passes run on a device (config `train.precision`): bf16 autocast or fp32, and
@@ -114,9 +122,7 @@ class Numerics:
                    torch.channels_last if cuda else torch.contiguous_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return autocast(self.device_type, self.dtype)
 
     def place(self, model: nn.Module, device: torch.device) -> nn.Module:
         return model.to(device=device, memory_format=self.memory_format)
