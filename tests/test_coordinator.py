@@ -3,6 +3,8 @@ fail on cue (job outcomes are what is scripted; state files and planning are rea
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +19,8 @@ from dp_hpc.io import run_lock
 
 class ScriptedRunner:
     """Answers job states from a dict; records cancellations."""
+
+    kind = "scripted"
 
     def __init__(self, states: dict[str, JobStatus]):
         self.states = states
@@ -76,3 +80,32 @@ def test_run_lock_makes_a_second_holder_wait(tmp_path):
         assert not entered.wait(0.5), "a second holder got the lock while the first held it"
     t.join(timeout=10)
     assert entered.is_set(), "the second holder never got the lock after the first released it"
+
+
+def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_under_slurm(tmp_path):
+    """A run is finished when its phase is done AND no job of it still runs (an eval job writes
+    eval.json before it exits). A sweep started locally and relaunched under SLURM holds records of
+    local jobs: their ids are pids, which are looked up as processes, never sent to sacct."""
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.slurm import SlurmRunner
+
+    runner = SlurmRunner(SlurmConfig(), sweep_name="t")
+    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c.logs.mkdir(parents=True, exist_ok=True)
+    # a live process that looks like a submitit local controller for this run's logs
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit", str(c.logs)])
+    try:
+        c.state.phase = "done"
+        c.state.jobs.append(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
+                                      detail={}, executor="local"))
+        save_state(c.run_dir, c.state)
+        assert c.running_job_ids() == [], "a local pid must not be polled through sacct"
+        c.advance(Slots(free=1))
+        assert not c.finished, "the run's eval job still runs"
+        cloudpickle_dump(("success", None), c.logs / f"{proc.pid}_0_result.pkl")
+    finally:
+        proc.kill()
+        proc.wait()
+    c.advance(Slots(free=1))
+    assert c.finished and load_state(c.run_dir).jobs[0].status == SUCCEEDED
+    assert runner.polls == 0

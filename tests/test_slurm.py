@@ -84,8 +84,17 @@ def accounted_jobs(sweep_name: str, since: str) -> list[tuple[str, str, str]]:
     """(job id, job name without its submission nonce, state) of every job of this sweep in
     accounting, one row per job. Names: <sweep>/<run>-<kind>-<nonce> (see Coordinator._submit)."""
     rows = sacct("-X", "-S", since, "-o", "JobID,JobName%200,State")
-    return [(jid, re.sub(r"-[0-9a-f]{8}$", "", name), state) for jid, name, state in rows
-            if name.startswith(sweep_name + "/")]
+    return [(jid, without_nonce(name), state) for jid, name, state in rows if name.startswith(sweep_name + "/")]
+
+
+def jobs_by_id(job_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(job id, job name without its nonce, state) of these jobs in accounting, one row per job."""
+    return [(jid, without_nonce(name), state)
+            for jid, name, state in sacct("-X", "-j", ",".join(job_ids), "-o", "JobID,JobName%200,State")]
+
+
+def without_nonce(job_name: str) -> str:
+    return re.sub(r"-[0-9a-f]{8}$", "", job_name)
 
 
 def job_attempts(job_id: str) -> list[str]:
@@ -141,7 +150,10 @@ def test_smoke_sweep_through_slurm_gives_the_local_results(cluster, smoke, tmp_p
         assert read_json(out / "smoke" / run / "eval.json")["acc"] == read_json(smoke_dir / run / "eval.json")["acc"]
     for run in ("dp", "static", "prune"):
         assert pool_digest(out / "smoke" / run) == pool_digest(smoke_dir / run), run
-    jobs = accounted_jobs("smoke", since)
+    recorded = sorted(j["job_id"] for run in runs for j in read_json(out / "smoke" / run / "state.json")["jobs"])
+    jobs = jobs_by_id(recorded)  # by id: see the accounting check of the coordinator test
+    assert sorted(jid for jid, _, _ in jobs) == recorded
+    assert {jid for jid, _, _ in accounted_jobs("smoke", since)} <= set(recorded), "a job no run recorded"
     generate = [(jid, n) for jid, n, _ in jobs if n.endswith("-generate")]
     states = read_json(out / "smoke" / "dp" / "state.json")["rounds"]
     assert generate and all("_" in jid for jid, _ in generate), "generation rounds are job arrays"
@@ -247,18 +259,27 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     log_path = re.search(r"log: (\S+)\)", st_static["error"]).group(1)
     assert Path(log_path).exists()
 
-    # accounting: the coordinator twice, every other job once, and each is a job the runs recorded
-    jobs = accounted_jobs(name, since)
-    ids = Counter(jid for jid, _, _ in jobs)
-    assert all(n == 1 for n in ids.values()), f"a job id appears twice in accounting: {ids}"
-    assert sorted(jid for jid, n, _ in jobs if n.endswith("/coordinator")) == sorted([first, second])
+    # accounting: the coordinator twice, every job the runs recorded once, and no other job under
+    # the sweep's name (a second submission of some work would be one). The recorded jobs are
+    # looked up by id, as the coordinator does: once in CI a time-window query (sacct -S) left
+    # out a finished eval job that `sacct -j` had already reported to the coordinator.
     recorded = [j for st in (st_dp, st_static) for j in st["jobs"]]
-    assert sorted(jid for jid, n, _ in jobs if not n.endswith("/coordinator")) == sorted(j["job_id"] for j in recorded)
+    assert not [j for j in recorded if j["status"] == "running"], "the coordinator ended before a job of its runs"
+    recorded_ids = sorted(j["job_id"] for j in recorded)
+    by_id = jobs_by_id(recorded_ids + [first, second])
+    assert Counter(jid for jid, _, _ in by_id) == Counter(recorded_ids + [first, second]), (by_id, recorded_ids)
+    assert all(n.startswith(name + "/") for _, n, _ in by_id), by_id
+    named = accounted_jobs(name, since)
+    ids = Counter(jid for jid, _, _ in named)
+    assert all(n == 1 for n in ids.values()), f"a job id appears twice in accounting: {ids}"
+    assert set(ids) <= set(recorded_ids) | {first, second}, (
+        f"jobs of this sweep that no run recorded: {sorted(set(ids) - set(recorded_ids) - {first, second})}")
+    assert sorted(jid for jid, n, _ in by_id if n.endswith("/coordinator")) == sorted([first, second])
     work = Counter((j["kind"], j["round"], j["detail"].get("start"), j["detail"].get("plateau_exit"))
                    for st in (st_dp,) for j in st["jobs"])
     assert all(n == 1 for n in work.values()), f"some work was submitted twice: {work}"
     assert train["job_id"] in {j["job_id"] for j in st_dp["jobs"] if j["status"] == "succeeded"}
-    arrays = [jid for jid, n, _ in jobs if n.endswith("dp-generate")]
+    arrays = [jid for jid, n, _ in by_id if n.endswith("/dp-generate")]
     assert len(arrays) == 4 and all("_" in jid for jid in arrays), f"generation rounds are job arrays: {arrays}"
     # round 0 is plain sampling from fixed seeds: the same bytes as the local run's
     ref = {k: v for k, v in pool_digest(smoke_dir / "dp").items() if k.startswith("round_000")}

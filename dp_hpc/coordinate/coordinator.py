@@ -53,6 +53,7 @@ class Coordinator:
             st = P.initial_state(cfg.method)
             save_state(self.run_dir, st)
         self.state = st
+        self._local_reader: JobRunner | None = None  # see _reader_of
         self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
 
     def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
@@ -65,16 +66,29 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
-        """This run and its branch-outs have all ended (done or failed)."""
-        return self.state.phase in ("done", "failed") and all(b.finished for b in self.branches.values())
+        """This run and its branch-outs have all ended (done or failed), and so have their jobs:
+        the jobs a failure cancels take a moment to end, and the launcher must not exit (nor a
+        relaunch call the run finished) while state.json still says some job of it runs."""
+        return (self.state.phase in ("done", "failed") and not self.state.running_jobs()
+                and all(b.finished for b in self.branches.values()))
 
     def running_jobs(self) -> int:
         return len(self.state.running_jobs()) + sum(b.running_jobs() for b in self.branches.values())
 
     def running_job_ids(self) -> list[str]:
         """Ids of the jobs this run and its branch-outs wait for (polled in one batch per sweep)."""
-        return [j.job_id for j in self.state.running_jobs()] + [i for b in self.branches.values()
-                                                               for i in b.running_job_ids()]
+        own = [j.job_id for j in self.state.running_jobs() if self._reader_of(j) is self.runner]
+        return own + [i for b in self.branches.values() for i in b.running_job_ids()]
+
+    def _reader_of(self, job: JobRecord) -> JobRunner:
+        """The runner that can tell this job's state. A sweep relaunched under SLURM after a local
+        launch may still hold records of local jobs: their ids are pids, which sacct does not know
+        (or knows as some other job), so they are looked up as local processes."""
+        if self.runner.kind == "slurm" and job.executor in ("local", "debug"):
+            if self._local_reader is None:
+                self._local_reader = JobRunner("local")
+            return self._local_reader
+        return self.runner
 
     def failed_runs(self) -> list[str]:
         own = [self.name] if self.state.phase == "failed" else []
@@ -129,7 +143,7 @@ class Coordinator:
     def _refresh_jobs(self) -> None:
         st, changed = self.state, False
         for job in st.running_jobs():
-            status = self.runner.status(self.logs, job.job_id, job.submitted)
+            status = self._reader_of(job).status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
             job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
@@ -153,7 +167,11 @@ class Coordinator:
         st.failed_phase, st.phase = st.phase, "failed"
         st.error = f"{what}: {job.kind} job {job.job_id} (log: {job.log_path})\n{job.error or ''}".strip()
         log.error("%s: %s", self.name, st.error)
-        self.runner.cancel(self.logs, [j.job_id for j in st.running_jobs()])
+        running = st.running_jobs()
+        self.runner.cancel(self.logs, [j.job_id for j in running if self._reader_of(j) is self.runner])
+        for j in running:
+            if self._reader_of(j) is not self.runner:  # a pid is no SLURM job id: never scancel it
+                self._reader_of(j).cancel(self.logs, [j.job_id])
 
     def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
         """Submit up to slots.free tasks. On SLURM the intent is saved first, under a job name of
