@@ -26,6 +26,7 @@ import yaml
 from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, flatten, from_dict,
                            generator_key, load_sweep, to_dict)
 from dp_hpc.errors import ConfigError, UsageError
+from dp_hpc.generate.config import MARKER as GENERATOR_MARKER
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -249,7 +250,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_paral
     todo: list[Path] = []
     for r in runs:
         gdir = generator_dir_for(sweep_dir, r.config).resolve()
-        if (gdir / "generator.json").exists() or gdir in todo:
+        if (gdir / GENERATOR_MARKER).exists() or gdir in todo:
             continue
         if not (gdir / "config.yaml").exists():
             atomic_write_text(gdir / "config.yaml", yaml.safe_dump(
@@ -278,7 +279,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner, max_paral
             st = runner.status(gdir / "logs", jid, submitted)
             if st.state == RUNNING:
                 continue
-            if st.state != SUCCEEDED or not (gdir / "generator.json").exists():
+            if st.state != SUCCEEDED or not (gdir / GENERATOR_MARKER).exists():
                 raise GeneratorFailed(f"generator training failed ({st.state}; log: {st.log_path})\n{st.error or ''}")
             log.info("generator ready: %s (%.0fs)", gdir, time.time() - t0)
             del running[gdir]

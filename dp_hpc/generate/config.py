@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 from dp_hpc.errors import ConfigError
+from dp_hpc.io import read_json
 
 SD_FIELDS = ("model_dir", "prompt_templates", "generation_resolution", "dtype")
 """The fields that only the stable-diffusion backend reads; every other field of GeneratorConfig
@@ -213,3 +215,15 @@ class SamplerConfig:
             raise ConfigError("eta", f"must be in [0, 1], got {self.eta}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+MARKER = "generator.json"  # written last, when the generator folder is finished
+
+
+def finished_generator(out_dir: Path, cfg: "GeneratorConfig") -> dict | None:
+    """The generator.json of a finished generator folder, None if it is not finished; a folder
+    finished with another config is an error (never silently reused)."""
+    done = read_json(Path(out_dir) / MARKER)
+    if done is not None and done["config"] != cfg.identity():
+        raise ValueError(f"{out_dir} holds a generator made with a different config: {done['config']}")
+    return done

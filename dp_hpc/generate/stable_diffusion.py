@@ -51,13 +51,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from dp_hpc.errors import ConfigError
-from dp_hpc.generate.config import GeneratorConfig
+from dp_hpc.generate.config import MARKER, GeneratorConfig, finished_generator
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
 from dp_hpc.train.model import autocast
 
 logger = logging.getLogger(__name__)
 
-MARKER = "generator.json"
 EMBEDDINGS = "text_embeddings.pt"
 
 _DIFFUSERS_WEIGHTS = (("diffusion_pytorch_model.safetensors",), ("diffusion_pytorch_model.bin",),
@@ -198,10 +197,8 @@ def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
-    done = read_json(out_dir / MARKER)
+    done = finished_generator(out_dir, cfg)
     if done is not None:
-        if done["config"] != cfg.identity():
-            raise ValueError(f"{out_dir} holds a generator prepared with a different config: {done['config']}")
         return done
     t0 = time.perf_counter()
     model_dir = check_model_dir(cfg.model_dir)

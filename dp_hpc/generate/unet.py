@@ -41,14 +41,13 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from dp_hpc.data.digits import Splits
-from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
+from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator
 from dp_hpc.generate.sampler import sample_images
-from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.io import atomic_write_bytes, atomic_write_json
 from dp_hpc.train.model import build_classifier, predictive_entropy
 
 logger = logging.getLogger(__name__)
 
-MARKER = "generator.json"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -108,10 +107,8 @@ def train_generator(
     preemption. `eval_splits` (real val/test) enables the quality report (`generator_quality`).
     """
     out_dir = Path(out_dir)
-    done = read_json(out_dir / MARKER)
+    done = finished_generator(out_dir, cfg)
     if done is not None:
-        if done["config"] != cfg.identity():
-            raise ValueError(f"{out_dir} holds a generator trained with a different config: {done['config']}")
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
     t = _Training.start_or_resume(cfg, out_dir, num_classes, in_channels=images_uint8.shape[1])
