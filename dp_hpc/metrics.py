@@ -21,6 +21,10 @@ from typing import Callable
 from dp_hpc.io import append_jsonl, atomic_write_text, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
+COMPUTE_FILE = "compute.jsonl"
+"""`<run>/compute.jsonl`: one line per job attempt (kind, round, startup_s, compute_s, ...): model time
+(sampling, guidance, scoring, training steps, evaluation) apart from process start-up. Append-only;
+a requeued or repeated attempt adds its own line (that compute was spent)."""
 
 
 def utc_now() -> str:
@@ -67,3 +71,20 @@ def truncate_after(run_dir: str | os.PathLike, step: int) -> int:
 
 def drop_split(run_dir: str | os.PathLike, split: str) -> int:
     return rewrite_metrics(run_dir, lambda r: r.get("split") != split)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): a job's start-up cost
+    (interpreter, imports, model loading) when read just before its real work begins."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+
+
+def append_compute(run_dir: str | os.PathLike, record: dict) -> None:
+    """One job attempt's start-up and model-compute seconds (see COMPUTE_FILE)."""
+    rec = {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
+    append_jsonl(Path(run_dir) / COMPUTE_FILE, {**rec, "time": utc_now()})

@@ -7,8 +7,10 @@ Layout (``<run>/``)::
                         labels   int64   (N,)          class-balanced, fixed at creation
                         seeds    int64   (N,)          per-sample seed = f(run seed, round, index)
                         entropy  float32 (N,)          classifier entropy of the stored sample
+                        oracle_label int64 (N,)        the label-fidelity judge's reading (-1: none)
                         selected int64   (P,)          only for `prune` rounds: kept indices
     pool_markers/round_003/chunk_000012.done           chunk written (whole chunk)
+    pool_markers/round_003/paired_plain.json           guided rounds: plain samples of the first seeds
     pool_markers/round_003/COMPLETE                    round usable by training
 
 Why it is safe under concurrency and crashes (see DESIGN.md, "Zarr v3"):
@@ -45,6 +47,8 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
+
+from dp_hpc.io import read_json
 
 POOL_DIR = "pool.zarr"
 MARKER_DIR = "pool_markers"
@@ -84,6 +88,57 @@ def balanced_labels(run_seed: int, round_index: int, n: int, num_classes: int) -
     labels = np.arange(n, dtype=np.int64) % num_classes
     rng = np.random.default_rng([run_seed, round_index, 0xB1])
     return labels[rng.permutation(n)]
+
+
+def top_entropy(entropy: np.ndarray, labels: np.ndarray, keep: int, per_class: bool) -> np.ndarray:
+    """Indices (sorted) of the `keep` highest-entropy samples (ties broken by index: deterministic).
+    per_class: the top within each class, with the class counts of `balanced_labels(keep)` (class c
+    keeps keep // K, plus one for c < keep % K), so a pruned round is as class-balanced as a plain or
+    guided one; else the global top `keep`, whatever the classes. (keep,)"""
+    order = np.lexsort((np.arange(len(entropy)), -entropy))  # by entropy desc, then index
+    if not per_class:
+        return np.sort(order[:keep]).astype(np.int64)
+    num_classes = int(labels.max()) + 1 if len(labels) else 1
+    quota = keep // num_classes + (np.arange(num_classes) < keep % num_classes)
+    by_class = labels[order]
+    picked = [order[by_class == c][: quota[c]] for c in range(num_classes)]
+    out = np.sort(np.concatenate(picked)).astype(np.int64)
+    if len(out) != keep:
+        raise ValueError(f"per-class selection found {len(out)} of {keep} samples: a class has fewer "
+                         f"candidates than its quota {quota.tolist()}")
+    return out
+
+
+def _mean_or_none(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    return None if len(x) == 0 or np.isnan(x).any() else round(float(x.mean()), 4)
+
+
+def round_stats(entropy: np.ndarray, labels: np.ndarray, oracle_label: np.ndarray | None,
+                selected: np.ndarray | None, paired_plain: dict | None) -> dict:
+    """A round's difficulty and label fidelity, for state.json and the report.
+
+    entropy_mean: mean predictive entropy of the kept samples under the classifier that steered (dp)
+    or scored (prune) the round (None for round 0: no classifier). label_fidelity: fraction of kept
+    samples that the oracle (a classifier trained on the real generator-train images) reads as their
+    conditioning label (None without an oracle). The plain reference, same classifier and oracle:
+    prune -- all candidates (they are plain samples; the kept ones are the top of them); dp -- plain
+    samples from the round's first seeds (`paired_plain`), with `paired_*` the guided samples of the
+    same seeds."""
+    keep = np.arange(len(labels)) if selected is None else selected
+    fid = None if oracle_label is None or (oracle_label < 0).any() else oracle_label == labels
+    out = {"n": int(len(keep)), "entropy_mean": _mean_or_none(entropy[keep]),
+           "label_fidelity": None if fid is None else _mean_or_none(fid[keep])}
+    if selected is not None:
+        out.update(plain_entropy_mean=_mean_or_none(entropy),
+                   plain_label_fidelity=None if fid is None else _mean_or_none(fid), plain_n=int(len(labels)))
+    elif paired_plain is not None:
+        n = int(paired_plain["n"])
+        out.update(plain_entropy_mean=paired_plain["entropy_mean"],
+                   plain_label_fidelity=paired_plain["label_fidelity"], plain_n=n,
+                   paired_entropy_mean=_mean_or_none(entropy[:n]),
+                   paired_label_fidelity=None if fid is None else _mean_or_none(fid[:n]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -301,6 +356,7 @@ class Pool:
             g.create_array("images", shape=(spec.n, *spec.image_shape), chunks=(c, *spec.image_shape),
                            dtype="uint8", fill_value=0)
         g.create_array("entropy", shape=(spec.n,), chunks=(c,), dtype="float32", fill_value=np.nan)
+        g.create_array("oracle_label", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
         labels = g.create_array("labels", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
         seeds = g.create_array("seeds", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
         labels[:] = balanced_labels(spec.run_seed, spec.round_index, spec.n, spec.num_classes)
@@ -342,15 +398,19 @@ class Pool:
         a, b = self.chunk_bounds(round_index, chunk)
         return g["labels"][a:b], g["seeds"][a:b]
 
-    def write_chunk(self, round_index: int, chunk: int, images: np.ndarray, entropy: np.ndarray) -> None:
+    def write_chunk(self, round_index: int, chunk: int, images: np.ndarray, entropy: np.ndarray,
+                    oracle_label: np.ndarray | None = None) -> None:
         """Write one whole chunk (a whole shard for JPEG rounds), then its marker (the marker is the
-        commit point). JPEG rounds store a lossy copy; `entropy` is that of the images given."""
+        commit point). JPEG rounds store a lossy copy; `entropy` is that of the images given;
+        `oracle_label`: the label-fidelity judge's reading of each image (None: no judge)."""
         g = self.group(round_index, mode="r+")
         a, b = self.chunk_bounds(round_index, chunk)
         if images.shape[0] != b - a or entropy.shape != (b - a,):
             raise ValueError(f"chunk {chunk} of round {round_index} holds {b - a} samples, got {images.shape[0]}")
         g["images"][a:b] = images
         g["entropy"][a:b] = entropy.astype(np.float32)
+        if oracle_label is not None and "oracle_label" in g:  # pools made before the array existed lack it
+            g["oracle_label"][a:b] = oracle_label.astype(np.int64)
         marker = self.chunk_marker(round_index, chunk)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -359,9 +419,9 @@ class Pool:
     def is_complete(self, round_index: int) -> bool:
         return (self.markers / round_name(round_index) / COMPLETE).exists()
 
-    def complete_round(self, round_index: int, keep: int | None = None) -> None:
+    def complete_round(self, round_index: int, keep: int | None = None, per_class: bool = True) -> None:
         """Mark a round usable. With `keep` (prune), first store the indices of the `keep`
-        highest-entropy samples (ties broken by index, so it is deterministic)."""
+        highest-entropy samples (`top_entropy`: within each class if `per_class`)."""
         if self.is_complete(round_index):
             return
         a = self.round_attrs(round_index)
@@ -370,15 +430,25 @@ class Pool:
             raise RuntimeError(f"round {round_index} has {len(missing)} unwritten chunks")
         if keep is not None:
             g = self.group(round_index, mode="r+")
-            ent = g["entropy"][:]
-            order = np.lexsort((np.arange(len(ent)), -ent))  # by entropy desc, then index
-            sel = np.sort(order[:keep]).astype(np.int64)
+            sel = top_entropy(g["entropy"][:], g["labels"][:], keep, per_class)
             if "selected" in g:
                 del g["selected"]
             g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
         marker = self.markers / round_name(round_index) / COMPLETE
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+
+    def paired_plain_path(self, round_index: int) -> Path:
+        """Guided rounds: what plain sampling gives for the round's first seeds (`round_stats`)."""
+        return self.markers / round_name(round_index) / "paired_plain.json"
+
+    def round_stats(self, round_index: int) -> dict:
+        """How hard and how faithful a written round is (`round_stats` over its arrays)."""
+        g = self.group(round_index)
+        arrays = {k: g[k][:] for k in ("entropy", "labels", "oracle_label", "selected") if k in g}
+        paired = read_json(self.paired_plain_path(round_index))
+        return round_stats(arrays["entropy"], arrays["labels"], arrays.get("oracle_label"),
+                           arrays.get("selected"), paired)
 
     def complete_rounds(self) -> list[int]:
         if not self.markers.exists():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dp_hpc.pool import Pool, PoolReader, RoundSpec, balanced_labels, sample_seeds, shard_ranges
+from dp_hpc.pool import Pool, PoolReader, RoundSpec, balanced_labels, sample_seeds, shard_ranges, top_entropy
 
 
 def spec(r=0, n=100, kind="plain"):
@@ -43,7 +43,7 @@ def test_round_lifecycle_and_union_reader(tmp_path):
     pool.complete_round(0)
     pool.create_round(spec(1, 64, kind="prune"))
     fill(pool, 1, 64, value_of=lambda i: 200)
-    pool.complete_round(1, keep=10)  # the 10 highest entropies = the last 10 indices
+    pool.complete_round(1, keep=10, per_class=False)  # the 10 highest entropies = the last 10 indices
     reader = PoolReader(tmp_path)
     assert reader.rounds == [0, 1] and len(reader) == 110
     imgs, labels = reader.read(np.array([0, 99, 100, 109, 5]))
@@ -76,3 +76,50 @@ def test_streaming_and_in_memory_reads_agree(tmp_path):
     b_img, b_lab = PoolReader(tmp_path, cache_bytes=0).read(idx)  # chunk by chunk from disk
     assert (a_img == b_img).all() and (a_lab == b_lab).all()
     assert a_img[:, 0, 0, 0].tolist() == [(7 * (i % 100) + 50 * (i // 100)) % 256 for i in idx]
+
+
+def test_prune_selection_is_class_balanced_by_default():
+    """Entropy concentrated in two classes: the global top-P takes only those, the per-class top-P
+    keeps the class counts of a plain round and the hardest samples within each class."""
+    labels = balanced_labels(0, 1, 400, 10)
+    entropy = np.where(np.isin(labels, [2, 7]), 2.0, 0.1) + np.arange(400) * 1e-4  # classes 2, 7 hardest
+    glob = top_entropy(entropy, labels, 64, per_class=False)
+    assert set(labels[glob].tolist()) == {2, 7}
+    bal = top_entropy(entropy, labels, 64, per_class=True)
+    counts = np.bincount(labels[bal], minlength=10)
+    assert counts.tolist() == np.bincount(balanced_labels(0, 1, 64, 10), minlength=10).tolist()  # 7 x4, 6 x6
+    assert len(bal) == 64 and np.all(np.diff(bal) > 0)
+    for c in range(10):  # within each class: its highest-entropy candidates
+        cand = np.flatnonzero(labels == c)
+        top = cand[np.argsort(-entropy[cand], kind="stable")][: counts[c]]
+        assert set(bal[labels[bal] == c].tolist()) == set(top.tolist())
+
+
+def test_complete_round_stores_the_class_balanced_selection(tmp_path):
+    pool = Pool(tmp_path)
+    pool.create_round(spec(1, 64, kind="prune"))
+    fill(pool, 1, 64)
+    pool.complete_round(1, keep=20)
+    g = pool.group(1)
+    sel = g["selected"][:]
+    kept = np.bincount(g["labels"][:][sel], minlength=int(g["labels"][:].max()) + 1)
+    assert kept.max() - kept.min() <= 1 and kept.sum() == 20
+
+
+def test_round_stats_guided_prune_and_plain_rounds():
+    from dp_hpc.pool import round_stats
+
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    entropy = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], dtype=np.float32)
+    oracle = np.array([0, 1, 2, 0, 0, 1, 2, 3])  # sample 3 misread
+    guided = round_stats(entropy, labels, oracle, None, {"n": 4, "entropy_mean": 0.05, "label_fidelity": 1.0})
+    assert guided["entropy_mean"] == pytest.approx(0.45) and guided["label_fidelity"] == 0.875
+    assert (guided["plain_entropy_mean"], guided["plain_label_fidelity"], guided["plain_n"]) == (0.05, 1.0, 4)
+    assert guided["paired_entropy_mean"] == pytest.approx(0.25) and guided["paired_label_fidelity"] == 0.75
+    prune = round_stats(entropy, labels, oracle, np.array([4, 5, 6, 7]), None)  # kept: the top half
+    assert prune["n"] == 4 and prune["entropy_mean"] == pytest.approx(0.65) and prune["label_fidelity"] == 1.0
+    assert prune["plain_entropy_mean"] == pytest.approx(0.45) and prune["plain_label_fidelity"] == 0.875
+    plain = round_stats(np.full(8, np.nan, np.float32), labels, None, None, None)  # round 0, no oracle
+    assert plain == {"n": 8, "entropy_mean": None, "label_fidelity": None}
+    unjudged = round_stats(entropy, labels, np.full(8, -1), None, None)  # an oracle array never written
+    assert unjudged["label_fidelity"] is None

@@ -85,12 +85,44 @@ def test_incremental_patience_per_round():
     assert [patience.limit(r) for r in range(5)] == [1, 3, 5, 6, 6]
     p = pl.Plateau(best_val_acc=0.8, best_step=30, counter=1, limit=1)
     p = pl.new_round(p, 1, patience)
-    assert (p.counter, p.limit, p.best_val_acc, p.best_step) == (0, 3, 0.8, 30)  # best is kept
-    # the new round must beat the old best to reset the counter
-    p = pl.observe(p, 0.79, 40, 0.0)
-    assert p.counter == 1 and not pl.should_exit(p, 40, 1000)
-    p = pl.observe(p, 0.81, 50, 0.0)
-    assert p.counter == 0 and p.best_step == 50
+    assert (p.counter, p.limit, p.best_val_acc, p.best_step) == (0, 3, None, None)
+
+
+def test_new_round_measures_the_current_round_not_the_old_best():
+    """After an addition the first evaluation is the round's reference: a dip below the old best
+    followed by a recovery counts as improvement, and only a stall *within* the round exits."""
+    patience = PatienceConfig(initial=1, increment=1, max=6)
+    p = pl.Plateau(best_val_acc=0.97, best_step=300, counter=1, limit=1)
+    p = pl.new_round(p, 1, patience)  # limit 2
+    p = pl.observe(p, 0.90, 350, 0.0)  # in the dip: the round's first evaluation
+    assert (p.best_val_acc, p.counter) == (0.90, 0)
+    p = pl.observe(p, 0.95, 400, 0.0)  # recovering: an improvement, although below 0.97
+    assert (p.best_val_acc, p.counter) == (0.95, 0)
+    p = pl.observe(p, 0.98, 450, 0.0)
+    assert p.counter == 0 and not pl.should_exit(p, 450, 1000)
+    p = pl.observe(p, 0.975, 500, 0.0)
+    p = pl.observe(p, 0.98, 550, 0.0)
+    assert p.counter == 2 and pl.should_exit(p, 550, 1000)
+    # the old rule (best kept across the addition) would have counted the dip and exited at 400:
+    old = pl.Plateau(best_val_acc=0.97, best_step=300, counter=0, limit=2)
+    old = pl.observe(pl.observe(old, 0.90, 350, 0.0), 0.95, 400, 0.0)
+    assert pl.should_exit(old, 400, 1000)
+
+
+def test_no_plateau_exit_or_counting_during_warmup():
+    patience = PatienceConfig(initial=1, increment=0, max=1)
+    p = pl.start(patience, 0)
+    p = pl.observe(p, 0.5, 50, 0.0, warmup_end=200)
+    p = pl.observe(p, 0.5, 100, 0.0, warmup_end=200)  # no improvement, but in the warm-up
+    assert p.counter == 0 and not pl.should_exit(p, 100, 1000, warmup_end=200)
+    p = pl.observe(p, 0.6, 150, 0.0, warmup_end=200)  # warm-up evaluations still raise the best
+    assert p.best_val_acc == 0.6
+    p = pl.observe(p, 0.6, 200, 0.0, warmup_end=200)  # step 200: the last warm-up update
+    assert p.counter == 0 and not pl.should_exit(p, 200, 1000, warmup_end=200)
+    p = pl.observe(p, 0.6, 250, 0.0, warmup_end=200)
+    assert p.counter == 1 and pl.should_exit(p, 250, 1000, warmup_end=200)
+    # a counter carried into the warm-up (never from observe, but from a hand-made state) never exits
+    assert not pl.should_exit(pl.Plateau(0.6, 50, 5, 1), 200, 1000, warmup_end=200)
 
 
 def test_start_action():
@@ -138,3 +170,44 @@ def test_adamw_matches_torch_bitwise():
             torch.nn.functional.cross_entropy(m(x), y).backward()
             o.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _adamw_updates(update_clipping: bool, grads: list[torch.Tensor], lr: float = 1e-2) -> list[torch.Tensor]:
+    from dp_hpc.train.optim import AdamW
+
+    p = torch.zeros(4096, requires_grad=True)
+    opt = AdamW([p], lr=lr, weight_decay=0.0, update_clipping=update_clipping)
+    out = []
+    for g in grads:
+        before = p.detach().clone()
+        p.grad = g.clone()
+        opt.step()
+        out.append(p.detach() - before)
+    return out
+
+
+def test_update_clipping_stops_a_stale_second_moment_from_blowing_up_the_step():
+    """The digits collapse in miniature: 3,000 quiet steps (gradients ~1e-3, a model at its loss floor)
+    make Adam's second moment tiny; a sudden gradient ~100x larger then moves plain AdamW by ~3x lr
+    per coordinate (the (1 - b1) / sqrt(1 - b2) bound), and update clipping keeps it below lr."""
+    gen = torch.Generator().manual_seed(0)
+    quiet = [1e-3 * torch.randn(4096, generator=gen) for _ in range(3000)]
+    loud = [0.1 * torch.randn(4096, generator=gen) for _ in range(5)]
+    lr = 1e-2
+    plain = _adamw_updates(False, quiet + loud, lr)
+    clipped = _adamw_updates(True, quiet + loud, lr)
+    rms = lambda u: float(u.pow(2).mean().sqrt())  # noqa: E731
+    assert rms(plain[3000]) > 2.5 * lr  # the blow-up: every coordinate near the 3.16 x lr bound
+    assert rms(clipped[3000]) < 0.5 * lr
+    assert sum(rms(u) for u in clipped[3000:]) < 0.25 * sum(rms(u) for u in plain[3000:])
+
+
+def test_update_clipping_is_nearly_a_no_op_while_the_second_moment_is_current():
+    """Stationary gradients: E[g^2 / v_hat] ~ 1, so the per-tensor factor stays within a few percent of 1
+    (RMS over 4,096 coordinates fluctuates by ~sqrt(2 / 4096) ~ 2%)."""
+    gen = torch.Generator().manual_seed(1)
+    grads = [0.1 * torch.randn(4096, generator=gen) + 0.05 for _ in range(300)]
+    plain = torch.stack(_adamw_updates(False, grads)).sum(0)
+    clipped = torch.stack(_adamw_updates(True, grads)).sum(0)
+    rel = float((clipped - plain).norm() / plain.norm())
+    assert rel < 0.05

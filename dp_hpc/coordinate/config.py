@@ -22,6 +22,10 @@ class MethodConfig:
     """Samples added at each plateau (dp, prune)."""
     prune_factor: int = 4
     """prune: candidates generated per kept sample (the paper compares up to 18x)."""
+    prune_per_class: bool = True
+    """prune: keep the highest-entropy samples within each class (class-balanced, like dp and static
+    rounds); false: the global top per_round, whatever their classes (the classes the classifier
+    finds hardest then dominate the round)."""
     branch_at: tuple[int, ...] = ()
     """dp, prune: branch-outs (paper, Sec. 4). When training on rounds 0..r plateaus and more data
     is coming, for each r listed here a copy of the run continues from that checkpoint without new

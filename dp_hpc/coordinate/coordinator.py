@@ -232,9 +232,12 @@ class Coordinator:
             details = [{"start": a, "stop": b} for a, b in action.shards]
             return self._submit("generate", jobs.GenerateShard(), args, details, slots)
         if isinstance(action, P.CompleteRound):
-            self.pool.complete_round(action.round_index, keep=action.keep)
+            self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
+            st.rounds[action.round_index].stats = self.pool.round_stats(action.round_index)
             st.phase = "train"
         elif isinstance(action, P.GoTo):
+            if st.phase == "generate" and not st.rounds[st.round].stats:  # died between complete and save
+                st.rounds[st.round].stats = self.pool.round_stats(st.round)
             st.phase = action.phase
         elif isinstance(action, P.StartRound):
             st.rounds.append(action.record)

@@ -41,6 +41,7 @@ class SubmitShards:
 class CompleteRound:
     round_index: int
     keep: int | None  # prune: keep this many highest-entropy samples
+    per_class: bool = True  # prune: within each class
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig)
     if st.phase in ("done", "failed"):
         return Wait(st.phase)
     if st.phase == "generate":
-        return _plan_generate(st, obs, pool)
+        return _plan_generate(st, obs, method, pool)
     if st.phase == "train":
         return _plan_train(st, obs, method)
     if st.phase == "eval":
@@ -117,7 +118,7 @@ def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig)
     raise ValueError(f"unknown phase {st.phase!r}")
 
 
-def _plan_generate(st: RunState, obs: Observation, pool: PoolConfig) -> Action:
+def _plan_generate(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig) -> Action:
     rec = st.rounds[st.round]
     if not obs.round_created:
         return CreateRound(rec)
@@ -127,7 +128,7 @@ def _plan_generate(st: RunState, obs: Observation, pool: PoolConfig) -> Action:
     todo = tuple((s.start, s.stop) for s in shards
                  if any(c not in obs.done_chunks for c in range(s.start, s.stop)))
     if not todo:
-        return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None)
+        return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
     running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == st.round}
     todo = tuple(s for s in todo if s not in running)
     if not todo:

@@ -20,6 +20,7 @@ class RoundRecord:
     kept: int  # samples the round adds to the training pool
     generated: int  # samples generated for it (kept x prune_factor for prune rounds)
     classifier_step: int | None = None  # checkpoint whose classifier guides / scores this round
+    stats: dict = field(default_factory=dict)  # once complete: dp_hpc.pool.round_stats (entropy, label fidelity)
 
 
 @dataclass

@@ -201,8 +201,14 @@ class SamplerConfig:
     (oneDNN's results depend on the batch shape), so reproduce a chunk with the same batching. On one
     CPU thread 256 gave ~1.4x the samples/s of 64. Stable Diffusion at 512 px needs far smaller
     micro-batches (guided steps backpropagate through the UNet and the VAE decoder)."""
+    paired_plain_samples: int = 64
+    """Guided rounds (omega > 0): the task that writes a round's first chunk also samples its first
+    this-many seeds plainly, to measure what guidance changes (entropy under the steering classifier,
+    label fidelity) on the same seeds; recorded in state.json's round, not added to the pool. 0: off."""
 
     def __post_init__(self) -> None:
+        if self.paired_plain_samples < 0:
+            raise ConfigError("paired_plain_samples", f"must be >= 0, got {self.paired_plain_samples}")
         if self.num_inference_steps < 1:
             raise ConfigError("num_inference_steps", f"must be >= 1, got {self.num_inference_steps}")
         if self.cfg_lambda < 0:

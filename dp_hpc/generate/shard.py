@@ -12,12 +12,15 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
 from dp_hpc.config import load_run_config
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
+from dp_hpc.io import atomic_write_json
+from dp_hpc.metrics import append_compute, process_age_s
 from dp_hpc.pool import Pool
 from dp_hpc.signals import PreemptFlag
 
@@ -38,6 +41,24 @@ def load_sampling_model(generator_dir: Path, gen_cfg: GeneratorConfig) -> tuple[
     return PixelUNet(unet), scheduler
 
 
+def load_oracle(generator_dir: Path, gen_cfg: GeneratorConfig, device) -> torch.nn.Module | None:
+    """The generator folder's label-fidelity judge (digits_unet), or None (stable-diffusion: none)."""
+    if gen_cfg.backend == "stable-diffusion":
+        return None
+    from dp_hpc.generate.unet import load_oracle as load
+
+    return load(generator_dir, device)
+
+
+@torch.no_grad()
+def oracle_labels(oracle: torch.nn.Module | None, images_uint8) -> np.ndarray | None:
+    """The judge's reading of stored uint8 images (B, C, H, W) -> (B,), None without a judge."""
+    if oracle is None:
+        return None
+    device = next(oracle.parameters()).device
+    return oracle(torch.as_tensor(images_uint8).to(device).float() / 255.0).argmax(-1).cpu().numpy()
+
+
 def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_dir: Path,
               classifier_step: int | None) -> dict:
     pool = Pool(run_dir)
@@ -48,6 +69,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     cfg = load_run_config(run_dir)
     kind = pool.round_attrs(round_index)["kind"]
     model, scheduler = load_sampling_model(generator_dir, cfg.generator)
+    oracle = load_oracle(generator_dir, cfg.generator, model.device)
     classifier = None
     if classifier_step is not None:
         from dp_hpc.train.checkpoint import load_classifier
@@ -57,6 +79,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
     storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution
+    timing = {"startup_s": process_age_s(), "compute_s": 0.0, "samples": 0}
     written = 0
     with PreemptFlag() as flag:
         for c in todo:
@@ -67,9 +90,31 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
             with torch.inference_mode(False):
                 out = sample_images(model, scheduler, torch.from_numpy(labels), [int(s) for s in seeds],
                                     sampler_cfg, storage_size=storage_size, classifier=classifier)
-            pool.write_chunk(round_index, c, out.images, out.entropy)
+            if c == 0 and sampler_cfg.omega > 0 and sampler_cfg.paired_plain_samples > 0:
+                _write_paired_plain(pool, round_index, model, scheduler, labels, seeds, sampler_cfg,
+                                    storage_size, classifier, oracle)
+            judged = oracle_labels(oracle, out.images)
+            dt = time.perf_counter() - t0
+            pool.write_chunk(round_index, c, out.images, out.entropy, judged)
+            timing["compute_s"] += dt
+            timing["samples"] += len(labels)
             written += 1
             log.info("round %d (%s) chunk %d: %d samples in %.1fs (%d/%d)", round_index, kind, c,
-                     len(labels), time.perf_counter() - t0, written, len(todo))
+                     len(labels), dt, written, len(todo))
+    append_compute(run_dir, {"kind": "generate", "round": round_index, "chunks": [start, stop], **timing})
     return {"written": written, "skipped": (stop - start) - len(todo), "stopped_early": flag.set}
+
+
+def _write_paired_plain(pool: Pool, round_index: int, model, scheduler, labels, seeds, sampler_cfg,
+                        storage_size: int, classifier, oracle) -> None:
+    """Plain samples of the round's first seeds, scored like the guided ones (pool.round_stats).
+    Diagnostic only: not stored in the pool, not counted as generated data."""
+    n = min(sampler_cfg.paired_plain_samples, len(labels))
+    plain = sample_images(model, scheduler, torch.from_numpy(labels[:n]), [int(s) for s in seeds[:n]],
+                          dataclasses.replace(sampler_cfg, omega=0.0), storage_size=storage_size,
+                          classifier=classifier)
+    judged = oracle_labels(oracle, plain.images)
+    atomic_write_json(pool.paired_plain_path(round_index), {
+        "n": n, "entropy_mean": round(float(plain.entropy.mean()), 4),
+        "label_fidelity": None if judged is None else round(float((judged == labels[:n]).mean()), 4)})
 

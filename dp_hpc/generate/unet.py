@@ -12,6 +12,8 @@ Output folder (`out_dir`), a contract other components read:
                    atomically every `checkpoint_every` steps and at the end
   unet/            final weights (EMA), diffusers save_pretrained
   scheduler/       the training DDPMScheduler config (load_generator turns it into a DDIMScheduler)
+  oracle.pt        a digits_cnn trained on the real generator-train images (state dict): the judge of
+                   label fidelity (does a generated sample show its conditioning class?) in every round
   generator.json   completion marker, written last and atomically: config, steps, final loss,
                    wall time, quality report
 
@@ -49,6 +51,7 @@ from dp_hpc.train.model import build_classifier, predictive_entropy
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+ORACLE = "oracle.pt"
 
 
 def build_unet(cfg: GeneratorConfig, num_classes: int, in_channels: int = 1) -> UNet2DModel:
@@ -211,12 +214,20 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
         "torch_threads": torch.get_num_threads(),
         "num_params": sum(p.numel() for p in t.unet.parameters()),
     }
-    if eval_splits is not None and cfg.quality_samples > 0:
-        unet, scheduler = load_generator(out_dir)
-        info["quality"] = generator_quality(
-            unet, scheduler, eval_splits, sampler_cfg or SamplerConfig(omega=0.0),
-            num_samples=cfg.quality_samples, classifier_steps=cfg.quality_classifier_steps, seed=cfg.seed,
-        )
+    if eval_splits is not None:
+        oracle = fit_reference_classifier(eval_splits.gen_train.images, eval_splits.gen_train.labels,
+                                          info["num_classes"], steps=cfg.quality_classifier_steps, seed=cfg.seed)
+        buf = io.BytesIO()
+        torch.save({"state_dict": oracle.state_dict(), "num_classes": info["num_classes"],
+                    "in_channels": int(eval_splits.gen_train.images.shape[1])}, buf)
+        atomic_write_bytes(out_dir / ORACLE, buf.getvalue())
+        if cfg.quality_samples > 0:
+            unet, scheduler = load_generator(out_dir)
+            info["quality"] = generator_quality(
+                unet, scheduler, eval_splits, sampler_cfg or SamplerConfig(omega=0.0),
+                num_samples=cfg.quality_samples, classifier_steps=cfg.quality_classifier_steps, seed=cfg.seed,
+                reference=oracle,
+            )
     atomic_write_json(out_dir / MARKER, info)
     logger.info("generator done: %d steps in %.1f s, final loss %.4f", info["steps"], info["train_wall_s"],
                 info["final_loss"])
@@ -256,6 +267,18 @@ def load_generator(out_dir: Path, device: str | torch.device = "cpu") -> tuple[U
     unet = UNet2DModel.from_pretrained(out_dir / "unet", low_cpu_mem_usage=False).to(device).eval()
     unet.requires_grad_(False)  # entropy guidance only needs d/dx_t; skip weight-gradient bookkeeping
     return unet, ddim_for(DDPMScheduler.from_pretrained(out_dir / "scheduler"))
+
+
+def load_oracle(out_dir: Path, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The generator folder's label-fidelity judge (eval mode, frozen), or None if it has none
+    (generator folders made before it existed; the stable-diffusion backend)."""
+    path = Path(out_dir) / ORACLE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    clf = build_classifier("digits_cnn", state["num_classes"], state["in_channels"])
+    clf.load_state_dict(state["state_dict"])
+    return clf.to(device).eval().requires_grad_(False)
 
 
 def ddim_for(train_scheduler: DDPMScheduler) -> DDIMScheduler:
@@ -322,6 +345,7 @@ def generator_quality(
     num_samples: int = 1000,
     classifier_steps: int = 300,
     seed: int = 0,
+    reference: nn.Module | None = None,
 ) -> dict:
     """How good are plain samples? A digits_cnn trained on the real gen_train images is scored on the
     real test images and on `num_samples` class-balanced generated samples (entropy guidance off).
@@ -337,8 +361,8 @@ def generator_quality(
         raise ValueError("the quality report measures plain sampling; pass a SamplerConfig with omega=0")
     num_classes = unet.config.num_class_embeds - 1
     storage = splits.test.images.shape[-1]
-    clf = fit_reference_classifier(splits.gen_train.images, splits.gen_train.labels, num_classes,
-                                   steps=classifier_steps, seed=seed)
+    clf = reference if reference is not None else fit_reference_classifier(
+        splits.gen_train.images, splits.gen_train.labels, num_classes, steps=classifier_steps, seed=seed)
     labels = torch.arange(num_samples) % num_classes  # class-balanced
     seeds = [1_000_000 + seed * 100_000 + i for i in range(num_samples)]  # disjoint from pool seeds by convention
     t0 = time.perf_counter()

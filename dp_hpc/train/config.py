@@ -56,6 +56,12 @@ class TrainConfig:
     """Peak (stable-phase) learning rate of AdamW."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
+    update_clipping: bool = True
+    """AdamW with update clipping (StableAdamW, Wortsman et al. 2023): per tensor, the step is divided
+    by max(1, RMS(g^2 / v_hat)). A no-op while Adam's second moment is up to date; after a data
+    addition, whose hard samples bring gradients ~100x those of a pool trained to its loss floor, it
+    stops the stale second moment from turning them into ~3x-lr steps on every parameter, which
+    collapsed the digits classifier to chance (README, "Training dynamics"). false: plain AdamW."""
     label_smoothing: float = 0.11
     """Label smoothing of the cross-entropy (paper: 0.11)."""
     mixup_alpha: float | None = None

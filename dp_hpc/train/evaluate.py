@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -53,8 +54,11 @@ def _evaluate_final(run_dir: Path) -> dict:
     num = Numerics.of(cfg.train.precision, d.device)
     model = num.place(load_classifier(folder, cfg), d.device)
     test = open_eval_split(cfg.data, "test")  # read once: streamed, not cached
+    startup_s, t0 = metrics.process_age_s(), time.perf_counter()
     acc, loss = evaluate(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False), d, num,
                          cfg.train.eval_crop_fraction)
+    metrics.append_compute(run_dir, {"kind": "eval", "round": ts["round"], "startup_s": startup_s,
+                                     "compute_s": time.perf_counter() - t0})
     result = {"acc": acc, "loss": loss, "step": ts["step"], "pool_size": ts["pool_size"],
               "round": ts["round"], "rounds": ts["pool_rounds"], "n_test": len(test), "best_val_acc": ts["best_val_acc"],
               "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}

@@ -225,7 +225,8 @@ class Trainer:
         self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
         # torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
         self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
-                         decay=[tc.decays_everything or decays(n, p) for n, p in named])
+                         decay=[tc.decays_everything or decays(n, p) for n, p in named],
+                         update_clipping=tc.update_clipping)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
         """Sum of (global-batch mean) training losses since the last evaluation."""
         self.loss_count = 0
@@ -351,7 +352,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
     augment = BatchAugment(tc, spec.num_classes, cfg.seed, d.rank)
     val = EvalBatches.for_training(open_eval_split(cfg.data, "val"), spec.image_shape, d, tc.eval_workers)
     pool_info = {"round": max(reader.rounds), "pool_rounds": list(reader.rounds), "pool_size": len(reader)}
-    done_here, t0 = 0, time.perf_counter()
+    done_here, t0, startup_s = 0, time.perf_counter(), metrics.process_age_s()
     clock = [t0, prog.step]  # time and step of the last evaluation, for steps/s
     while True:
         lr = lr_at(prog.step, tc)
@@ -365,7 +366,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
             _evaluate_and_log(run_dir, trainer, prog, val, pool_info, lr, clock, d, rlog)
             if prog.step == tc.total_steps:
                 stop_reason = "budget"
-            elif plateau_exit and pl.should_exit(prog.plateau, prog.step, tc.decay_start):
+            elif plateau_exit and pl.should_exit(prog.plateau, prog.step, tc.decay_start, tc.warmup_steps):
                 stop_reason = "plateau"
         if stop_reason is None and (stop_signal or (max_steps is not None and done_here >= max_steps)):
             stop_reason = "preempted"
@@ -377,8 +378,12 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
                   "time": metrics.utc_now()}
             _save(run_dir, trainer, ts, tc.checkpoint_keep, d)
         if stop_reason is not None:
-            rlog.info("stop at step %d: %s (%d steps in %.1f s)", prog.step, stop_reason, done_here,
-                      time.perf_counter() - t0)
+            compute_s = time.perf_counter() - t0
+            rlog.info("stop at step %d: %s (%d steps in %.1f s)", prog.step, stop_reason, done_here, compute_s)
+            if d.is_main:
+                metrics.append_compute(run_dir, {"kind": "train", "round": pool_info["round"], "steps": done_here,
+                                                 "world_size": d.world_size, "startup_s": startup_s,
+                                                 "compute_s": compute_s})
             return ts
 
 
@@ -410,7 +415,8 @@ def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: Eva
     """EMA model on real val, plateau update, one metrics line (rank 0), one log line."""
     acc, loss = evaluate(trainer.ema, val, d, trainer.num, trainer.cfg.train.eval_crop_fraction)
     train_loss = float(trainer.pop_train_loss())  # sync point (once per evaluation)
-    prog.plateau = pl.observe(prog.plateau, acc, prog.step, trainer.cfg.train.patience.min_delta)
+    tc = trainer.cfg.train
+    prog.plateau = pl.observe(prog.plateau, acc, prog.step, tc.patience.min_delta, tc.warmup_steps)
     prog.last_val_acc = acc
     now = time.perf_counter()
     rate = (prog.step - clock[1]) / max(now - clock[0], 1e-9)

@@ -2,9 +2,17 @@
 over plain data; the training loop keeps a `Plateau` and stores its fields in train_state.json.
 
     every tau steps:  acc > best + min_delta  ->  best = acc, counter = 0
-                      otherwise               ->  counter += 1
-    exit for new data when counter >= limit, but only before the cool-down starts
-    new pool round r  ->  counter = 0, limit = patience.limit(r)   (best is kept)
+                      otherwise               ->  counter += 1   (not during warm-up)
+    exit for new data when counter >= limit, only after the warm-up and before the cool-down
+    new pool round r  ->  best = None, counter = 0, limit = patience.limit(r)
+
+Why the best is reset when data arrives: a plateau is a statement about the *current* pool (has
+training on it stopped improving?). Comparing the new round against the best of the old one made
+every evaluation of a post-addition dip count as "no improvement", so the next round was requested
+from inside the dip, steered by a classifier below its own best (the digits runs before this rule).
+With the reset, the first evaluation on the grown pool is the round's reference, and a recovery
+from a dip counts as improvement. Why not during warm-up: the learning rate is still ramping, so
+"no improvement" there says nothing about the data.
 """
 
 from __future__ import annotations
@@ -31,21 +39,26 @@ def start(patience: PatienceConfig, round_index: int) -> Plateau:
     return Plateau(best_val_acc=None, best_step=None, counter=0, limit=patience.limit(round_index))
 
 
-def observe(p: Plateau, acc: float, step: int, min_delta: float) -> Plateau:
-    """One evaluation. The first evaluation always counts as an improvement."""
+def observe(p: Plateau, acc: float, step: int, min_delta: float, warmup_end: int = 0) -> Plateau:
+    """One evaluation after `step` updates. The first evaluation of a round always counts as an
+    improvement; evaluations during the warm-up (step <= warmup_end) can raise the best but never
+    count towards patience."""
     if p.best_val_acc is None or acc > p.best_val_acc + min_delta:
         return dataclasses.replace(p, best_val_acc=acc, best_step=step, counter=0)
+    if step <= warmup_end:
+        return p
     return dataclasses.replace(p, counter=p.counter + 1)
 
 
 def new_round(p: Plateau, round_index: int, patience: PatienceConfig) -> Plateau:
-    """New data arrived: reset the counter, grow the patience; the best accuracy is kept."""
-    return dataclasses.replace(p, counter=0, limit=patience.limit(round_index))
+    """New data arrived: the round starts afresh (best and counter reset), with grown patience."""
+    return Plateau(best_val_acc=None, best_step=None, counter=0, limit=patience.limit(round_index))
 
 
-def should_exit(p: Plateau, step: int, decay_start: int) -> bool:
-    """Ask for new data? Never at or after the start of the cool-down (no data is added there)."""
-    return step < decay_start and p.counter >= p.limit
+def should_exit(p: Plateau, step: int, decay_start: int, warmup_end: int = 0) -> bool:
+    """Ask for new data? Only after the warm-up (step > warmup_end) and before the cool-down starts
+    (no data is added there)."""
+    return warmup_end < step < decay_start and p.counter >= p.limit
 
 
 StartAction = Literal["scratch", "return", "continue", "new_rounds"]
