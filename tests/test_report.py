@@ -207,7 +207,8 @@ def test_samples_to_target_interpolates_in_log_samples(grid):
     assert rows["dp"]["samples"] == pytest.approx(10 ** (2 + 4 / 9), rel=1e-9)
     assert rows["static"]["samples"] == pytest.approx(10000) and rows["static"]["kind"] == "measured"
     assert rows["dp"]["ratio"] == pytest.approx(10000 / 10 ** (2 + 4 / 9), rel=1e-9)
-    assert rows["dp"]["ratio_kind"] == "exact"
+    assert rows["dp"]["ratio_kind"] == "interpolated"  # never "exact": it rests on an interpolation
+    assert rows["static"]["ratio_kind"] == "baseline"
 
 
 def _summ(points: dict) -> pd.DataFrame:
@@ -243,18 +244,19 @@ def test_power_law_fit_recovers_known_parameters():
     assert fit["b_se"] < 1e-5  # exact data: vanishing standard errors
 
 
-def test_power_law_fit_refuses_underdetermined_and_labels_fallback():
+def test_power_law_fit_refuses_three_budgets_without_a_fallback():
     n = np.array([100, 1000, 10000], float)
-    err = 3.0 * n ** -0.4
-    assert R.fit_power_law(n, err)["status"] == "insufficient points (3 distinct <= 3 parameters)"
-    assert "a" not in R.fit_power_law(n, err)
-    fb = R.fit_power_law(n, err, fix_c=True)
-    assert fb["status"].startswith("ok") and fb["model"] == "a*n^-b" and fb["dof"] == 1
-    assert (fb["a"], fb["b"], fb["c"]) == pytest.approx((3.0, 0.4, 0.0), rel=1e-5)
-    fits = R.power_law_fits(_summ({"dp": [(100, 1 - 3 * 100 ** -0.4), (1000, 1 - 3 * 1000 ** -0.4),
-                                          (10000, 1 - 3 * 10000 ** -0.4)]}))
-    assert fits[0]["full"]["status"].startswith("insufficient") and fits[0]["fallback"]["b"] == pytest.approx(0.4)
-    assert "dp (fallback, c fixed at 0)" in R.fits_text(fits)
+    err = 3.0 * n ** -0.4  # exact power-law data: a fit would be easy, and is still refused
+    fit = R.fit_power_law(n, err)
+    assert fit["status"] == "needs >= 4 budgets (has 3)" and "a" not in fit and "b" not in fit
+    # repeated budgets (seeds as points) do not count as budgets
+    assert R.fit_power_law(np.repeat(n, 2), np.repeat(err, 2))["status"] == "needs >= 4 budgets (has 3)"
+    fits = R.power_law_fits(_summ({"dp": [(x, 1 - 3 * x ** -0.4) for x in n]}))
+    assert fits == [{"method": "dp", "full": fit}]
+    text = R.fits_text(fits)
+    assert "| dp | needs >= 4 budgets (has 3) |" in text and "fallback" not in text
+    assert R.fit_power_law(np.array([100, 300, 1000, 3000.]), 3.0 * np.array([100, 300, 1000, 3000.]) ** -0.4 + 0.01)[
+        "status"] == "ok"
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def test_cli_writes_report_tables_and_pngs(grid, tmp_path):
     make_run(grid, "dp-budget100-seed3", "dp", 100, 3, test_acc=None, phase="train")
     out = tmp_path / "rep"
     assert R.main([str(grid), "--out", str(out)]) == 0
-    for f in ("report.md", "runs.parquet", "runs.csv", "jobs.csv", "summary.csv",
+    for f in ("report.md", "runs.parquet", "runs.csv", "jobs.csv", "summary.csv", "rounds.csv",
               "acc_vs_samples.png", "acc_vs_compute.png", "dynamics.png"):
         assert (out / f).stat().st_size > 0, f
     assert (out / "acc_vs_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -274,9 +276,13 @@ def test_cli_writes_report_tables_and_pngs(grid, tmp_path):
     assert "# Sweep report: grid" in md and "per phase: train 1, done 12, failed 1" in md
     assert "**failed** `dp-budget100-seed2` (in phase train): Traceback … RuntimeError: boom" in md
     assert "**in progress** `dp-budget100-seed3`: phase train" in md
-    assert "| dp | 76.00 ± 1.41 (n=2) | 85.00 ± 1.41 (n=2) | 89.00 ± 1.41 (n=2) |" in md
-    assert f"dp reaches the static target with {10 ** (2 + 4 / 9):,.0f} generated samples" in md
-    assert "insufficient points (3 distinct <= 3 parameters)" in md
+    assert "| dp | 76.00 [" in md and "(n=2) | 85.00 [" in md
+    assert f"dp reaches the static target with {10 ** (2 + 4 / 9):,.0f} generated samples (interpolated" in md
+    assert "needs >= 4 budgets (has 3)" in md and "exact" not in md.lower()
+    assert "Test images per run: 500; seeds per cell: 2." in md
+    assert "No per-round generation statistics recorded" in md
+    assert "no job recorded its own compute seconds" in md and not (out / "acc_vs_model_compute.png").exists()
+    assert (out / "rounds.csv").stat().st_size > 0
     for png in ("acc_vs_samples.png", "acc_vs_compute.png", "dynamics.png"):
         assert f"]({png})" in md
 
