@@ -8,12 +8,23 @@ failed runs are included and marked. Writes into the out folder:
 
     runs.parquet, runs.csv   one row per run per evaluation (`collect`)
     jobs.csv                 one row per job with its wall time and where that time came from
-    summary.csv              per method and data budget (`summary`)
+    summary.csv              per arm and data budget, with the 95% intervals (`summary`)
     report.md                all tables, with the PNGs beside it
+    rounds.csv               one row per generated round, with its generation statistics
+    acc_vs_model_compute.png only when jobs record their own model compute seconds (`compute_s`)
 
 Layout: readers (`read_run`, `job_times`) do the I/O; everything from a run's raw files to the
 tables is a pure function over plain data (`run_rows`, `summary`, `samples_to_target`,
 `fit_power_law`, ...), so the tests build small sweeps by hand and check exact numbers.
+
+Rows are arms: a method, or a method with the config values that tell its runs apart other than
+budget and seed (`assign_arms`); dp with sampler.omega = 0 is always "dp (ω=0)".
+
+Uncertainty (the "Uncertainty" section of this file): every accuracy cell has a 95% interval from a seeded
+two-level bootstrap (seeds resampled, then the test set's binomial with n = `n_test` of
+eval.json), so the report is the same each time. Samples-to-target and its ratio get bootstrap
+intervals and a label per estimate (interpolated / measured / upper bound / extrapolated (power-law
+fit) / not reached); power laws are fitted only with >= 4 budgets, with bootstrap intervals.
 
 Compute. A job's wall time is the span between the first and the last timestamp in its submitit
 logs (`<job>_<task>_log.out/.err`: submitit writes "Starting with JobEnvironment" when the job
@@ -23,6 +34,8 @@ folder (file mtimes do not). When a job has no timestamped log, the fallback is
 `submitted` (state.json) to the mtime of its result pickle, which includes any queue wait.
 CPU-h = wall time x `executor.threads_per_job` (sweep.yaml) x tasks: core-hours allocated, not
 measured CPU use. A job killed without a last log line counts up to its last line (a lower bound).
+Model compute seconds: what a job records itself as `compute_s` (on its job record or in its
+`detail`): model work only, start-up excluded; absent in older runs, then not shown.
 """
 
 from __future__ import annotations
@@ -400,7 +413,7 @@ def arm_keys(runs: pd.DataFrame) -> dict[str, list[str]]:
     out = {}
     for method, g in runs.groupby("method", sort=False):
         varying = [c for c in cols
-                   if (g.groupby(["budget", "seed"], dropna=False)[c].nunique(dropna=False) > 1).any()]
+                   if (g.groupby(["budget", "seed"], dropna=False)[c].nunique() > 1).any()]
         out[method] = varying
     return out
 
@@ -556,7 +569,7 @@ def cell_interval(rep: dict | None, level: float = LEVEL) -> dict:
            "binom_hw": np.nan, "ci": "no finished seed"}
     if rep is None:
         return nan
-    k, m = len(rep["accs"]), float(np.mean(rep["accs"]))
+    k, m = len(rep["accs"]), float(np.clip(np.mean(rep["accs"]), 0, 1))
     seed_lo, seed_hi = percentile_interval(rep["seeds"], level) if k > 1 else (np.nan, np.nan)
     if rep["both"] is not None:
         lo, hi = percentile_interval(rep["both"], level)
@@ -895,8 +908,9 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
     for r in stt["rows"]:
         if r["method"] == base:
             continue
-        reach = (f" (reached in {100 * r['p_reached']:.0f}% of bootstrap replicates; ratio 95% interval "
-                 f"{r['ratio_lo']:.2f}x to {r['ratio_hi']:.2f}x)") if "p_reached" in r else ""
+        inner = (f"reached in {100 * r['p_reached']:.0f}% of bootstrap replicates; ratio 95% interval "
+                 f"{r['ratio_lo']:.2f}x to {r['ratio_hi']:.2f}x") if "p_reached" in r else ""
+        reach = f" ({inner})" if inner else ""
         if r["kind"] == "not reached":
             lines.append(f"- **{r['method']} does not reach the {base} target**: its best mean test accuracy is "
                          f"{pct(r['best_acc'])}% (at {num(r['best_at'])} generated samples, the most it generated "
@@ -906,7 +920,7 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
             lines.append(f"- **{r['method']} does not reach the {base} target within its measured budgets**; its "
                          f"power-law fit, extrapolated beyond {num(r['max_generated'])} generated samples, reaches it "
                          f"at {num(r['samples'])}: {ratio_words(r['ratio'], r['ratio_kind'], base)} "
-                         f"(an extrapolation, not a measurement){reach}.")
+                         f"(an extrapolation, not a measurement{'; ' + inner if inner else ''}).")
         else:
             how = {"upper bound": " or fewer (reached already at its smallest measured budget)",
                    "interpolated": " (interpolated between two measured budgets)",
@@ -1327,7 +1341,9 @@ def render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rou
         "degree of freedom would be an assumption, not a measurement). ± se: standard error from the "
         "fit's covariance (few dof: rough). 95% bootstrap: percentile interval of the same fit on "
         f"{BOOT_B_FIT} bootstrap replicates of the cell means (seeds and test set, as in the accuracy "
-        "table), over the replicates whose fit converged. The report's intervals are the bootstrap ones.",
+        "table), over the replicates whose fit converged. The report's intervals are the bootstrap ones. "
+        "The fit is bounded to 0 <= b <= 10 and 0 <= c <= 1: an interval end at a bound means the data do "
+        "not constrain that parameter.",
         "",
         fits_text(fits) if fits else "No finished runs.",
         "",
