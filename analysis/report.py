@@ -675,11 +675,20 @@ def samples_to_target(summ: pd.DataFrame, baseline: str = "static", target: floa
             e = extrapolate(fit, target)
             if e == e and e > x.max():
                 n, kind = e, EXTRAPOLATED
+                if fit.get("boot_params"):  # the refitted replicates, extrapolated to the same target
+                    ext = [extrapolate({"status": "ok", "a": a, "b": b_, "c": c}, target)
+                           for a, b_, c in fit["boot_params"]]
+                    rows_ext = np.array([v if v == v else np.inf for v in ext])
+                    extrap_lo_hi = percentile_interval(rows_ext, level)
+                else:
+                    extrap_lo_hi = None
             else:
                 n = np.nan
         best = int(np.argmax(y))
         rows.append({"method": method, "samples": n, "kind": kind, "best_acc": y[best],
                      "best_at": x[best], "max_generated": x.max(), "n_budgets": len(x)})
+        if kind == EXTRAPOLATED and extrap_lo_hi is not None:
+            rows[-1]["extrap_lo"], rows[-1]["extrap_hi"] = extrap_lo_hi
     base_row = next((r for r in rows if r["method"] == baseline), {"samples": np.nan, "kind": "not reached"})
     for r in rows:
         r["ratio"], r["ratio_kind"] = _ratio(base_row, r)
@@ -781,6 +790,7 @@ def power_law_fits(summ: pd.DataFrame, reps: dict | None = None, b_fit: int = BO
             fits = [fit_power_law(c["x"], 1 - yrow) for yrow in c["Y"][:b_fit]]
             ok = [f for f in fits if f["status"].startswith("ok")]
             full["boot_fitted"], full["boot_total"] = len(ok), len(fits)
+            full["boot_params"] = [(f["a"], f["b"], f["c"]) for f in ok]  # for extrapolation intervals
             for nm in "abc":
                 full[f"{nm}_lo"], full[f"{nm}_hi"] = percentile_interval([f[nm] for f in ok], level)
         out.append({"method": method, "full": full})
@@ -850,11 +860,11 @@ def samples_text(r: dict) -> str:
     return num(r["samples"])
 
 
-def boot_samples_text(r: dict) -> str:
-    if "samples_lo" not in r:
+def boot_samples_text(r: dict, key: str = "samples") -> str:
+    if f"{key}_lo" not in r:
         return "-"
-    hi = "not reached" if math.isinf(r["samples_hi"]) else num(r["samples_hi"])
-    lo = "not reached" if math.isinf(r["samples_lo"]) else num(r["samples_lo"])
+    hi = "not reached" if math.isinf(r[f"{key}_hi"]) else num(r[f"{key}_hi"])
+    lo = "not reached" if math.isinf(r[f"{key}_lo"]) else num(r[f"{key}_lo"])
     return lo if lo == hi == "not reached" else f"[{lo}, {hi}]"
 
 
@@ -878,7 +888,8 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
              "How: *interpolated* (crossed between two measured budgets), *measured* (a measured mean equals "
              "the target), *upper bound* (reached already at the smallest measured budget), "
              f"*{EXTRAPOLATED}* (beyond the measured budgets, from the arm's fit in the power-law section; "
-             "only where there is one), *not reached*.",
+             "only where there is one; its interval, in the sentence under the table, is over the fit's bootstrap "
+             "replicates), *not reached*.",
              ""]
     if boot:
         lines += [f"95% intervals: percentile bootstrap over {boot['replicates']:,} replicates, each redrawing every "
@@ -920,7 +931,10 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
             lines.append(f"- **{r['method']} does not reach the {base} target within its measured budgets**; its "
                          f"power-law fit, extrapolated beyond {num(r['max_generated'])} generated samples, reaches it "
                          f"at {num(r['samples'])}: {ratio_words(r['ratio'], r['ratio_kind'], base)} "
-                         f"(an extrapolation, not a measurement{'; ' + inner if inner else ''}).")
+                         f"(an extrapolation, not a measurement"
+                         + (f"; over the fit's bootstrap replicates: {boot_samples_text(r, 'extrap')}"
+                            if "extrap_lo" in r else "")
+                         + f"{'; ' + inner if inner else ''}).")
         else:
             how = {"upper bound": " or fewer (reached already at its smallest measured budget)",
                    "interpolated": " (interpolated between two measured budgets)",

@@ -432,6 +432,7 @@ def test_samples_to_target_labels_interpolated_extrapolated_not_reached():
     assert "**dp does not reach the static target within its measured budgets**" in text
     assert "an extrapolation, not a measurement" in text and "exact" not in text.lower()
     assert "**prune does not reach the static target**" in text
+    assert "over the fit's bootstrap replicates:" not in text  # no replicates given: no interval claimed
     assert "| other | 199 | interpolated | 50.24x |" in text  # 50 x 10^0.6
 
 
@@ -576,3 +577,21 @@ def test_model_compute_seconds_when_jobs_record_them(tmp_path):
     md = R.write_report(sweep, tmp_path / "rep").read_text()
     assert "| model compute (s) | classifier iterations |" in md and "| 11.5 |" in md
     assert (tmp_path / "rep" / "acc_vs_model_compute.png").stat().st_size > 0
+
+
+def test_extrapolated_samples_get_the_fit_bootstrap_interval():
+    rng = np.random.default_rng(5)
+    budgets = [10, 30, 100, 300]
+    cells = {("static", n): [0.6 + 0.1 * i] * 3 for i, n in enumerate([100, 1000, 10000])}
+    cells.update({("dp", n): list(_pl(n) + rng.normal(0, 0.003, 4)) for n in budgets})
+    runs = _cell_runs(cells).assign(n_test=np.nan)
+    reps = R.cell_replicates(runs)
+    summ = pd.DataFrame([{"method": a, "budget": n, "generated": n, "acc_mean": np.mean(v), "acc_std": 0.01,
+                          "n_seeds": len(v), "n_runs": len(v)} for (a, n), v in cells.items()])
+    fits = R.power_law_fits(summ, reps)
+    dp = {r["method"]: r for r in R.samples_to_target(summ, reps=reps, fits=fits)["rows"]}["dp"]
+    assert dp["kind"] == R.EXTRAPOLATED
+    assert dp["extrap_lo"] < dp["samples"] < dp["extrap_hi"] and dp["extrap_lo"] > 300
+    assert dp["p_reached"] < 0.05  # within the measured budgets the bootstrap (almost) never reaches it
+    text = R.target_text(R.samples_to_target(summ, reps=reps, fits=fits), summ)
+    assert "over the fit's bootstrap replicates: [" in text
