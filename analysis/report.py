@@ -901,10 +901,10 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
                   "an upper bound).", ""]
     rows = []
     for r in stt["rows"]:
+        bound = f"{r['ratio_kind']} " if r["ratio_kind"] in (">=", "<=") else ""  # the "how" column says the rest
         ratio = {"not reached": "-", "baseline": "1 (baseline)",
                  "undetermined": f"undetermined (both bounds; {r['ratio']:.2f}x at face value)"}.get(
-            r["ratio_kind"], f"{'' if r['ratio_kind'] in ('interpolated', 'measured', 'extrapolated') else r['ratio_kind'] + ' '}"
-                             f"{r['ratio']:.2f}x")
+            r["ratio_kind"], f"{bound}{r['ratio']:.2f}x")
         row = [r["method"], samples_text(r), r["kind"], ratio]
         if boot:
             rr = (f"[{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]x" if "ratio_lo" in r else "-")
