@@ -423,28 +423,42 @@ def _short_key(col: str) -> str:
     return "ω" if key == "sampler.omega" else next((s for s, k in RUN_KEYS.items() if k == key), key)
 
 
+def _main_value(runs: pd.DataFrame, method: str, col: str) -> Any:
+    """The method's main setting of a distinguishing key: the value measured at strictly the most
+    budgets (in100: ω = 0.05 at four budgets, the ablation's ω at one). For dp's ω, 0 is never the
+    main setting. None on a tie: then every value is named."""
+    g = runs[runs["method"] == method]
+    if "branch_of" in g:
+        g = g[g["branch_of"].isna()]
+    counts = g.groupby(col)["budget"].nunique()
+    if col == "config.sampler.omega" and method == "dp":
+        counts = counts[counts.index != 0]
+    if counts.empty or (counts == counts.max()).sum() > 1:
+        return None
+    return counts.idxmax()
+
+
 def assign_arms(runs: pd.DataFrame) -> pd.Series:
     """The arm of each run: its method, plus the values of the keys that distinguish its runs
-    (`arm_keys`), e.g. "dp (ω=0)" next to "dp". dp with sampler.omega = 0 (plain samples at the
-    same plateaus: the paper's key ablation) is always "dp (ω=0)", never averaged with guided dp;
-    when its only other ω is one guided value, that arm stays "dp". Needs `method` and the
-    `config.*` columns; without them the arm is the method."""
+    (`arm_keys`) where they differ from the method's main setting (`_main_value`), e.g. "dp (ω=0)"
+    next to "dp", "prune (prune_factor=2)" next to "prune (prune_factor=4)". dp with
+    sampler.omega = 0 (plain samples at the same plateaus: the paper's key ablation) is always
+    "dp (ω=0)", never averaged with guided dp. Needs `method` and the `config.*` columns (and
+    `budget`); without them the arm is the method."""
     keys = arm_keys(runs) if "method" in runs else {}
+    main = {(m, c): _main_value(runs, m, c) for m, cols in keys.items() for c in cols}
     labels = []
     for _, r in runs.iterrows():
         method = r.get("method")
         if method is None or method != method:
             labels.append(method)
             continue
-        omegas = set(runs.loc[runs["method"] == method, "config.sampler.omega"].dropna()) \
-            if "config.sampler.omega" in runs else set()
         parts = []
         for c in keys.get(method, []):
             v = r.get(c)
-            if c == "config.sampler.omega" and method == "dp" and len(omegas - {0, 0.0}) <= 1 and v != 0:
-                continue  # the guided arm next to its omega = 0 ablation keeps the method's name
-            if c == "config.sampler.omega" and method == "dp" and v == 0:
-                continue  # labelled below
+            if (c == "config.sampler.omega" and method == "dp" and v == 0) or (
+                    main[(method, c)] is not None and v == main[(method, c)]):
+                continue  # ω = 0 is labelled below; the main setting keeps the method's name
             parts.append(f"{_short_key(c)}={v:g}" if isinstance(v, float) else f"{_short_key(c)}={v}")
         omega = r.get("config.sampler.omega", r.get("omega"))
         if method == "dp" and omega is not None and omega == 0:

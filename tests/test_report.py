@@ -531,6 +531,14 @@ def test_omega_values_all_labelled_when_several_are_guided():
     runs = pd.DataFrame([{"run": f"r{w}-{s}", "method": "dp", "budget": 100, "seed": s, "config.sampler.omega": w,
                           "config.name": f"r{w}-{s}"} for w in (0.0, 0.03, 0.05) for s in (0, 1)])
     assert sorted(set(R.assign_arms(runs))) == ["dp (ω=0)", "dp (ω=0.03)", "dp (ω=0.05)"]
+    # in100's layout: the main curve at omega 0.05 over four budgets, the ablation at one budget
+    in100 = pd.DataFrame([{"run": f"m{n}-{s}", "method": "dp", "budget": n, "seed": s, "config.sampler.omega": 0.05,
+                           "config.name": f"m{n}-{s}"} for n in (1, 2, 3, 4) for s in (0, 1)]
+                         + [{"run": f"a{w}-{s}", "method": "dp", "budget": 3, "seed": s, "config.sampler.omega": w,
+                             "config.name": f"a{w}-{s}"} for w in (0.0, 0.03, 0.07) for s in (0, 1)])
+    arms = R.assign_arms(in100)
+    assert sorted(set(arms)) == ["dp", "dp (ω=0)", "dp (ω=0.03)", "dp (ω=0.07)"]
+    assert (arms == "dp").sum() == 8
     # dp at omega 0 alone is still the ablation, not dp
     alone = runs[runs["config.sampler.omega"] == 0]
     assert set(R.assign_arms(alone)) == {"dp (ω=0)"}
