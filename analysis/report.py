@@ -56,6 +56,7 @@ import yaml
 
 from dp_hpc.config import flatten
 from dp_hpc.io import read_json, read_jsonl
+from dp_hpc.metrics import COMPUTE_FILE
 from dp_hpc.pool import MARKER_DIR, Pool
 
 METHOD_ORDER = ("static", "dp", "prune")
@@ -165,6 +166,7 @@ def read_run(run_dir: Path) -> dict:
         "state": {**state, "jobs": jobs},
         "has_state": bool(state),
         "metrics": read_jsonl(run_dir / "metrics.jsonl"),
+        "compute": read_jsonl(run_dir / COMPUTE_FILE),  # one line per job attempt (dp_hpc.metrics)
         "eval": read_json(run_dir / "eval.json"),
         # None when the run has no marker folder at all (e.g. written by hand, or not started)
         "complete_rounds": Pool(run_dir).complete_rounds() if (run_dir / MARKER_DIR).is_dir() else None,
@@ -213,10 +215,11 @@ def job_compute_s(job: dict) -> float:
         return math.nan
 
 
-def compute_by_kind(jobs: Sequence[dict], threads: int) -> dict:
+def compute_by_kind(jobs: Sequence[dict], threads: int, compute_lines: Sequence[dict] = ()) -> dict:
     """CPU-h per job kind: sum of wall_s x threads x tasks over the run's timed jobs (jobs with
     no recorded time count 0; all NaN when no job of the run has a time). Model compute seconds
-    per kind likewise (`job_compute_s`): the sum over the jobs that recorded it, NaN when none did."""
+    per kind likewise: the sum over the run's compute.jsonl lines (one per job attempt, written by
+    the jobs) if it has any, else over the jobs that recorded it (`job_compute_s`); NaN when none did."""
     out = {f"{k}_cpu_h": 0.0 for k in COMPUTE_KINDS}
     timed = [j for j in jobs if j.get("kind") in COMPUTE_KINDS and not math.isnan(j.get("wall_s", math.nan))]
     for j in timed:
@@ -225,7 +228,8 @@ def compute_by_kind(jobs: Sequence[dict], threads: int) -> dict:
     if not timed:  # nothing recorded is unknown, not zero
         out = {k: math.nan for k in out}
     comp = {f"{k}_compute_s": 0.0 for k in COMPUTE_KINDS}
-    recorded = [j for j in jobs if j.get("kind") in COMPUTE_KINDS and not math.isnan(job_compute_s(j))]
+    sources = compute_lines or jobs
+    recorded = [j for j in sources if j.get("kind") in COMPUTE_KINDS and not math.isnan(job_compute_s(j))]
     for j in recorded:
         comp[f"{j['kind']}_compute_s"] += job_compute_s(j)
     comp["compute_s"] = sum(comp[f"{k}_compute_s"] for k in COMPUTE_KINDS)
@@ -257,7 +261,7 @@ def run_info(raw: dict, threads: int = 1) -> dict:
         "n_jobs": len(st.get("jobs", [])),
         "jobs_failed": sum(j.get("status") in ("failed", "lost") for j in st.get("jobs", [])),
     })
-    info.update(compute_by_kind(st.get("jobs", []), threads))
+    info.update(compute_by_kind(st.get("jobs", []), threads, raw.get("compute", [])))
     info.update({f"config.{k}": v for k, v in flat.items()})
     return info
 
@@ -331,7 +335,8 @@ def jobs_frame(raws: Sequence[dict], threads: int = 1) -> pd.DataFrame:
                                        "n_tasks", "time_source", "cpu_h", "compute_s"])
 
 
-ROUND_STATS = ("entropy_mean", "plain_entropy_mean", "label_fidelity", "plain_label_fidelity")
+ROUND_STATS = ("entropy_mean", "plain_entropy_mean", "label_fidelity", "plain_label_fidelity",
+               "paired_entropy_mean", "paired_label_fidelity")
 
 
 def rounds_frame(raws: Sequence[dict]) -> pd.DataFrame:
@@ -348,8 +353,9 @@ def rounds_frame(raws: Sequence[dict]) -> pd.DataFrame:
                    "seed": flat.get("seed"), "branch_of": (raw.get("branch") or {}).get("parent"),
                    "round": r.get("index"), "kind": r.get("kind"), "kept": r.get("kept"),
                    "generated": r.get("generated"), "classifier_step": r.get("classifier_step")}
+            stats = r.get("stats") or r  # dp_hpc.pool.round_stats, stored on the round once complete
             for k in ROUND_STATS:
-                v = r.get(k)
+                v = stats.get(k)
                 row[k] = float(v) if isinstance(v, (int, float)) else math.nan
             rows.append(row)
     return pd.DataFrame(rows, columns=["run", "method", "budget", "seed", "branch_of", "round", "kind", "kept",
