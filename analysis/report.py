@@ -284,6 +284,31 @@ def addition_steps(rounds: Sequence[dict], metrics: Sequence[dict]) -> list[int]
     return out
 
 
+def addition_dynamics(val: Sequence[tuple[int, float]], additions: Sequence[int], warmup: int,
+                      total: int) -> dict:
+    """What happens to validation accuracy around each data addition of one run (pure).
+
+    val: (step, acc) of every validation evaluation; additions: the classifier steps at which data
+    was added (the plateau checkpoints). For addition k: `acc_at` = val acc at its step; `dip` = acc_at
+    minus the lowest val acc after it and before the next addition (or the end), >= 0; `gain` = the
+    val acc at the next addition (or the last evaluation) minus acc_at. Also the number of additions,
+    the last one as a fraction of training, and whether any came at or before the end of warm-up."""
+    by_step = dict(val)
+    dips, gains = [], []
+    ends = list(additions[1:]) + [total + 1]
+    for a, nxt in zip(additions, ends):
+        if a not in by_step:
+            continue
+        after = [acc for st, acc in val if a < st < nxt]
+        if not after:
+            continue
+        dips.append(max(0.0, by_step[a] - min(after)))
+        end_acc = by_step.get(nxt, after[-1])
+        gains.append(end_acc - by_step[a])
+    return {"additions": len(additions), "last_addition_frac": max(additions) / total if additions else math.nan,
+            "warmup_additions": sum(1 for a in additions if a <= warmup), "dips": dips, "gains": gains}
+
+
 def run_rows(raw: dict, threads: int = 1) -> list[dict]:
     """One row per evaluation of a run (a single row without metrics when it has none yet)."""
     info = run_info(raw, threads)
@@ -1176,6 +1201,51 @@ def compute_table(summ: pd.DataFrame) -> str:
     return md_table(header + ["classifier iterations"], rows)
 
 
+def dynamics_rows(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
+    """`addition_dynamics` per finished run that added data (grid runs, not branch-outs)."""
+    val = df[df["split"] == "val"] if "split" in df else df.iloc[:0]
+    out = []
+    for _, r in runs.iterrows():
+        if r.get("phase") != "done" or (isinstance(r.get("branch_of"), str)):
+            continue
+        adds = json.loads(r["data_steps"]) if isinstance(r.get("data_steps"), str) else []
+        if not adds:
+            continue
+        v = val[val["run"] == r["run"]]
+        flat = df[df["run"] == r["run"]].iloc[0]
+        dyn = addition_dynamics(list(zip(v["step"].astype(int), v["acc"].astype(float))), adds,
+                                int(flat.get("config.train.warmup_steps", 0)),
+                                int(flat.get("config.train.total_steps", max(v["step"]))))
+        out.append({"run": r["run"], "arm": r["arm"], "budget": r["budget"], **dyn})
+    return out
+
+
+def dynamics_text(df: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Per arm: how many times data was added, how late, and what validation accuracy did after each
+    addition (the dip before the next one, and the change by the next one)."""
+    rows = dynamics_rows(df, runs)
+    if not rows:
+        return "No finished run added data after round 0."
+    table = []
+    for arm in sorted({r["arm"] for r in rows}, key=method_key):
+        rs = [r for r in rows if r["arm"] == arm]
+        dips = [d for r in rs for d in r["dips"]]
+        gains = [g for r in rs for g in r["gains"]]
+        table.append([arm, len(rs), f"{min(r['additions'] for r in rs)}-{max(r['additions'] for r in rs)}",
+                      f"{100 * min(r['last_addition_frac'] for r in rs):.0f}%",
+                      sum(r["warmup_additions"] for r in rs), len(dips),
+                      pct(float(np.median(dips))) if dips else "-", pct(max(dips)) if dips else "-",
+                      sum(d > 0.10 for d in dips), pct(float(np.median(gains))) if gains else "-",
+                      f"{sum(g > 0 for g in gains)}/{len(gains)}"])
+    head = ["arm", "runs", "additions per run", "last addition (earliest, % of training)",
+            "additions in warm-up", "additions scored", "median dip (pts)", "largest dip (pts)",
+            "dips > 10 pts", "median change by next addition (pts)", "additions followed by a rise"]
+    return ("Validation accuracy (EMA model, real validation split) around each data addition: the dip is "
+            "the accuracy at the plateau checkpoint minus the lowest evaluation before the next addition; "
+            "the change is the accuracy at the next addition (or the end) minus that at this one.\n\n"
+            + md_table(head, table))
+
+
 def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
     """Per arm, one table of its generated rounds: mean over the finished and unfinished runs of
     each budget and round (pure). Skipped when no round recorded any statistic."""
@@ -1409,6 +1479,8 @@ def render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rou
         "classifier step at which new data was added (the plateau checkpoint training resumed from).",
         "",
         "![training dynamics](dynamics.png)",
+        "",
+        dynamics_text(df, runs),
         "",
         "## Runs", "",
         runs_table(runs),

@@ -603,3 +603,16 @@ def test_extrapolated_samples_get_the_fit_bootstrap_interval():
     assert dp["p_reached"] < 0.05  # within the measured budgets the bootstrap (almost) never reaches it
     text = R.target_text(R.samples_to_target(summ, reps=reps, fits=fits), summ)
     assert "over the fit's bootstrap replicates: [" in text
+
+
+def test_addition_dynamics_measures_dips_gains_and_timing():
+    from analysis.report import addition_dynamics
+
+    val = [(100, 0.50), (200, 0.90), (300, 0.95), (350, 0.80), (400, 0.93), (500, 0.96), (600, 0.94),
+           (700, 0.97), (800, 0.97)]
+    d = addition_dynamics(val, [300, 500], warmup=200, total=1000)
+    assert d["additions"] == 2 and d["last_addition_frac"] == 0.5 and d["warmup_additions"] == 0
+    assert d["dips"] == pytest.approx([0.15, 0.02])  # 0.95 -> 0.80 before step 500; 0.96 -> 0.94 after it
+    assert d["gains"] == pytest.approx([0.01, 0.01])  # 0.95 -> 0.96 at the next addition; 0.96 -> 0.97 at the end
+    early = addition_dynamics(val, [200], warmup=200, total=1000)
+    assert early["warmup_additions"] == 1 and early["dips"] == pytest.approx([0.10])  # 0.90 -> 0.80 at step 350
