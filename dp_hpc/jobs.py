@@ -23,6 +23,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
+from dp_hpc.layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node:
     import submitit
 
     env = submitit.JobEnvironment()
-    log_dir = Path(run_dir) / "logs" / "torchrun" / f"{env.job_id}-node{env.node}"
+    log_dir = RunDir(run_dir).torchrun_logs(env.job_id, env.node)
     cmd = torchrun_command(run_dir, plateau_exit, threads, procs_per_node, env.num_nodes, env.hostnames[0],
                            str(env.job_id), log_dir)
     log.info("node %d/%d: %s", env.node, env.num_nodes, " ".join(cmd))

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from dp_hpc.io import append_jsonl, atomic_write_text, read_jsonl
-
-METRICS_FILE = "metrics.jsonl"
+from dp_hpc.layout import METRICS_FILE, RunDir  # noqa: F401 (re-exported)
 
 
 def utc_now() -> str:
@@ -28,7 +27,7 @@ def utc_now() -> str:
 
 
 def metrics_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / METRICS_FILE
+    return RunDir(run_dir).metrics
 
 
 def append_metric(run_dir: str | os.PathLike, record: dict) -> dict:

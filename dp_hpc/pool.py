@@ -46,13 +46,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
-POOL_DIR = "pool.zarr"
-MARKER_DIR = "pool_markers"
-COMPLETE = "COMPLETE"
-
-
-def round_name(round_index: int) -> str:
-    return f"round_{round_index:03d}"
+from dp_hpc.layout import COMPLETE, MARKER_DIR, POOL_DIR, RunDir, round_name  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -275,17 +269,18 @@ class Pool:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
-        self.root = self.run_dir / POOL_DIR
-        self.markers = self.run_dir / MARKER_DIR
+        self.layout = RunDir(run_dir)
+        self.root = self.layout.pool
+        self.markers = self.layout.markers
 
     # -- creation (coordinator only)
     def create_round(self, spec: RoundSpec) -> None:
         """Create the round's arrays at full size, with labels and seeds. Idempotent."""
-        final = self.root / round_name(spec.round_index)
+        final = self.layout.pool_round(spec.round_index)
         if (final / "zarr.json").exists():
             return
         zarr.open_group(self.root, mode="a")  # the root group, once
-        tmp = self.root / f"_tmp_{round_name(spec.round_index)}"
+        tmp = final.with_name(f"_tmp_{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash during creation
         g = zarr.open_group(tmp, mode="w")
         g.attrs.update(
@@ -308,12 +303,12 @@ class Pool:
         os.replace(tmp, final)
 
     def has_round(self, round_index: int) -> bool:
-        return (self.root / round_name(round_index) / "zarr.json").exists()
+        return (self.layout.pool_round(round_index) / "zarr.json").exists()
 
     def group(self, round_index: int, mode: str = "r") -> zarr.Group:
         """The round's zarr group (read-only unless mode="r+")."""
         # use_consolidated=False: metadata is never consolidated while the pool grows
-        return zarr.open_group(self.root / round_name(round_index), mode=mode, use_consolidated=False)
+        return zarr.open_group(self.layout.pool_round(round_index), mode=mode, use_consolidated=False)
 
     def round_attrs(self, round_index: int) -> dict:
         return dict(self.group(round_index).attrs)
@@ -325,16 +320,13 @@ class Pool:
         return start, min(start + a["chunk_size"], a["n"])
 
     def chunk_marker(self, round_index: int, chunk: int) -> Path:
-        return self.markers / round_name(round_index) / f"chunk_{chunk:06d}.done"
+        return self.layout.chunk_marker(round_index, chunk)
 
     def chunk_done(self, round_index: int, chunk: int) -> bool:
         return self.chunk_marker(round_index, chunk).exists()
 
     def done_chunks(self, round_index: int) -> set[int]:
-        d = self.markers / round_name(round_index)
-        if not d.exists():
-            return set()
-        return {int(p.name[6:12]) for p in d.glob("chunk_*.done")}
+        return self.layout.done_chunks(round_index)
 
     def chunk_inputs(self, round_index: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, seeds) of the samples of one chunk."""
@@ -357,7 +349,7 @@ class Pool:
 
     # -- completion (coordinator only)
     def is_complete(self, round_index: int) -> bool:
-        return (self.markers / round_name(round_index) / COMPLETE).exists()
+        return self.layout.complete_marker(round_index).exists()
 
     def complete_round(self, round_index: int, keep: int | None = None) -> None:
         """Mark a round usable. With `keep` (prune), first store the indices of the `keep`
@@ -376,14 +368,12 @@ class Pool:
             if "selected" in g:
                 del g["selected"]
             g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
-        marker = self.markers / round_name(round_index) / COMPLETE
+        marker = self.layout.complete_marker(round_index)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
     def complete_rounds(self) -> list[int]:
-        if not self.markers.exists():
-            return []
-        return sorted(int(p.parent.name[6:]) for p in self.markers.glob(f"round_*/{COMPLETE}"))
+        return self.layout.complete_rounds()
 
     def round_size(self, round_index: int) -> int:
         """Samples the round contributes to training (kept samples for prune rounds)."""
@@ -460,7 +450,7 @@ class PoolReader:
 
     def _jpeg_reader(self, r: int) -> JpegShardReader:
         if r not in self._jpeg:
-            self._jpeg[r] = JpegShardReader(self._open()[r][0], self.pool.root / round_name(r) / "images")
+            self._jpeg[r] = JpegShardReader(self._open()[r][0], self.pool.layout.pool_round(r) / "images")
         return self._jpeg[r]
 
     def _chunk(self, r: int, c: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from dp_hpc.coordinate.branch import branch_config, create_branch, existing_bran
 from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
+from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train.checkpoint import latest_checkpoint
 
@@ -47,7 +48,8 @@ class Coordinator:
         self.runner = runner
         self.generator_dir = Path(generator_dir).resolve()
         self.pool = Pool(self.run_dir)
-        self.logs = self.run_dir / "logs"
+        self.layout = RunDir(self.run_dir)
+        self.logs = self.layout.logs
         st = load_state(self.run_dir)
         if st is None:
             st = P.initial_state(cfg.method)
@@ -137,7 +139,7 @@ class Coordinator:
         if st.phase == "train":
             return P.Observation(checkpoint=latest_train_state(self.run_dir), branches=frozenset(self.branches))
         if st.phase == "eval":
-            return P.Observation(eval_done=(self.run_dir / "eval.json").exists())
+            return P.Observation(eval_done=self.layout.eval.exists())
         return P.Observation()
 
     def _refresh_jobs(self) -> None:

@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler
 from dp_hpc.config import load_run_config
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
+from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool
 from dp_hpc.signals import PreemptFlag
 
@@ -52,8 +53,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     if classifier_step is not None:
         from dp_hpc.train.checkpoint import load_classifier
 
-        classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg,
-                                     device=model.device)
+        classifier = load_classifier(RunDir(run_dir).checkpoint(classifier_step), cfg, device=model.device)
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
     storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution

@@ -53,6 +53,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import MARKER, GeneratorConfig, finished_generator
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.layout import GeneratorDir
 from dp_hpc.train.model import autocast
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir:
         "embedding_shape": list(cond.shape),
         "prepare_wall_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_json(out_dir / MARKER, info)
+    atomic_write_json(GeneratorDir(out_dir).marker, info)
     logger.info("stable-diffusion generator ready: %d prompts encoded from %s in %.1f s", len(prompts), model_dir,
                 info["prepare_wall_s"])
     return info
@@ -239,7 +240,7 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
     timestep spacing with steps_offset 1, set_alpha_to_one False, no clipping: latents are unbounded),
     which is what diffusers' pipelines and FG sample with."""
     generator_dir = Path(generator_dir)
-    info = read_json(generator_dir / MARKER)
+    info = read_json(GeneratorDir(generator_dir).marker)
     if info is None:
         raise FileNotFoundError(f"{generator_dir} holds no prepared generator (no {MARKER})")
     device = torch.device(device)

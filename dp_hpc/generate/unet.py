@@ -44,6 +44,7 @@ from dp_hpc.data.digits import Splits
 from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator
 from dp_hpc.generate.sampler import sample_images
 from dp_hpc.io import atomic_write_bytes, atomic_write_json
+from dp_hpc.layout import GeneratorDir
 from dp_hpc.train.model import build_classifier, predictive_entropy
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
             unet, scheduler, eval_splits, sampler_cfg or SamplerConfig(omega=0.0),
             num_samples=cfg.quality_samples, classifier_steps=cfg.quality_classifier_steps, seed=cfg.seed,
         )
-    atomic_write_json(out_dir / MARKER, info)
+    atomic_write_json(GeneratorDir(out_dir).marker, info)
     logger.info("generator done: %d steps in %.1f s, final loss %.4f", info["steps"], info["train_wall_s"],
                 info["final_loss"])
     return info

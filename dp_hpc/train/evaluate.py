@@ -21,23 +21,23 @@ from dp_hpc import metrics
 from dp_hpc.config import load_run_config
 from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.io import atomic_write_json, read_json, run_lock
+from dp_hpc.layout import EVAL_FILE, RunDir  # noqa: F401 (re-exported)
 from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
-from dp_hpc.train.loop import RUN_LOCK, Dist, EvalBatches, evaluate
+from dp_hpc.train.loop import Dist, EvalBatches, evaluate
 from dp_hpc.train.model import Numerics
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "eval.json"
 
 
 def evaluate_final(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
-    with run_lock(run_dir / RUN_LOCK):  # a duplicate evaluation waits, then returns eval.json
+    with run_lock(RunDir(run_dir).lock):  # a duplicate evaluation waits, then returns eval.json
         return _evaluate_final(run_dir)
 
 
 def _evaluate_final(run_dir: Path) -> dict:
-    done = read_json(run_dir / EVAL_FILE)
+    done = read_json(RunDir(run_dir).eval)
     if done is not None:
         return done
     latest = latest_checkpoint(run_dir)
@@ -60,6 +60,6 @@ def _evaluate_final(run_dir: Path) -> dict:
               "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}
     metrics.drop_split(run_dir, "test")
     metrics.append_metric(run_dir, {"split": "test", **result})
-    atomic_write_json(run_dir / EVAL_FILE, result)
+    atomic_write_json(RunDir(run_dir).eval, result)
     log.info("%s: test acc %.4f loss %.4f (step %d, pool %d)", run_dir.name, acc, loss, ts["step"], ts["pool_size"])
     return result

@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dp_hpc import metrics
+from dp_hpc import layout, metrics
 from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock
 from dp_hpc.data.eval_data import EvalSplit, open_eval_split
@@ -296,7 +296,7 @@ def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the job
 
-RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
+RUN_LOCK = layout.RUN_LOCK  # held by the one job that trains or evaluates the run
 
 
 def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_steps: int | None = None) -> dict:
@@ -311,7 +311,7 @@ def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_
     d = setup_distributed()
     try:
         # Rank 0 holds the run's lock: a duplicate job waits, then resumes from what this one saved.
-        lock = run_lock(run_dir / RUN_LOCK) if d.rank == 0 else contextlib.nullcontext()
+        lock = run_lock(layout.RunDir(run_dir).lock) if d.rank == 0 else contextlib.nullcontext()
         with lock, PreemptFlag() as flag:
             return _train(run_dir, cfg, d, plateau_exit, max_steps, flag)
     finally:
