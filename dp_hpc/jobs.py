@@ -24,6 +24,7 @@ from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
 from dp_hpc.layout import RunDir
+from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ class Train(Checkpointable):
 
     def __call__(self, run_dir: str, plateau_exit: bool, threads: int = 1, procs_per_node: int | None = None) -> dict:
         _setup(threads)
-        from dp_hpc.coordinate.coordinator import latest_train_state
-
         before = latest_train_state(Path(run_dir)) or {}
         if procs_per_node is None:
             from dp_hpc.train.loop import train_until_stop
@@ -149,20 +148,3 @@ def evaluate(run_dir: str, threads: int = 1) -> dict:
     from dp_hpc.train.evaluate import evaluate_final
 
     return evaluate_final(Path(run_dir))
-
-
-class Coordinate(Checkpointable):
-    """The sweep's coordinator as a SLURM job: the launcher in the foreground. On preemption or
-    time limit submitit requeues it; state.json and the recorded job ids let the new one
-    re-attach to every job in flight."""
-
-    def __call__(self, argv: list[str]) -> int:
-        from dp_hpc.launch import main
-
-        requeued = os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
-        code = main([*argv, "--foreground"], retry_failed=not requeued)  # only a user's launch retries
-        if code == 143:  # stopped between polls by USR2 (requeue) or SIGTERM
-            requeue_if_asked()
-        if code not in (0, 1):  # 1: some runs failed, reported in their state.json
-            raise RuntimeError(f"the coordinator exited with code {code} (see this log)")
-        return code

@@ -22,11 +22,22 @@ import time
 from pathlib import Path
 
 import yaml
+from submitit.helpers import Checkpointable
 
-from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, flatten, from_dict,
-                           generator_key, load_sweep, to_dict)
+from dp_hpc.config import (
+    PlannedRun,
+    RunConfig,
+    SweepConfig,
+    dump_run_config,
+    flatten,
+    from_dict,
+    generator_key,
+    load_sweep,
+    to_dict,
+)
 from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.generate.config import MARKER as GENERATOR_MARKER
+from dp_hpc.jobs import requeue_if_asked
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -382,18 +393,31 @@ def active_coordinator(runner, sweep_dir: Path) -> tuple[str, str] | None:
 
 def submit_coordinator(runner, sweep: SweepConfig, sweep_dir: Path, args: argparse.Namespace) -> str:
     """Submit the coordinator job and record its id in <sweep>/coordinator.json."""
-    from dp_hpc import jobs
-
     argv = ["--sweep", str(Path(args.sweep).resolve()), "--out", str(Path(args.out).resolve()), "--executor", "slurm"]
     for o in args.overrides:
         argv += ["--set", o]
-    rec = submit_recorded(runner, sweep_dir / COORDINATOR, sweep_dir / "logs", "coordinator", jobs.Coordinate(),
+    rec = submit_recorded(runner, sweep_dir / COORDINATOR, sweep_dir / "logs", "coordinator", CoordinatorJob(),
                           (argv,), kind="coordinator")
     jid = rec["job_id"]
     print(f"sweep {sweep.name!r}: submitted its coordinator as SLURM job {jid} (log: "
           f"{runner.status(sweep_dir / 'logs', jid).log_path}); it survives logging out.\n"
           f"Watch it with: python -m dp_hpc.status {sweep_dir}", flush=True)
     return jid
+
+
+class CoordinatorJob(Checkpointable):
+    """The sweep's coordinator as a SLURM job: the launcher in the foreground. On preemption or
+    time limit submitit requeues it; state.json and the recorded job ids let the new one
+    re-attach to every job in flight."""
+
+    def __call__(self, argv: list[str]) -> int:
+        requeued = os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
+        code = main([*argv, "--foreground"], retry_failed=not requeued)  # only a user's launch retries
+        if code == 143:  # stopped between polls by USR2 (requeue) or SIGTERM
+            requeue_if_asked()
+        if code not in (0, 1):  # 1: some runs failed, reported in their state.json
+            raise RuntimeError(f"the coordinator exited with code {code} (see this log)")
+        return code
 
 
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from dp_hpc.coordinate.coordinator import latest_train_state
 from dp_hpc.io import read_json
 from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
+from dp_hpc.train.checkpoint import latest_train_state
 
 
 def run_rows(sweep_dir: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool, RoundSpec
-from dp_hpc.train.checkpoint import latest_checkpoint
+from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ class Slots:
     """Jobs that may still start now, shared by all coordinators of a sweep."""
 
     free: int
-
-
-def latest_train_state(run_dir: Path) -> dict | None:
-    """train_state of the newest complete checkpoint (None before the first)."""
-    latest = latest_checkpoint(run_dir)
-    return None if latest is None else latest[1]
 
 
 class Coordinator:

@@ -67,6 +67,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
+def latest_train_state(run_dir: Path) -> dict | None:
+    """train_state of the newest complete checkpoint (None before the first)."""
+    latest = latest_checkpoint(run_dir)
+    return None if latest is None else latest[1]
+
+
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:
     """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last."""
     import torch
