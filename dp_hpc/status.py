@@ -48,7 +48,7 @@ def _run_row(run: RunDir) -> dict:
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """{job id: SLURM state} in one sacct call ({} without SLURM)."""
-    from dp_hpc.coordinate.slurm import parse_sacct
+    from dp_hpc.coordinate.runners.slurm import parse_sacct
 
     if not job_ids or shutil.which("sacct") is None:
         return {}

@@ -13,7 +13,7 @@ import yaml
 
 from dp_hpc.config import load_sweep
 from dp_hpc.coordinate.config import SlurmJobConfig
-from dp_hpc.coordinate.slurm import expand_job_ids, parse_sacct, sbatch_flags
+from dp_hpc.coordinate.runners.slurm import expand_job_ids, parse_sacct, sbatch_flags
 from dp_hpc.errors import ConfigError
 from e2e_helpers import ROOT, SMOKE, run_launch
 
