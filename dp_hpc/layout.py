@@ -7,9 +7,10 @@ every job use it.
     <out>/<sweep>/                    SweepDir
       sweep.yaml  launch.lock  coordinator.json  logs/  report/
       generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.json
+                                      unet/  scheduler/  checkpoint.pt  text_embeddings.pt
       <run>/                          RunDir
         config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,COMPLETE}
-        checkpoints/step_XXXXXXXX/  metrics.jsonl  eval.json  train.lock  logs/[torchrun/<job>-node<n>/]
+        checkpoints/step_XXXXXXXX/{state.pt,train_state.json}  metrics.jsonl  eval.json  train.lock  logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
 """
 
@@ -29,6 +30,9 @@ REPORT = "report"  # written by analysis.report
 # -- a generator folder
 JOB_FILE = "job.json"  # the generator job's record
 GENERATOR_MARKER = "generator.json"  # written last, when the generator folder is finished
+UNET_DIR, SCHEDULER_DIR = "unet", "scheduler"  # digits_unet: the trained model (diffusers folders)
+GENERATOR_CHECKPOINT = "checkpoint.pt"  # digits_unet: training state, to resume
+TEXT_EMBEDDINGS = "text_embeddings.pt"  # stable-diffusion: each class prompt encoded once
 
 # -- a run folder
 CONFIG_FILE = "config.yaml"  # resolved, frozen config (written before any work)
@@ -37,6 +41,8 @@ POOL_DIR = "pool.zarr"
 MARKER_DIR = "pool_markers"
 COMPLETE = "COMPLETE"  # a round usable for training
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_STATE = "state.pt"  # in a checkpoint folder: model, EMA, optimizer, RNG
+TRAIN_STATE_FILE = "train_state.json"  # in a checkpoint folder, written last: it is complete
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"  # the final held-out evaluation (written last: marks it done)
 RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
@@ -53,8 +59,8 @@ def _round_index(name: str) -> int:
     return int(name[6:])
 
 
-class RunDir:
-    """The paths of one run folder (a branch-out is one too). Builds paths, touches nothing."""
+class _Folder:
+    """A folder of the layout: its `path`, and the paths inside it. Builds paths, touches nothing."""
 
     __slots__ = ("path",)
 
@@ -62,10 +68,10 @@ class RunDir:
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, RunDir) and self.path == other.path
+        return type(other) is type(self) and self.path == other.path
 
     def __hash__(self) -> int:
         return hash(self.path)
@@ -73,6 +79,12 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+class RunDir(_Folder):
+    """The paths of one run folder (a branch-out is one too)."""
+
+    __slots__ = ()
 
     config = property(lambda self: self.path / CONFIG_FILE)
     state = property(lambda self: self.path / STATE_FILE)
@@ -154,27 +166,25 @@ class RunDir:
         return self.path.parent.name == BRANCHES
 
 
-class GeneratorDir:
+class GeneratorDir(_Folder):
     """generators/<key>/: the generator made once for all runs sharing data and generator config."""
 
-    __slots__ = ("path",)
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    __slots__ = ()
 
     config = property(lambda self: self.path / CONFIG_FILE)
     job = property(lambda self: self.path / JOB_FILE)
     logs = property(lambda self: self.path / LOGS)
     marker = property(lambda self: self.path / GENERATOR_MARKER)
+    unet = property(lambda self: self.path / UNET_DIR)
+    scheduler = property(lambda self: self.path / SCHEDULER_DIR)
+    checkpoint = property(lambda self: self.path / GENERATOR_CHECKPOINT)
+    text_embeddings = property(lambda self: self.path / TEXT_EMBEDDINGS)
 
 
-class SweepDir:
+class SweepDir(_Folder):
     """The paths of one sweep folder, `<out>/<sweep name>/`, and its run folders."""
 
-    __slots__ = ("path",)
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    __slots__ = ()
 
     sweep_file = property(lambda self: self.path / SWEEP_FILE)
     lock = property(lambda self: self.path / LAUNCH_LOCK)

@@ -11,7 +11,7 @@ Layout (``<run>/``)::
     pool_markers/round_003/chunk_000012.done           chunk written (whole chunk)
     pool_markers/round_003/COMPLETE                    round usable by training
 
-Why it is safe under concurrency and crashes (see DESIGN.md, "Zarr v3"):
+Why it is safe under concurrency and crashes:
 - arrays are created at full size once, by the coordinator, in a temporary group that is
   renamed into place, so a crash never leaves a half-created round;
 - each shard task owns whole chunks and writes each chunk in one call (LocalStore writes
@@ -25,7 +25,8 @@ Storage of natural images (3xRxR, R >= 64: the ImageNet pools): lossless codecs 
 (quality 95, 4:4:4 chroma: ~38 KB and ~41 dB PSNR on real photos, ~340 GB for 9.1M; numbers and
 the other candidates in bench/pool_storage.py). The images array is sharded: a shard is one
 chunk_size chunk of samples (still the unit of writing, written whole), an inner chunk is one
-image, so a random sample costs two small reads and one JPEG decode, not a whole chunk's.
+image, so a random sample costs two small reads and one JPEG decode, not a whole chunk's. The
+codec and the single-image reader are dp_hpc/pool_jpeg.py; the paths are dp_hpc/layout.py's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """One coordinator per run: observe the disk, ask `plan` for the next step, carry it out.
 
 `Coordinator.advance()` never blocks: it refreshes the states of the run's jobs, then applies
-planned steps until the plan says wait. The launcher calls it for every run each poll.
+planned steps until the plan says wait. The sweep loop (dp_hpc.coordinate.sweep) calls it for
+every run each poll. Jobs are submitted record-then-submit (dp_hpc.coordinate.records) through the
+sweep's runner (dp_hpc.coordinate.runners).
 """
 
 from __future__ import annotations

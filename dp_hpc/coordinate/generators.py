@@ -22,7 +22,7 @@ from dp_hpc.io import atomic_write_text
 from dp_hpc.layout import GeneratorDir, SweepDir
 from dp_hpc.signals import sleep_unless, stopping
 
-log = logging.getLogger("dp_hpc.launch")
+log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
 
 
 class GeneratorFailed(RuntimeError):

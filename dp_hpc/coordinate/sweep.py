@@ -25,7 +25,7 @@ from dp_hpc.progress import SweepProgress
 from dp_hpc.signals import PreemptFlag, sleep_unless, stopping
 from dp_hpc.status import print_table
 
-log = logging.getLogger("dp_hpc.launch")
+log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
 
 
 def acquire_sweep_lock(sweep_dir: Path):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
-from dp_hpc.layout import CHECKPOINT_DIR, RunDir  # noqa: F401 (re-exported)
+from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and `status` can
     import torch  # find checkpoints without paying seconds for `import torch`
@@ -35,8 +35,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and 
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-TRAIN_STATE_FILE = "train_state.json"
+STATE_FILE = CHECKPOINT_STATE
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:

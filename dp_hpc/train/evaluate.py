@@ -1,4 +1,7 @@
-"""Final numbers: the EMA classifier of a finished run on the real held-out test split, streamed
+"""Evaluation: `evaluate` (accuracy and loss over a real split, sharded over ranks) on `EvalBatches`,
+used by training for the validation split at every evaluation and here for the final numbers.
+
+Final numbers: the EMA classifier of a finished run on the real held-out test split, streamed
 once through `open_eval_split(cfg.data, "test")` on one GPU if there is one (ImageNet's held-out
 test is the real train set, 1.28M images on IN-1k), else the CPU.
 
