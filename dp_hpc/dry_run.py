@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig
 from dp_hpc.coordinate.config import ThroughputConfig
+from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
 
@@ -127,8 +128,6 @@ def print_plan(sweep: SweepConfig, runs: list[PlannedRun], out: Path) -> None:
 
 def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     """sbatch options of every kind of job, and per run its arrays and a GPU-hour estimate."""
-    from dp_hpc.coordinate.runners.slurm import sbatch_flags
-
     sc, tp = sweep.slurm, sweep.slurm.throughput
     tr = sc.training
     print("SLURM jobs (sbatch options):")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import submitit
 from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
@@ -118,8 +119,6 @@ def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node:
     TERM/INT/HUP/QUIT), so it starts with USR2 ignored, and a preemption reaching this task (USR2
     or SIGTERM) is passed to it as SIGTERM: it forwards that to the workers, which checkpoint at
     the next step boundary and exit."""
-    import submitit
-
     env = submitit.JobEnvironment()
     log_dir = RunDir(run_dir).torchrun_logs(env.job_id, env.node)
     cmd = torchrun_command(run_dir, plateau_exit, threads, procs_per_node, env.num_nodes, env.hostnames[0],

@@ -21,6 +21,7 @@ from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
 from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool
 from dp_hpc.signals import PreemptFlag
+from dp_hpc.train.checkpoint import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     model, scheduler = load_sampling_model(generator_dir, cfg.generator)
     classifier = None
     if classifier_step is not None:
-        from dp_hpc.train.checkpoint import load_classifier
-
         classifier = load_classifier(RunDir(run_dir).checkpoint(classifier_step), cfg, device=model.device)
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)

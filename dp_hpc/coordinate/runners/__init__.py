@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING
-
+from dp_hpc.config import SweepConfig
 from dp_hpc.coordinate.runners.base import Runner
-
-if TYPE_CHECKING:
-    from dp_hpc.config import SweepConfig
+from dp_hpc.coordinate.runners.local import LocalRunner
+from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
 
 def resolve_kind(requested: str) -> str:
@@ -25,27 +23,17 @@ def resolve_kind(requested: str) -> str:
 
 def runner_class(kind: str) -> type[Runner]:
     """The runner of an executor kind (local, debug, slurm), without making one."""
-    if kind == "slurm":
-        from dp_hpc.coordinate.runners.slurm import SlurmRunner
-
-        return SlurmRunner
-    from dp_hpc.coordinate.runners.local import LocalRunner
-
-    return LocalRunner
+    return SlurmRunner if kind == "slurm" else LocalRunner
 
 
 def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
     """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs
     (not again inside the coordinator job: a passing hiccup of sbatch must not fail a sweep)."""
     if kind == "slurm":
-        from dp_hpc.coordinate.runners.slurm import SlurmRunner
-
         runner = SlurmRunner(sweep.slurm, sweep_name=sweep.name)
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
             runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
         return runner
-    from dp_hpc.coordinate.runners.local import LocalRunner
-
     ex = sweep.executor
     return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
                        poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs)

@@ -21,6 +21,7 @@ from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus
 
 log = logging.getLogger(__name__)
 
+
 class LocalRunner:
     """The local and debug executors; `folder` is where submitit writes pickles and logs."""
 
