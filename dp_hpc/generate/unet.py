@@ -41,7 +41,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from dp_hpc.data.digits import Splits
-from dp_hpc.generate.config import GeneratorConfig, SamplerConfig, finished_generator
+from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator  # noqa: F401 (MARKER: re-exported)
 from dp_hpc.generate.sampler import sample_images
 from dp_hpc.io import atomic_write_bytes, atomic_write_json
 from dp_hpc.layout import GENERATOR_CHECKPOINT, GeneratorDir
