@@ -1,6 +1,7 @@
 """The callables that submitit runs as jobs. Each takes only paths and small values (every task
 is pickled), sets up threads and logging, and calls one component. All are idempotent: run
-twice, they do the work once.
+twice, they do the work once. They are leaves: the sweep's coordinator job, which runs the
+launcher itself, is dp_hpc.launch.CoordinatorJob.
 
 Preemption (SLURM): the components stop at a safe point on SIGTERM or SIGUSR2 (a generated chunk,
 a training step) and return. After a USR2 -- submitit's signal for preemption and for the
