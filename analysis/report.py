@@ -56,8 +56,8 @@ import yaml
 
 from dp_hpc.config import flatten
 from dp_hpc.io import read_json, read_jsonl
-from dp_hpc.metrics import COMPUTE_FILE
-from dp_hpc.pool import MARKER_DIR, Pool
+from dp_hpc.layout import RunDir, SweepDir
+from dp_hpc.pool import Pool
 
 METHOD_ORDER = ("static", "dp", "prune")
 PHASES = ("new", "generate", "train", "eval", "done", "failed")
@@ -84,23 +84,23 @@ class NotASweep(ValueError):
 def run_dirs(sweep_dir: Path) -> list[Path]:
     """Run folders: direct children holding a config.yaml (generators/<key>/ is one level deeper),
     then the branch-outs of each run (`<run>/branches/round_XXX/`)."""
-    runs = sorted(p.parent for p in Path(sweep_dir).glob("*/config.yaml"))
-    return runs + sorted(p.parent for r in runs for p in r.glob("branches/round_*/config.yaml"))
+    runs = SweepDir(sweep_dir).runs()
+    return [r.path for r in runs] + sorted(b.path for r in runs for b in r.branch_runs())
 
 
 def check_sweep(sweep_dir: Path) -> None:
     d = Path(sweep_dir)
     if not d.is_dir():
         raise NotASweep(f"{d} is not a folder")
-    if not (d / "sweep.yaml").exists() and not run_dirs(d):
+    if not SweepDir(d).sweep_file.exists() and not run_dirs(d):
         raise NotASweep(f"{d} is not a sweep folder (no sweep.yaml and no <run>/config.yaml)")
 
 
 def read_sweep_meta(sweep_dir: Path) -> dict:
     d = Path(sweep_dir)
     sweep = {}
-    if (d / "sweep.yaml").exists():
-        sweep = yaml.safe_load((d / "sweep.yaml").read_text()) or {}
+    if SweepDir(d).sweep_file.exists():
+        sweep = yaml.safe_load(SweepDir(d).sweep_file.read_text()) or {}
     ex = sweep.get("executor") or {}
     return {"name": sweep.get("name", d.name), "threads_per_job": int(ex.get("threads_per_job", 1)),
             "executor": ex.get("kind", "?")}
@@ -150,33 +150,33 @@ def glob_escape(s: str) -> str:
 
 def read_run(run_dir: Path) -> dict:
     """Everything the report needs from one run folder, as plain data."""
-    run_dir = Path(run_dir)
-    state = read_json(run_dir / "state.json") or {}
+    run_dir, run = Path(run_dir), RunDir(run_dir)
+    state = read_json(run.state) or {}
     jobs = []
     for job in state.get("jobs", []):
         lp = job.get("log_path")
-        log_dir = Path(lp).parent if lp and Path(lp).parent.is_dir() else run_dir / "logs"
+        log_dir = Path(lp).parent if lp and Path(lp).parent.is_dir() else run.logs
         jobs.append({**job, **job_times(log_dir, job)})
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    branch = read_json(run_dir / "branch.json")  # a branch-out: {"parent", "round", "generated", ...}
+    config = yaml.safe_load(run.config.read_text()) or {}
+    branch = read_json(run.branch_file)  # a branch-out: {"parent", "round", "generated", ...}
     return {
         "run": config.get("name", run_dir.name) if branch else run_dir.name,
         "branch": branch,
         "config": config,
         "state": {**state, "jobs": jobs},
         "has_state": bool(state),
-        "metrics": read_jsonl(run_dir / "metrics.jsonl"),
-        "compute": read_jsonl(run_dir / COMPUTE_FILE),  # one line per job attempt (dp_hpc.metrics)
-        "eval": read_json(run_dir / "eval.json"),
+        "metrics": read_jsonl(run.metrics),
+        "compute": read_jsonl(run.compute),  # one line per job attempt (dp_hpc.metrics)
+        "eval": read_json(run.eval),
         # None when the run has no marker folder at all (e.g. written by hand, or not started)
-        "complete_rounds": Pool(run_dir).complete_rounds() if (run_dir / MARKER_DIR).is_dir() else None,
+        "complete_rounds": Pool(run_dir).complete_rounds() if run.markers.is_dir() else None,
     }
 
 
 def read_generator_jobs(sweep_dir: Path, threads: int) -> pd.DataFrame:
     """The sweep's generator-training jobs (generators/<key>/logs/), shared by the runs."""
     rows = []
-    for log_dir in sorted(Path(sweep_dir).glob("generators/*/logs")):
+    for log_dir in SweepDir(sweep_dir).generator_log_dirs():
         ids = sorted({p.name.split("_")[0] for p in log_dir.glob("*_log.out")})
         for jid in ids:
             t = job_times(log_dir, {"job_id": jid})
@@ -1318,7 +1318,7 @@ def runs_table(runs: pd.DataFrame) -> str:
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     check_sweep(sweep_dir)
-    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    out = Path(out_dir) if out_dir is not None else SweepDir(sweep_dir).report
     out.mkdir(parents=True, exist_ok=True)
     meta, raws = read_sweep(sweep_dir)
     df, jobs = rows_frame(raws, meta["threads_per_job"]), jobs_frame(raws, meta["threads_per_job"])

@@ -25,6 +25,7 @@ from dp_hpc.coordinate.config import MethodConfig, PoolConfig, SlurmConfig
 from dp_hpc.data.config import DataConfig
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
+from dp_hpc.layout import RunDir
 from dp_hpc.train.config import TrainConfig
 
 
@@ -340,7 +341,7 @@ def dump_run_config(cfg: RunConfig) -> str:
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     try:
         return from_dict(RunConfig, yaml.safe_load(path.read_text()))
     except ConfigError as e:

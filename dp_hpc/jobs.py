@@ -1,6 +1,7 @@
 """The callables that submitit runs as jobs. Each takes only paths and small values (every task
 is pickled), sets up threads and logging, and calls one component. All are idempotent: run
-twice, they do the work once.
+twice, they do the work once. They are leaves: the sweep's coordinator job, which runs the
+launcher itself, is dp_hpc.launch.CoordinatorJob.
 
 Preemption (SLURM): the components stop at a safe point on SIGTERM or SIGUSR2 (a generated chunk,
 a training step) and return. After a USR2 -- submitit's signal for preemption and for the
@@ -20,9 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import submitit
 from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
+from dp_hpc.layout import RunDir
+from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,6 @@ class Train(Checkpointable):
 
     def __call__(self, run_dir: str, plateau_exit: bool, threads: int = 1, procs_per_node: int | None = None) -> dict:
         _setup(threads)
-        from dp_hpc.coordinate.coordinator import latest_train_state
-
         before = latest_train_state(Path(run_dir)) or {}
         if procs_per_node is None:
             from dp_hpc.train.loop import train_until_stop
@@ -118,10 +120,8 @@ def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node:
     TERM/INT/HUP/QUIT), so it starts with USR2 ignored, and a preemption reaching this task (USR2
     or SIGTERM) is passed to it as SIGTERM: it forwards that to the workers, which checkpoint at
     the next step boundary and exit."""
-    import submitit
-
     env = submitit.JobEnvironment()
-    log_dir = Path(run_dir) / "logs" / "torchrun" / f"{env.job_id}-node{env.node}"
+    log_dir = RunDir(run_dir).torchrun_logs(env.job_id, env.node)
     cmd = torchrun_command(run_dir, plateau_exit, threads, procs_per_node, env.num_nodes, env.hostnames[0],
                            str(env.job_id), log_dir)
     log.info("node %d/%d: %s", env.node, env.num_nodes, " ".join(cmd))
@@ -148,20 +148,3 @@ def evaluate(run_dir: str, threads: int = 1) -> dict:
     from dp_hpc.train.evaluate import evaluate_final
 
     return evaluate_final(Path(run_dir))
-
-
-class Coordinate(Checkpointable):
-    """The sweep's coordinator as a SLURM job: the launcher in the foreground. On preemption or
-    time limit submitit requeues it; state.json and the recorded job ids let the new one
-    re-attach to every job in flight."""
-
-    def __call__(self, argv: list[str]) -> int:
-        from dp_hpc.launch import main
-
-        requeued = os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
-        code = main([*argv, "--foreground"], retry_failed=not requeued)  # only a user's launch retries
-        if code == 143:  # stopped between polls by USR2 (requeue) or SIGTERM
-            requeue_if_asked()
-        if code not in (0, 1):  # 1: some runs failed, reported in their state.json
-            raise RuntimeError(f"the coordinator exited with code {code} (see this log)")
-        return code

@@ -19,12 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from dp_hpc.io import append_jsonl, atomic_write_text, read_jsonl
-
-METRICS_FILE = "metrics.jsonl"
-COMPUTE_FILE = "compute.jsonl"
-"""`<run>/compute.jsonl`: one line per job attempt (kind, round, startup_s, compute_s, ...): model time
-(sampling, guidance, scoring, training steps, evaluation) apart from process start-up. Append-only;
-a requeued or repeated attempt adds its own line (that compute was spent)."""
+from dp_hpc.layout import COMPUTE_FILE, METRICS_FILE, RunDir  # noqa: F401 (re-exported)
 
 
 def utc_now() -> str:
@@ -32,7 +27,7 @@ def utc_now() -> str:
 
 
 def metrics_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / METRICS_FILE
+    return RunDir(run_dir).metrics
 
 
 def append_metric(run_dir: str | os.PathLike, record: dict) -> dict:
@@ -85,6 +80,8 @@ def process_age_s() -> float | None:
 
 
 def append_compute(run_dir: str | os.PathLike, record: dict) -> None:
-    """One job attempt's start-up and model-compute seconds (see COMPUTE_FILE)."""
+    """One job attempt's start-up and model-compute seconds, appended to `<run>/compute.jsonl` (model
+    time: sampling, guidance, scoring, training steps, evaluation; apart from process start-up).
+    A requeued or repeated attempt adds its own line: that compute was spent."""
     rec = {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
-    append_jsonl(Path(run_dir) / COMPUTE_FILE, {**rec, "time": utc_now()})
+    append_jsonl(RunDir(run_dir).compute, {**rec, "time": utc_now()})

@@ -13,7 +13,7 @@ Layout (``<run>/``)::
     pool_markers/round_003/paired_plain.json           guided rounds: plain samples of the first seeds
     pool_markers/round_003/COMPLETE                    round usable by training
 
-Why it is safe under concurrency and crashes (see DESIGN.md, "Zarr v3"):
+Why it is safe under concurrency and crashes:
 - arrays are created at full size once, by the coordinator, in a temporary group that is
   renamed into place, so a crash never leaves a half-created round;
 - each shard task owns whole chunks and writes each chunk in one call (LocalStore writes
@@ -27,15 +27,13 @@ Storage of natural images (3xRxR, R >= 64: the ImageNet pools): lossless codecs 
 (quality 95, 4:4:4 chroma: ~38 KB and ~41 dB PSNR on real photos, ~340 GB for 9.1M; numbers and
 the other candidates in bench/pool_storage.py). The images array is sharded: a shard is one
 chunk_size chunk of samples (still the unit of writing, written whole), an inner chunk is one
-image, so a random sample costs two small reads and one JPEG decode, not a whole chunk's.
+image, so a random sample costs two small reads and one JPEG decode, not a whole chunk's. The
+codec and the single-image reader are dp_hpc/pool_jpeg.py; the paths are dp_hpc/layout.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,21 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.abc.codec import ArrayBytesCodec
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.common import parse_named_configuration
-from zarr.registry import register_codec
 
 from dp_hpc.io import read_json
-
-POOL_DIR = "pool.zarr"
-MARKER_DIR = "pool_markers"
-COMPLETE = "COMPLETE"
-
-
-def round_name(round_index: int) -> str:
-    return f"round_{round_index:03d}"
-
+from dp_hpc.layout import COMPLETE, MARKER_DIR, POOL_DIR, RunDir, round_name  # noqa: F401 (re-exported)
+from dp_hpc.pool_jpeg import (  # noqa: F401
+    JpegCodec,
+    JpegShardReader,
+    estimated_bytes_per_image,
+    uses_jpeg,
+)
 
 # ----------------------------------------------------------------------------- pure helpers
 
@@ -156,154 +148,6 @@ def shard_ranges(n_samples: int, chunk_size: int, shard_size: int) -> list[Chunk
     return [ChunkRange(s, min(s + per_shard, n_chunks)) for s in range(0, n_chunks, per_shard)]
 
 
-# ----------------------------------------------------------------------------- image codec
-
-JPEG_QUALITY = 95
-"""JPEG quality of pooled natural images, with 4:4:4 chroma (bench/pool_storage.py, real photos at
-256x256): ~41 dB PSNR where quality 90 or 4:2:0 chroma give 35-38 dB, at ~38 KB per image: 1.4x
-headroom under the 55 KB that 500 GB allows for 9.1M images."""
-
-
-JPEG_BYTES_PER_PIXEL = 37.7e3 / (256 * 256)
-"""Stored bytes per pixel of a JPEG round (37.7 KB per 256x256 image, shard index included;
-bench/pool_storage.py on real photos). Synthetic images may compress somewhat differently."""
-
-
-def estimated_bytes_per_image(image_shape: tuple[int, int, int]) -> float:
-    """For planning (`--dry-run`): JPEG rounds as measured, others at their raw size (an upper bound)."""
-    c, h, w = image_shape
-    return JPEG_BYTES_PER_PIXEL * h * w if uses_jpeg(image_shape) else float(c * h * w)
-
-
-def uses_jpeg(image_shape: tuple[int, int, int]) -> bool:
-    """RGB images of at least 64x64 are stored as JPEG; smaller ones (digits) losslessly, as before."""
-    c, h, w = image_shape
-    return c == 3 and min(h, w) >= 64
-
-
-@dataclass(frozen=True)
-class JpegCodec(ArrayBytesCodec):
-    """Zarr v3 array->bytes codec "dp_hpc.jpeg": every image of a uint8 (..., 3, H, W) chunk as one
-    baseline JPEG (Pillow's libjpeg-turbo, 4:4:4 chroma, fixed quality). Encoded chunk: uint32 count,
-    uint32 lengths, then the JPEG streams. Deterministic: the same pixels, quality and library give
-    the same bytes, so a redone chunk rewrites identical bytes. Readers must import dp_hpc.pool
-    (which registers it); every reader in this package does."""
-
-    is_fixed_size = False
-    quality: int
-
-    def __init__(self, *, quality: int = JPEG_QUALITY) -> None:
-        object.__setattr__(self, "quality", int(quality))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> JpegCodec:
-        _, config = parse_named_configuration(data, "dp_hpc.jpeg")
-        return cls(**config)
-
-    def to_dict(self) -> dict:
-        return {"name": "dp_hpc.jpeg", "configuration": {"quality": self.quality}}
-
-    def validate(self, *, shape, dtype, chunk_grid) -> None:
-        if dtype.to_native_dtype() != np.uint8 or len(shape) < 3 or shape[-3] != 3:
-            raise ValueError(f"dp_hpc.jpeg stores uint8 (..., 3, H, W) images, not {dtype} {shape}")
-
-    def _encode_sync(self, chunk_array, chunk_spec):
-        from PIL import Image
-
-        images = chunk_array.as_numpy_array().reshape(-1, *chunk_spec.shape[-3:])
-        streams = []
-        for img in images:  # (3, H, W)
-            buf = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(
-                buf, format="JPEG", quality=self.quality, subsampling=0)
-            streams.append(buf.getvalue())
-        header = np.array([len(streams), *map(len, streams)], dtype="<u4").tobytes()
-        return chunk_spec.prototype.buffer.from_bytes(header + b"".join(streams))
-
-    @staticmethod
-    def decode_into(raw: bytes, out: np.ndarray) -> None:
-        """Decode an encoded chunk into `out`, uint8 (n, 3, H, W)."""
-        from PIL import Image
-
-        n = int(np.frombuffer(raw, "<u4", 1)[0])
-        pos = 4 * (n + 1)
-        for i, length in enumerate(np.frombuffer(raw, "<u4", n, 4).tolist()):
-            with Image.open(io.BytesIO(raw[pos : pos + length])) as im:
-                out[i] = np.asarray(im).transpose(2, 0, 1)
-            pos += length
-
-    def _decode_sync(self, chunk_bytes, chunk_spec):
-        raw = chunk_bytes.to_bytes()
-        out = np.empty((int(np.frombuffer(raw, "<u4", 1)[0]), *chunk_spec.shape[-3:]), dtype=np.uint8)
-        self.decode_into(raw, out)
-        return chunk_spec.prototype.nd_buffer.from_numpy_array(out.reshape(chunk_spec.shape))
-
-    async def _encode_single(self, chunk_array, chunk_spec):
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    async def _decode_single(self, chunk_bytes, chunk_spec):
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec) -> int:
-        raise NotImplementedError  # variable size
-
-
-register_codec("dp_hpc.jpeg", JpegCodec)
-
-
-DECODE_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-"""Threads that decode the JPEG images of one training batch (per training process)."""
-
-EMPTY_CHUNK = 2**64 - 1
-"""Index entry (offset and nbytes) of an inner chunk that was not stored (all fill value)."""
-
-
-class JpegShardReader:
-    """Single images of a JPEG round, read straight from its shard files by the zarr v3 sharding
-    format (ZEP 2; index at the end: per inner chunk a little-endian uint64 (offset, nbytes), then a
-    crc32c): per image one open, two small reads and one JPEG decode. zarr's own per-item path
-    costs about twice the CPU per image (it rebuilds indexers and buffers for every item;
-    bench/pool_storage.py times both), i.e. about twice the cores per node to feed the GPUs. The
-    index checksum is not checked: shards are written whole and atomically. The constructor
-    checks that the array has exactly the layout `create_round` makes."""
-
-    def __init__(self, images: zarr.Array, array_dir: Path):
-        codecs = images.metadata.codecs
-        inner = codecs[0].codecs if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else ()
-        expected = ShardingCodec(chunk_shape=(1, *images.shape[1:]), codecs=inner,
-                                 index_codecs=(BytesCodec(endian="little"), Crc32cCodec()), index_location="end")
-        if len(inner) != 1 or not isinstance(inner[0], JpegCodec) or codecs[0] != expected:
-            raise RuntimeError(f"{array_dir}: not the sharded JPEG layout of dp_hpc.pool: {codecs}")
-        self.images, self.dir, self.per_shard = images, array_dir, images.shards[0]
-        self._threads: ThreadPoolExecutor | None = None  # made on first use, never pickled
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_threads": None}
-
-    def read(self, local: np.ndarray) -> np.ndarray:
-        """Images at round indices `local` (each decoded once), decoded by DECODE_THREADS threads
-        (libjpeg releases the GIL; each image has its own slot, so the result is the same).
-        (len(local), 3, H, W)"""
-        uniq, inverse = np.unique(local, return_inverse=True)
-        out = np.zeros((len(uniq), *self.images.shape[1:]), dtype=np.uint8)  # fill value: never-written = all 0
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="jpeg-decode")
-        list(self._threads.map(lambda k: self._read_one(int(uniq[k]), out[k : k + 1]), range(len(uniq))))
-        return out[inverse]
-
-    def _read_one(self, i: int, out: np.ndarray) -> None:
-        shard, inner = divmod(i, self.per_shard)
-        try:
-            with open(self.dir / self.images.metadata.encode_chunk_key((shard, 0, 0, 0)), "rb") as f:
-                f.seek(16 * inner - 16 * self.per_shard - 4, os.SEEK_END)  # the index: (offset, nbytes) + crc32c
-                offset, nbytes = np.frombuffer(f.read(16), "<u8").tolist()
-                if offset != EMPTY_CHUNK:
-                    f.seek(offset)
-                    JpegCodec.decode_into(f.read(nbytes), out)
-        except FileNotFoundError:  # a shard of all-zero images is never written
-            pass
-
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -330,17 +174,18 @@ class Pool:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
-        self.root = self.run_dir / POOL_DIR
-        self.markers = self.run_dir / MARKER_DIR
+        self.layout = RunDir(run_dir)
+        self.root = self.layout.pool
+        self.markers = self.layout.markers
 
     # -- creation (coordinator only)
     def create_round(self, spec: RoundSpec) -> None:
         """Create the round's arrays at full size, with labels and seeds. Idempotent."""
-        final = self.root / round_name(spec.round_index)
+        final = self.layout.pool_round(spec.round_index)
         if (final / "zarr.json").exists():
             return
         zarr.open_group(self.root, mode="a")  # the root group, once
-        tmp = self.root / f"_tmp_{round_name(spec.round_index)}"
+        tmp = final.with_name(f"_tmp_{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash during creation
         g = zarr.open_group(tmp, mode="w")
         g.attrs.update(
@@ -364,12 +209,12 @@ class Pool:
         os.replace(tmp, final)
 
     def has_round(self, round_index: int) -> bool:
-        return (self.root / round_name(round_index) / "zarr.json").exists()
+        return (self.layout.pool_round(round_index) / "zarr.json").exists()
 
     def group(self, round_index: int, mode: str = "r") -> zarr.Group:
         """The round's zarr group (read-only unless mode="r+")."""
         # use_consolidated=False: metadata is never consolidated while the pool grows
-        return zarr.open_group(self.root / round_name(round_index), mode=mode, use_consolidated=False)
+        return zarr.open_group(self.layout.pool_round(round_index), mode=mode, use_consolidated=False)
 
     def round_attrs(self, round_index: int) -> dict:
         return dict(self.group(round_index).attrs)
@@ -381,16 +226,13 @@ class Pool:
         return start, min(start + a["chunk_size"], a["n"])
 
     def chunk_marker(self, round_index: int, chunk: int) -> Path:
-        return self.markers / round_name(round_index) / f"chunk_{chunk:06d}.done"
+        return self.layout.chunk_marker(round_index, chunk)
 
     def chunk_done(self, round_index: int, chunk: int) -> bool:
         return self.chunk_marker(round_index, chunk).exists()
 
     def done_chunks(self, round_index: int) -> set[int]:
-        d = self.markers / round_name(round_index)
-        if not d.exists():
-            return set()
-        return {int(p.name[6:12]) for p in d.glob("chunk_*.done")}
+        return self.layout.done_chunks(round_index)
 
     def chunk_inputs(self, round_index: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, seeds) of the samples of one chunk."""
@@ -417,7 +259,7 @@ class Pool:
 
     # -- completion (coordinator only)
     def is_complete(self, round_index: int) -> bool:
-        return (self.markers / round_name(round_index) / COMPLETE).exists()
+        return self.layout.complete_marker(round_index).exists()
 
     def complete_round(self, round_index: int, keep: int | None = None, per_class: bool = True) -> None:
         """Mark a round usable. With `keep` (prune), first store the indices of the `keep`
@@ -434,13 +276,13 @@ class Pool:
             if "selected" in g:
                 del g["selected"]
             g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
-        marker = self.markers / round_name(round_index) / COMPLETE
+        marker = self.layout.complete_marker(round_index)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
     def paired_plain_path(self, round_index: int) -> Path:
         """Guided rounds: what plain sampling gives for the round's first seeds (`round_stats`)."""
-        return self.markers / round_name(round_index) / "paired_plain.json"
+        return self.layout.paired_plain(round_index)
 
     def round_stats(self, round_index: int) -> dict:
         """How hard and how faithful a written round is (`round_stats` over its arrays)."""
@@ -451,9 +293,7 @@ class Pool:
                            arrays.get("selected"), paired)
 
     def complete_rounds(self) -> list[int]:
-        if not self.markers.exists():
-            return []
-        return sorted(int(p.parent.name[6:]) for p in self.markers.glob(f"round_*/{COMPLETE}"))
+        return self.layout.complete_rounds()
 
     def round_size(self, round_index: int) -> int:
         """Samples the round contributes to training (kept samples for prune rounds)."""
@@ -530,7 +370,7 @@ class PoolReader:
 
     def _jpeg_reader(self, r: int) -> JpegShardReader:
         if r not in self._jpeg:
-            self._jpeg[r] = JpegShardReader(self._open()[r][0], self.pool.root / round_name(r) / "images")
+            self._jpeg[r] = JpegShardReader(self._open()[r][0], self.pool.layout.pool_round(r) / "images")
         return self._jpeg[r]
 
     def _chunk(self, r: int, c: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,16 @@ class forward_as_sigterm(_Handlers):  # noqa: N801 (used like a function: `with 
             self.child.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def stopping(flag) -> bool:
+    """A stop signal reached the launcher: through its own flag, or through the flag of a job that
+    the debug executor runs in this process (which holds the handlers meanwhile)."""
+    return flag.set or bool(RECEIVED)
+
+
+def sleep_unless(flag, seconds: float) -> None:
+    """Sleep, but wake within 0.2 s when a stop signal arrives."""
+    end = time.time() + seconds
+    while not stopping(flag) and time.time() < end:
+        time.sleep(min(0.2, max(0.0, end - time.time())))

@@ -14,28 +14,24 @@ from pathlib import Path
 
 import yaml
 
-from dp_hpc.coordinate.coordinator import latest_train_state
 from dp_hpc.io import read_json
+from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
+from dp_hpc.train.checkpoint import latest_train_state
 
 
 def run_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for cfg_path in sorted(Path(sweep_dir).glob("*/config.yaml")):
-        for run in [cfg_path.parent, *sorted(cfg_path.parent.glob("branches/round_*"))]:
-            if (run / "config.yaml").exists():
-                rows.append(_run_row(run))
-    return rows
+    return [_run_row(r) for run in SweepDir(sweep_dir).runs() for r in [run, *run.branch_runs()]]
 
 
-def _run_row(run: Path) -> dict:
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    st = read_json(run / "state.json", {}) or {}
-    ck = latest_train_state(run) or {}
-    ev = read_json(run / "eval.json", {}) or {}
-    done_rounds = set(Pool(run).complete_rounds())
+def _run_row(run: RunDir) -> dict:
+    cfg = yaml.safe_load(run.config.read_text()) or {}
+    st = read_json(run.state, {}) or {}
+    ck = latest_train_state(run.path) or {}
+    ev = read_json(run.eval, {}) or {}
+    done_rounds = set(Pool(run.path).complete_rounds())
     return {
-        "run": cfg.get("name", run.name) if run.parent.name == "branches" else run.name,
+        "run": cfg.get("name", run.name) if run.is_branch else run.name,
         "method": cfg.get("method", {}).get("name", "?"),
         "round": st.get("round", "-"),
         "phase": st.get("phase", "new"),
@@ -52,7 +48,7 @@ def _run_row(run: Path) -> dict:
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """{job id: SLURM state} in one sacct call ({} without SLURM)."""
-    from dp_hpc.coordinate.slurm import parse_sacct
+    from dp_hpc.coordinate.runners.slurm import parse_sacct
 
     if not job_ids or shutil.which("sacct") is None:
         return {}
@@ -79,7 +75,7 @@ def print_table(sweep_dir: Path, file=sys.stdout) -> None:
     if not rows:
         print(f"{sweep_dir}: no runs", file=file)
         return
-    coordinator = read_json(Path(sweep_dir) / "coordinator.json")
+    coordinator = read_json(SweepDir(sweep_dir).coordinator)
     states = slurm_states([jid for r in rows for _, jid, ex in r["jobs"] if ex == "slurm"]
                           + ([coordinator["job_id"]] if coordinator else []))
     if coordinator:
@@ -102,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep_dir", help="the sweep folder, <out>/<sweep name>")
     args = p.parse_args(argv)
     d = Path(args.sweep_dir)
-    if not d.is_dir() or not (d / "sweep.yaml").exists():
+    if not d.is_dir() or not SweepDir(d).sweep_file.exists():
         print(f"error: {d} is not a sweep folder (no sweep.yaml)", file=sys.stderr)
         return 2
     print_table(d)

@@ -12,7 +12,8 @@ from submitit.core.utils import cloudpickle_dump
 
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate.coordinator import Coordinator, Slots
-from dp_hpc.coordinate.executor import FAILED, LOST, SUCCEEDED, JobRunner, JobStatus
+from dp_hpc.coordinate.runners.base import FAILED, LOST, SUCCEEDED, JobStatus
+from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import run_lock
 
@@ -25,6 +26,9 @@ class ScriptedRunner:
     def __init__(self, states: dict[str, JobStatus]):
         self.states = states
         self.cancelled: list[str] = []
+
+    def reads(self, executor):
+        return True
 
     def status(self, folder, job_id, submitted=None):
         return self.states[job_id]
@@ -53,7 +57,7 @@ def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
 
 
 def test_job_states_are_cached_per_folder_and_stale_results_are_ignored(tmp_path):
-    runner = JobRunner("local")
+    runner = LocalRunner("local")
     a, b = tmp_path / "runA" / "logs", tmp_path / "runB" / "logs"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
@@ -64,7 +68,7 @@ def test_job_states_are_cached_per_folder_and_stale_results_are_ignored(tmp_path
     # a result file older than the job's submission was left by an earlier job with that pid
     cloudpickle_dump(("success", {"ok": True}), b / "999998_0_result.pkl")
     assert runner.status(b, "999998", submitted=time.time() + 60).state == LOST
-    assert JobRunner("local").status(b, "999998", submitted=time.time() - 60).state == SUCCEEDED
+    assert LocalRunner("local").status(b, "999998", submitted=time.time() - 60).state == SUCCEEDED
 
 
 def test_run_lock_makes_a_second_holder_wait(tmp_path):
@@ -87,7 +91,7 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     eval.json before it exits). A sweep started locally and relaunched under SLURM holds records of
     local jobs: their ids are pids, which are looked up as processes, never sent to sacct."""
     from dp_hpc.coordinate.config import SlurmConfig
-    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
     runner = SlurmRunner(SlurmConfig(), sweep_name="t")
     c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")

@@ -290,9 +290,9 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
     from dp_hpc.config import RunConfig
     from dp_hpc.coordinate.config import SlurmConfig
     from dp_hpc.coordinate.coordinator import Coordinator
-    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
     from dp_hpc.coordinate.state import JobRecord, save_state
-    from dp_hpc.launch import step_sweep
+    from dp_hpc.coordinate.sweep import step_sweep
 
     runner = SlurmRunner(SlurmConfig())
     # a real job per run, held so that it stays PENDING
@@ -321,7 +321,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
     from dp_hpc.config import RunConfig
     from dp_hpc.coordinate.config import SlurmConfig
     from dp_hpc.coordinate.coordinator import Coordinator, Slots
-    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
     from dp_hpc.coordinate.state import save_state
 
     sweep = unique("adopt")
@@ -358,8 +358,8 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
 
 def test_a_cancelled_job_fails_its_run_with_a_clear_reason(cluster, tmp_path):
     from dp_hpc.coordinate.config import SlurmConfig
-    from dp_hpc.coordinate.executor import FAILED
-    from dp_hpc.coordinate.slurm import SlurmRunner
+    from dp_hpc.coordinate.runners.base import FAILED
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
     runner = SlurmRunner(SlurmConfig())
     jid = subprocess.run(["sbatch", "--parsable", "-J", "dp_hpc-cancel-test", "--wrap", "sleep 60"],

@@ -13,7 +13,7 @@ import yaml
 
 from dp_hpc.config import load_sweep
 from dp_hpc.coordinate.config import SlurmJobConfig
-from dp_hpc.coordinate.slurm import expand_job_ids, parse_sacct, sbatch_flags
+from dp_hpc.coordinate.runners.slurm import expand_job_ids, parse_sacct, sbatch_flags
 from dp_hpc.errors import ConfigError
 from e2e_helpers import ROOT, SMOKE, run_launch
 
@@ -82,3 +82,38 @@ def test_slurm_without_sbatch_is_refused_before_anything_is_written(tmp_path):
                            "--executor", "auto", "--dry-run"], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=120)
     assert auto.returncode == 0 and "SLURM jobs" not in auto.stdout  # auto without sbatch: local
+
+
+def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
+    """--dry-run's GPU-hours for in1k, recomputed here from the YAML alone: images / (images/s per
+    GPU) for each round (guided rounds cost guided_cost times more), plus steps x batch / training
+    throughput; dp counts every planned round (16 plateaus of per_round after the initial round)."""
+    from dp_hpc.dry_run import gpu_hours, print_slurm_plan
+
+    raw = yaml.safe_load((ROOT / "sweeps" / "in1k.yaml").read_text())
+    tp, train, shard = raw["slurm"]["throughput"], raw["base"]["train"], raw["base"]["pool"]["shard_size"]
+    budget, initial, per_round = raw["grid"][0]["method.budget,method.initial,method.per_round"][0]
+    guided_rounds = (budget - initial) // per_round
+    plain_h = initial / tp["plain_images_per_gpu_s"] / 3600
+    guided_h = per_round / tp["plain_images_per_gpu_s"] * tp["guided_cost"] / 3600
+    train_h = train["total_steps"] * train["batch_size"] / tp["train_images_per_gpu_s"] / 3600
+    expected_total = plain_h + guided_rounds * guided_h + train_h
+    assert guided_rounds == 16 and 385 < expected_total < 387  # the numbers this test was written against
+
+    sweep, runs = load_sweep(ROOT / "sweeps" / "in1k.yaml")
+    est = {g.name: g for g in gpu_hours(sweep, runs)}
+    dp = est[f"dp-budget{budget}"]
+    assert [r.kind for r in dp.rounds] == ["plain"] + ["guided"] * guided_rounds
+    assert dp.rounds[0].gpu_h == pytest.approx(plain_h) and dp.rounds[1].gpu_h == pytest.approx(guided_h)
+    assert [dp.rounds[0].tasks, dp.rounds[1].tasks] == [-(-initial // shard), -(-per_round // shard)]
+    assert dp.train_gpu_h == pytest.approx(train_h)
+    assert dp.gpus == raw["slurm"]["training"]["nodes"] * raw["slurm"]["training"]["gpus_per_node"]
+    assert dp.total == pytest.approx(expected_total)
+    static_budget = raw["grid"][1]["method.budget"][1]
+    static = est[f"static-budget{static_budget}"]
+    assert static.total == pytest.approx(static_budget / tp["plain_images_per_gpu_s"] / 3600 + train_h)
+
+    print_slurm_plan(sweep, runs)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"  dp-budget{budget}:"))
+    assert line.endswith(f"total up to {expected_total:,.1f} GPU-h")
+    assert f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in line

@@ -24,21 +24,15 @@ from pathlib import Path
 from dp_hpc.config import RunConfig, dump_run_config
 from dp_hpc.coordinate.state import RunState, save_state
 from dp_hpc.io import atomic_write_json, atomic_write_text, read_jsonl
-from dp_hpc.pool import COMPLETE, MARKER_DIR, POOL_DIR, round_name
-from dp_hpc.train.checkpoint import CHECKPOINT_DIR, checkpoint_dir
-
-BRANCHES = "branches"
+from dp_hpc.layout import POOL_DIR, RunDir
 
 
 def branch_dir(run_dir: Path, round_index: int) -> Path:
-    return Path(run_dir) / BRANCHES / round_name(round_index)
+    return RunDir(run_dir).branch(round_index).path
 
 
 def existing_branches(run_dir: Path) -> dict[int, Path]:
-    root = Path(run_dir) / BRANCHES
-    if not root.exists():
-        return {}
-    return {int(p.name[6:]): p for p in sorted(root.glob("round_*")) if (p / "state.json").exists()}
+    return {r: b.path for r, b in RunDir(run_dir).existing_branches().items()}
 
 
 def branch_config(cfg: RunConfig, round_index: int) -> RunConfig:
@@ -54,22 +48,22 @@ def create_branch(run_dir: Path, cfg: RunConfig, st: RunState, round_index: int,
     tmp = final.with_name(f"_tmp_{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    atomic_write_text(tmp / "config.yaml", dump_run_config(branch_config(cfg, round_index)))
+    parent, new = RunDir(run_dir), RunDir(tmp)
+    atomic_write_text(new.config, dump_run_config(branch_config(cfg, round_index)))
     rounds = [r for r in st.rounds if r.index <= round_index]
-    atomic_write_json(tmp / "branch.json", {
+    atomic_write_json(new.branch_file, {
         "parent": cfg.name, "round": round_index, "checkpoint_step": checkpoint_step,
         "generated": sum(r.generated for r in rounds), "kept": sum(r.kept for r in rounds)})
-    os.symlink(Path("..") / ".." / POOL_DIR, tmp / POOL_DIR)  # relative: the sweep folder can move
+    os.symlink(Path("..") / ".." / POOL_DIR, new.pool)  # relative: the sweep folder can move
     for r in rounds:
-        marker = tmp / MARKER_DIR / round_name(r.index) / COMPLETE
+        marker = new.complete_marker(r.index)
         marker.parent.mkdir(parents=True)
         marker.touch()
-    src = checkpoint_dir(run_dir, checkpoint_step)
-    shutil.copytree(src, tmp / CHECKPOINT_DIR / src.name)
+    shutil.copytree(parent.checkpoint(checkpoint_step), new.checkpoint(checkpoint_step))
     # The parent's evaluations up to the branch point are the branch's history too.
-    lines = [m for m in read_jsonl(Path(run_dir) / "metrics.jsonl")
+    lines = [m for m in read_jsonl(parent.metrics)
              if m.get("split") == "val" and m["step"] <= checkpoint_step]
-    atomic_write_text(tmp / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+    atomic_write_text(new.metrics, "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
     save_state(tmp, RunState(phase="train", round=round_index, adding_data=False,
                              rounds=[dataclasses.replace(r) for r in rounds]))
     os.replace(tmp, final)

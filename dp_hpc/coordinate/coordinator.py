@@ -1,14 +1,14 @@
 """One coordinator per run: observe the disk, ask `plan` for the next step, carry it out.
 
 `Coordinator.advance()` never blocks: it refreshes the states of the run's jobs, then applies
-planned steps until the plan says wait. The launcher calls it for every run each poll.
+planned steps until the plan says wait. The sweep loop (dp_hpc.coordinate.sweep) calls it for
+every run each poll. Jobs are submitted record-then-submit (dp_hpc.coordinate.records) through the
+sweep's runner (dp_hpc.coordinate.runners).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +16,14 @@ from dp_hpc import jobs
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
-from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, SUCCEEDED, JobRunner, SubmitError
+from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
+from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Runner, SubmitError
+from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
+from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool, RoundSpec
-from dp_hpc.train.checkpoint import latest_checkpoint
+from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +37,21 @@ class Slots:
     free: int
 
 
-def latest_train_state(run_dir: Path) -> dict | None:
-    """train_state of the newest complete checkpoint (None before the first)."""
-    latest = latest_checkpoint(run_dir)
-    return None if latest is None else latest[1]
-
-
 class Coordinator:
-    def __init__(self, run_dir: Path, cfg: RunConfig, runner: JobRunner, generator_dir: Path):
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path):
         self.run_dir = Path(run_dir).resolve()
         self.cfg = cfg
         self.runner = runner
         self.generator_dir = Path(generator_dir).resolve()
         self.pool = Pool(self.run_dir)
-        self.logs = self.run_dir / "logs"
+        self.layout = RunDir(self.run_dir)
+        self.logs = self.layout.logs
         st = load_state(self.run_dir)
         if st is None:
             st = P.initial_state(cfg.method)
             save_state(self.run_dir, st)
         self.state = st
-        self._local_reader: JobRunner | None = None  # see _reader_of
+        self._local_reader: LocalRunner | None = None  # see _reader_of
         self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
 
     def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
@@ -80,13 +78,13 @@ class Coordinator:
         own = [j.job_id for j in self.state.running_jobs() if self._reader_of(j) is self.runner]
         return own + [i for b in self.branches.values() for i in b.running_job_ids()]
 
-    def _reader_of(self, job: JobRecord) -> JobRunner:
+    def _reader_of(self, job: JobRecord) -> Runner:
         """The runner that can tell this job's state. A sweep relaunched under SLURM after a local
         launch may still hold records of local jobs: their ids are pids, which sacct does not know
         (or knows as some other job), so they are looked up as local processes."""
-        if self.runner.kind == "slurm" and job.executor in ("local", "debug"):
+        if not self.runner.reads(job.executor):
             if self._local_reader is None:
-                self._local_reader = JobRunner("local")
+                self._local_reader = LocalRunner("local")
             return self._local_reader
         return self.runner
 
@@ -137,7 +135,7 @@ class Coordinator:
         if st.phase == "train":
             return P.Observation(checkpoint=latest_train_state(self.run_dir), branches=frozenset(self.branches))
         if st.phase == "eval":
-            return P.Observation(eval_done=(self.run_dir / "eval.json").exists())
+            return P.Observation(eval_done=self.layout.eval.exists())
         return P.Observation()
 
     def _refresh_jobs(self) -> None:
@@ -174,23 +172,27 @@ class Coordinator:
                 self._reader_of(j).cancel(self.logs, [j.job_id])
 
     def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
-        """Submit up to slots.free tasks. On SLURM the intent is saved first, under a job name of
-        its own: if this process dies between sbatch and recording the ids, the next coordinator
-        finds the jobs by that name (`_adopt_pending`) instead of submitting them again."""
+        """Submit up to slots.free tasks, record-then-submit (dp_hpc.coordinate.records): the intent
+        is saved in state.json first, under a job name of its own, so that if this process dies
+        between sbatch and recording the ids, the next coordinator finds the jobs by that name
+        (`_adopt_pending`) instead of submitting them again."""
         n = min(len(args_list), slots.free)
         if n <= 0:
             return False
         st = self.state
-        name = f"{self.name}-{kind}" + (f"-{uuid.uuid4().hex[:8]}" if self.runner.kind == "slurm" else "")
-        st.pending = {"name": name, "kind": kind, "round": st.round, "submitted": time.time(), "details": details[:n]}
-        save_state(self.run_dir, st)  # (`submitted` precedes sbatch: a job's result file is always newer)
+
+        def save_intent(name: str, submitted: float) -> None:
+            st.pending = {"name": name, "kind": kind, "round": st.round, "submitted": submitted,
+                          "details": details[:n]}
+            save_state(self.run_dir, st)
+
         try:
-            ids = self.runner.submit(self.logs, name, fn, args_list[:n], kind=kind)
+            submit_recorded(self.runner, self.logs, f"{self.name}-{kind}", fn, args_list[:n], kind,
+                            save_intent, self._record)
         except SubmitError as e:  # a queue limit, a slurmctld timeout: sbatch may still have taken some
             log.warning("%s: %s; the next poll adopts what was submitted and retries the rest", self.name, e)
             return False
         slots.free -= n
-        self._record(ids)
         self._refresh_jobs()  # the debug executor has already run them
         return True
 
@@ -207,12 +209,11 @@ class Coordinator:
         made (found by their name), or forget it if there are none. False: cannot tell yet."""
         pending = self.state.pending
         try:
-            ids = self.runner.find_submitted(self.logs, pending["name"])
+            ids = adopt_unrecorded(self.runner, self.logs, pending["name"], self._record)
         except SubmitError as e:
             log.warning("%s: %s", self.name, e)
             return False
         log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending["name"])
-        self._record(ids[: len(pending["details"])])
         return True
 
     def _apply(self, action: P.Action, slots: Slots) -> bool:

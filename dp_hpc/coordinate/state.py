@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dp_hpc.io import atomic_write_json, read_json
+from dp_hpc.layout import RunDir
 
 PHASES = ("generate", "train", "eval", "done", "failed")
 
@@ -71,10 +72,10 @@ class RunState:
 
 
 def load_state(run_dir: Path) -> RunState | None:
-    d = read_json(Path(run_dir) / "state.json")
+    d = read_json(RunDir(run_dir).state)
     return None if d is None else RunState.from_json(d)
 
 
 def save_state(run_dir: Path, st: RunState) -> None:
     st.updated = time.time()
-    atomic_write_json(Path(run_dir) / "state.json", st.to_json())
+    atomic_write_json(RunDir(run_dir).state, st.to_json())

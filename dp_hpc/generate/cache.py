@@ -19,6 +19,7 @@ from dp_hpc.data.config import DataConfig
 from dp_hpc.data.digits import NUM_CLASSES, load_digit_splits
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
+from dp_hpc.layout import GeneratorDir
 
 if TYPE_CHECKING:
     from dp_hpc.config import RunConfig
@@ -37,7 +38,7 @@ def validate_generator_inputs(cfg: RunConfig) -> None:
 
 def build_generator(generator_dir: Path) -> dict:
     """The generator job: make the generator in `generator_dir` (idempotent); its generator.json."""
-    raw = yaml.safe_load((generator_dir / "config.yaml").read_text())
+    raw = yaml.safe_load(GeneratorDir(generator_dir).config.read_text())
     data = from_dict(DataConfig, raw["data"], "data")
     gen = from_dict(GeneratorConfig, raw["generator"], "generator")
     if gen.backend == "stable-diffusion":

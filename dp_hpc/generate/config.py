@@ -16,6 +16,7 @@ from typing import Literal
 
 from dp_hpc.errors import ConfigError
 from dp_hpc.io import read_json
+from dp_hpc.layout import GENERATOR_MARKER, GeneratorDir
 
 SD_FIELDS = ("model_dir", "prompt_templates", "generation_resolution", "dtype")
 """The fields that only the stable-diffusion backend reads; every other field of GeneratorConfig
@@ -223,13 +224,13 @@ class SamplerConfig:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
 
 
-MARKER = "generator.json"  # written last, when the generator folder is finished
+MARKER = GENERATOR_MARKER  # written last, when the generator folder is finished
 
 
 def finished_generator(out_dir: Path, cfg: "GeneratorConfig") -> dict | None:
     """The generator.json of a finished generator folder, None if it is not finished; a folder
     finished with another config is an error (never silently reused)."""
-    done = read_json(Path(out_dir) / MARKER)
+    done = read_json(GeneratorDir(out_dir).marker)
     if done is not None and done["config"] != cfg.identity():
         raise ValueError(f"{out_dir} holds a generator made with a different config: {done['config']}")
     return done

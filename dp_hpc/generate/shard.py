@@ -20,9 +20,11 @@ from dp_hpc.config import load_run_config
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
 from dp_hpc.io import atomic_write_json
+from dp_hpc.layout import RunDir
 from dp_hpc.metrics import append_compute, process_age_s
 from dp_hpc.pool import Pool
 from dp_hpc.signals import PreemptFlag
+from dp_hpc.train.checkpoint import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,7 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
     oracle = load_oracle(generator_dir, cfg.generator, model.device)
     classifier = None
     if classifier_step is not None:
-        from dp_hpc.train.checkpoint import load_classifier
-
-        classifier = load_classifier(Path(run_dir) / "checkpoints" / f"step_{classifier_step:08d}", cfg,
-                                     device=model.device)
+        classifier = load_classifier(RunDir(run_dir).checkpoint(classifier_step), cfg, device=model.device)
     # Only dp rounds are steered; prune rounds sample plainly and use the classifier to score.
     sampler_cfg = cfg.sampler if kind == "guided" else dataclasses.replace(cfg.sampler, omega=0.0)
     storage_size = int(pool.group(round_index)["images"].shape[-1])  # (N, C, H, W): stored resolution

@@ -53,11 +53,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import MARKER, GeneratorConfig, finished_generator
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.layout import TEXT_EMBEDDINGS, GeneratorDir
 from dp_hpc.train.model import autocast
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS = "text_embeddings.pt"
+EMBEDDINGS = TEXT_EMBEDDINGS
 
 _DIFFUSERS_WEIGHTS = (("diffusion_pytorch_model.safetensors",), ("diffusion_pytorch_model.bin",),
                       ("diffusion_pytorch_model.safetensors.index.json",), ("diffusion_pytorch_model.bin.index.json",))
@@ -213,7 +214,7 @@ def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir:
     buf = io.BytesIO()
     torch.save({"cond": cond, "null": null}, buf)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / EMBEDDINGS, buf.getvalue())
+    atomic_write_bytes(GeneratorDir(out_dir).text_embeddings, buf.getvalue())
     info = {
         "complete": True,
         "config": cfg.identity(),
@@ -224,7 +225,7 @@ def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir:
         "embedding_shape": list(cond.shape),
         "prepare_wall_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_json(out_dir / MARKER, info)
+    atomic_write_json(GeneratorDir(out_dir).marker, info)
     logger.info("stable-diffusion generator ready: %d prompts encoded from %s in %.1f s", len(prompts), model_dir,
                 info["prepare_wall_s"])
     return info
@@ -239,7 +240,7 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
     timestep spacing with steps_offset 1, set_alpha_to_one False, no clipping: latents are unbounded),
     which is what diffusers' pipelines and FG sample with."""
     generator_dir = Path(generator_dir)
-    info = read_json(generator_dir / MARKER)
+    info = read_json(GeneratorDir(generator_dir).marker)
     if info is None:
         raise FileNotFoundError(f"{generator_dir} holds no prepared generator (no {MARKER})")
     device = torch.device(device)
@@ -252,7 +253,7 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
     vae.enable_gradient_checkpointing()
     # all classes x templates: 236 MB for ImageNet-1k with one template, GBs with many; only the
     # rows of each batch are read and moved to the device
-    emb = torch.load(generator_dir / EMBEDDINGS, map_location="cpu", weights_only=True, mmap=True)
+    emb = torch.load(GeneratorDir(generator_dir).text_embeddings, map_location="cpu", weights_only=True, mmap=True)
     cfg = info["config"]
     model = LatentDiffusion(unet, vae, emb["cond"], emb["null"].to(device), cfg["generation_resolution"],
                             autocast_dtype(cfg["dtype"], device))

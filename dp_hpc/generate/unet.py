@@ -43,15 +43,15 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from dp_hpc.data.digits import Splits
-from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator
+from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator  # noqa: F401 (MARKER: re-exported)
 from dp_hpc.generate.sampler import sample_images
 from dp_hpc.io import atomic_write_bytes, atomic_write_json
+from dp_hpc.layout import GENERATOR_CHECKPOINT, GeneratorDir
 from dp_hpc.train.model import build_classifier, predictive_entropy
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-ORACLE = "oracle.pt"
+CHECKPOINT = GENERATOR_CHECKPOINT
 
 
 def build_unet(cfg: GeneratorConfig, num_classes: int, in_channels: int = 1) -> UNet2DModel:
@@ -136,7 +136,7 @@ def train_generator(
             t.state["loss"] = float(np.mean(losses[-cfg.log_every :]))
             t.state["wall_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            t.save(out_dir / CHECKPOINT)
+            t.save(GeneratorDir(out_dir).checkpoint)
     if t.state["step"] < cfg.train_steps:
         return {"complete": False, "step": t.state["step"]}
     return _finish(t, out_dir, len(y_all), eval_splits, sampler_cfg)
@@ -162,7 +162,7 @@ class _Training:
     @classmethod
     def start_or_resume(cls, cfg: GeneratorConfig, out_dir: Path, num_classes: int, in_channels: int) -> _Training:
         t = cls(cfg, num_classes, in_channels)
-        path = out_dir / CHECKPOINT
+        path = GeneratorDir(out_dir).checkpoint
         if not path.exists():
             return t
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -200,8 +200,8 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
     if t.ema is not None:
         t.ema.copy_to(t.unet.parameters())  # the EMA weights are the generator
     t.unet.eval()
-    t.unet.save_pretrained(out_dir / "unet")
-    t.noise_sched.save_pretrained(out_dir / "scheduler")
+    t.unet.save_pretrained(GeneratorDir(out_dir).unet)
+    t.noise_sched.save_pretrained(GeneratorDir(out_dir).scheduler)
     cfg = t.cfg
     info = {
         "complete": True,
@@ -220,7 +220,7 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
         buf = io.BytesIO()
         torch.save({"state_dict": oracle.state_dict(), "num_classes": info["num_classes"],
                     "in_channels": int(eval_splits.gen_train.images.shape[1])}, buf)
-        atomic_write_bytes(out_dir / ORACLE, buf.getvalue())
+        atomic_write_bytes(GeneratorDir(out_dir).oracle, buf.getvalue())
         if cfg.quality_samples > 0:
             unet, scheduler = load_generator(out_dir)
             info["quality"] = generator_quality(
@@ -228,7 +228,7 @@ def _finish(t: _Training, out_dir: Path, num_train_images: int, eval_splits: Spl
                 num_samples=cfg.quality_samples, classifier_steps=cfg.quality_classifier_steps, seed=cfg.seed,
                 reference=oracle,
             )
-    atomic_write_json(out_dir / MARKER, info)
+    atomic_write_json(GeneratorDir(out_dir).marker, info)
     logger.info("generator done: %d steps in %.1f s, final loss %.4f", info["steps"], info["train_wall_s"],
                 info["final_loss"])
     return info
@@ -264,15 +264,15 @@ def load_generator(out_dir: Path, device: str | torch.device = "cpu") -> tuple[U
     """
     out_dir = Path(out_dir)
     # low_cpu_mem_usage=False: the default wants `accelerate` (not a dependency) and only warns without it
-    unet = UNet2DModel.from_pretrained(out_dir / "unet", low_cpu_mem_usage=False).to(device).eval()
+    unet = UNet2DModel.from_pretrained(GeneratorDir(out_dir).unet, low_cpu_mem_usage=False).to(device).eval()
     unet.requires_grad_(False)  # entropy guidance only needs d/dx_t; skip weight-gradient bookkeeping
-    return unet, ddim_for(DDPMScheduler.from_pretrained(out_dir / "scheduler"))
+    return unet, ddim_for(DDPMScheduler.from_pretrained(GeneratorDir(out_dir).scheduler))
 
 
 def load_oracle(out_dir: Path, device: str | torch.device = "cpu") -> nn.Module | None:
     """The generator folder's label-fidelity judge (eval mode, frozen), or None if it has none
     (generator folders made before it existed; the stable-diffusion backend)."""
-    path = Path(out_dir) / ORACLE
+    path = GeneratorDir(out_dir).oracle
     if not path.exists():
         return None
     state = torch.load(path, map_location=device, weights_only=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and `status` can
     import torch  # find checkpoints without paying seconds for `import torch`
@@ -34,25 +35,16 @@ if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and 
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.pt"
-TRAIN_STATE_FILE = "train_state.json"
+STATE_FILE = CHECKPOINT_STATE
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def _folders(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """All step folders, complete or not, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.exists():
-        return []
-    out = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit():
-            out.append((int(p.name[5:]), p))
-    return sorted(out)
+    return RunDir(run_dir).checkpoint_folders()
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
@@ -72,6 +64,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
         if ts is not None:
             return p, ts
     return None
+
+
+def latest_train_state(run_dir: Path) -> dict | None:
+    """train_state of the newest complete checkpoint (None before the first)."""
+    latest = latest_checkpoint(run_dir)
+    return None if latest is None else latest[1]
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:

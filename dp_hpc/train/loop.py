@@ -40,58 +40,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dp_hpc import metrics
+from dp_hpc import layout, metrics
 from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock
-from dp_hpc.data.eval_data import EvalSplit, open_eval_split
+from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import PoolReader
 from dp_hpc.signals import PreemptFlag
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train import plateau as pl
 from dp_hpc.train.augment import BatchAugment
+from dp_hpc.train.distributed import Dist, _RankLog, setup_distributed
+from dp_hpc.train.evaluate import EvalBatches, center_crop, evaluate  # noqa: F401 (center_crop: re-exported)
 from dp_hpc.train.model import Numerics, classifier_for
 from dp_hpc.train.optim import AdamW
 from dp_hpc.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-    """True if we initialised the process group (and so destroy it)."""
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK). gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world <= 1:
-        return Dist(device=device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
-
-
-class _RankLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[rank {self.extra['rank']}] {msg}", kwargs
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -128,76 +93,6 @@ class PoolBatches:
         self._next = (step + 1, self._ahead.submit(self._read, step + 1))
         dev = self.d.device
         return x.to(dev, non_blocking=True).float().div_(255.0), y.to(dev, non_blocking=True)
-
-
-EVAL_BATCH = 1024
-EVAL_CACHE_BYTES = 1 << 30
-"""A rank's shard of an evaluation split up to this size is kept on the device (as uint8) for the
-whole job, read once instead of at every evaluation: digits val is 23 KB, ImageNet-100 val (5k
-images) 0.75 GB at 224 px. Larger shards (ImageNet-1k val: 7.5 GB at 224 px, over fewer than 8
-ranks) stream from disk at every evaluation."""
-
-
-class EvalBatches:
-    """This rank's shard of a real split (every world_size-th sample) as uint8 (B, C, H, W) and
-    int64 (B,) batches, for `evaluate`: held on the device (`cache`) or streamed from the split's
-    reader with `workers` processes at every pass."""
-
-    def __init__(self, split: EvalSplit, d: Dist, workers: int, cache: bool):
-        self.split, self.d, self.workers = split, d, workers
-        self.cached = None
-        if cache:
-            xs, ys = zip(*split.batches(d.rank, d.world_size, EVAL_BATCH, 0))
-            self.cached = torch.cat(xs).to(d.device), torch.cat(ys).to(d.device)
-
-    @classmethod
-    def for_training(cls, split: EvalSplit, image_shape: tuple[int, int, int], d: Dist,
-                     workers: int) -> EvalBatches:
-        """Cached if the shard fits in EVAL_CACHE_BYTES (it is read at every evaluation)."""
-        shard_bytes = -(-len(split) // d.world_size) * int(np.prod(image_shape))
-        return cls(split, d, workers, cache=shard_bytes <= EVAL_CACHE_BYTES)
-
-    def __iter__(self):
-        if self.cached is None:
-            yield from self.split.batches(self.d.rank, self.d.world_size, EVAL_BATCH, self.workers)
-            return
-        x, y = self.cached
-        for i in range(0, len(y), EVAL_BATCH):
-            yield x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
-
-
-@torch.no_grad()
-def center_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The central `fraction` of each side of (B, C, H, W) images (1.0: unchanged)."""
-    if fraction >= 1.0:
-        return x
-    h, w = x.shape[-2:]
-    ch, cw = round(h * fraction), round(w * fraction)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return x[..., top : top + ch, left : left + cw]
-
-
-def evaluate(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics,
-             crop: float = 1.0) -> tuple[float, float]:
-    """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards, on the central `crop`
-    of each image (train.eval_crop). One all_reduce when distributed; one host sync (.tolist())."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct, loss, count
-    for x, y in batches:
-        x = center_crop(x.to(d.device, non_blocking=True), crop)
-        x = num.images(x.float().div_(255.0))  # uint8 -> [0, 1]
-        y = y.to(d.device, non_blocking=True)
-        with num.autocast():
-            logits = model(x)
-        sums[0] += (logits.argmax(-1) == y).sum()
-        sums[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        sums[2] += len(y)
-    if d.world_size > 1:
-        dist.all_reduce(sums)
-    model.train(was_training)
-    correct, loss, n = sums.tolist()
-    return correct / max(n, 1.0), loss / max(n, 1.0)
 
 
 # ----------------------------------------------------------------------------- model + optimiser
@@ -297,7 +192,7 @@ def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the job
 
-RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
+RUN_LOCK = layout.RUN_LOCK  # held by the one job that trains or evaluates the run
 
 
 def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_steps: int | None = None) -> dict:
@@ -312,7 +207,7 @@ def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_
     d = setup_distributed()
     try:
         # Rank 0 holds the run's lock: a duplicate job waits, then resumes from what this one saved.
-        lock = run_lock(run_dir / RUN_LOCK) if d.rank == 0 else contextlib.nullcontext()
+        lock = run_lock(layout.RunDir(run_dir).lock) if d.rank == 0 else contextlib.nullcontext()
         with lock, PreemptFlag() as flag:
             return _train(run_dir, cfg, d, plateau_exit, max_steps, flag)
     finally:

@@ -1,14 +1,9 @@
-"""Submitting jobs through submitit and asking what became of them.
-
-The coordinator only ever needs three things from an executor: submit a job array, ask the
-state of jobs by id (also jobs submitted by an earlier coordinator process that died), and read
-a failed job's error. Job ids are recorded in state.json by the caller.
+"""The local runners: jobs on this machine through submitit (the `Runner` interface: base.py).
 
 - `local`: submitit's LocalExecutor: every task is a real subprocess (`python -m
   submitit.local._local`), job id = its pid. Those processes outlive a killed coordinator; a new
   coordinator re-attaches by checking the pid is still a submitit controller for our log folder.
 - `debug`: submitit's DebugExecutor: runs the task in-process at submission (no parallelism).
-- `slurm`: see dp_hpc.coordinate.slurm (same interface; states from one batched sacct per poll).
 """
 
 from __future__ import annotations
@@ -17,52 +12,45 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
-from submitit.core.utils import pickle_load
+
+from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, status_from_result
 
 log = logging.getLogger(__name__)
 
-RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
 
+class LocalRunner:
+    """The local and debug executors; `folder` is where submitit writes pickles and logs."""
 
-@dataclass(frozen=True)
-class JobStatus:
-    state: str  # running | succeeded | failed | lost (died without a result: killed, OOM, ...)
-    error: str | None = None  # last lines of the traceback or of stderr
-    log_path: str | None = None
+    detached = False  # local jobs are children of the launcher's session
+    uses_sbatch = False
 
-
-class SubmitError(RuntimeError):
-    """Submission refused or failed (a queue limit, a timeout). `ids`: jobs submitted before it did."""
-
-    def __init__(self, message: str, ids: list[str]):
-        super().__init__(message)
-        self.ids = ids
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
-
-
-class JobRunner:
-    """One per executor kind per sweep; `folder` is where submitit writes pickles and logs."""
-
-    def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1):
+    def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1,
+                 poll_interval_s: float = 0.5, max_jobs: int = 2):
         if kind not in ("local", "debug"):
             raise ValueError(f"unknown executor {kind!r}; allowed: local, debug")
         self.kind = kind
         self.timeout_min = timeout_min
         self.threads = threads
+        self.poll_interval_s = poll_interval_s
+        self.max_jobs = max_jobs
         self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> jobs submitted by this process
         self._finished: dict[tuple[str, str], JobStatus] = {}  # (folder, id): pids are reused across runs
+
+    def check(self, kinds: Sequence[str] = ()) -> None:
+        """Nothing to ask: this machine runs whatever it is given."""
+
+    def job_name(self, name: str) -> str:
+        """Local jobs are never looked up by name (see find_submitted)."""
+        return name
+
+    def reads(self, executor: str) -> bool:  # noqa: ARG002
+        """Every recorded job is read as a local process (or a finished debug job)."""
+        return True
 
     def threads_for(self, kind: str) -> int:  # noqa: ARG002 (the slurm runner sizes by kind)
         """torch threads of a job of this kind (generator | generate | train | eval)."""
@@ -74,9 +62,6 @@ class JobRunner:
 
     def poll(self, job_ids: Sequence[str]) -> None:
         """Refresh the states of these jobs in one go (local jobs are looked up one by one)."""
-
-    def slurm_state(self, job_id: str) -> str | None:  # noqa: ARG002
-        return None
 
     def find_submitted(self, folder: Path, name: str) -> list[str]:  # noqa: ARG002
         """Jobs of a submission that was not recorded. Local jobs cannot be found by name (their
@@ -132,26 +117,13 @@ class JobRunner:
             running = _is_live_controller(job_id, folder)
         if running:
             return JobStatus(RUNNING, log_path=str(paths.stderr))
-        st = self._status_from_result(paths, submitted)
+        st = status_from_result(paths, submitted)
         self._finished[key] = st
         self._jobs.pop(key, None)
         return st
 
-    @staticmethod
-    def _status_from_result(paths: Any, submitted: float | None) -> JobStatus:
-        stale = submitted is not None and paths.result_pickle.exists() \
-            and paths.result_pickle.stat().st_mtime < submitted - 1.0
-        if paths.result_pickle.exists() and not stale:
-            try:
-                outcome, value = pickle_load(paths.result_pickle)
-            except Exception as e:  # a torn pickle: treat as lost
-                return JobStatus(LOST, f"unreadable result ({e})", str(paths.stderr))
-            if outcome == "success":
-                return JobStatus(SUCCEEDED, log_path=str(paths.stderr))
-            lines = str(value).strip().splitlines()
-            return JobStatus(FAILED, "\n".join(lines[-8:]), str(paths.stderr))
-        return JobStatus(LOST, _tail(paths.stderr) or "the job died without writing a result",
-                         str(paths.stderr))
+    def active_state(self, folder: Path, job_id: str) -> str | None:
+        return RUNNING if self.status(folder, job_id).state == RUNNING else None
 
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
         """Stop jobs: ours through submitit; re-attached local ones (submitted by an earlier

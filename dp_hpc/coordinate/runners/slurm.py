@@ -19,13 +19,14 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import submitit
 
 from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
-from dp_hpc.coordinate.executor import FAILED, LOST, RUNNING, JobRunner, JobStatus, SubmitError, _tail
+from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, JobStatus, SubmitError, status_from_result, tail
 from dp_hpc.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,17 @@ def submission_environment(extra: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-class SlurmRunner(JobRunner):
-    """The slurm executor: same interface as JobRunner (submit, poll, status, cancel)."""
+class SlurmRunner:
+    """The slurm executor (the `Runner` interface of base.py)."""
+
+    kind = "slurm"
+    detached = True  # jobs survive logging out: a coordinator job drives the sweep
+    uses_sbatch = True
 
     def __init__(self, cfg: SlurmConfig, env: dict[str, str] | None = None, sweep_name: str = "dp_hpc"):
-        self.kind = "slurm"
         self.cfg = cfg
+        self.poll_interval_s = cfg.poll_interval_s
+        self.max_jobs = cfg.max_queued_jobs
         # torchrun kills its workers 30 s after a SIGTERM by default: give them the warning time
         # to finish a step and save instead (a ViT-B checkpoint is ~1.4 GB)
         self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
@@ -134,6 +140,15 @@ class SlurmRunner(JobRunner):
         self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}
         self.polls = 0  # sacct calls made (tests check there is one per poll)
+
+    def job_name(self, name: str) -> str:
+        """`name` made unique, so that `find_submitted` finds exactly this submission's jobs."""
+        return f"{name}-{uuid.uuid4().hex[:8]}"
+
+    def reads(self, executor: str) -> bool:
+        """Not local or debug jobs: their ids are pids, which sacct does not know (or knows as some
+        other job), so a sweep relaunched under SLURM reads them as local processes."""
+        return executor not in ("local", "debug")
 
     def threads_for(self, kind: str) -> int:
         job = getattr(self.cfg, RESOURCES[kind])
@@ -238,7 +253,7 @@ class SlurmRunner(JobRunner):
             return running
         if state in REQUEUED_BY_SLURM and job_id in self._queued:
             return running  # preempted or its node failed, and SLURM has requeued it
-        st = self._status_from_result(paths, submitted)
+        st = status_from_result(paths, submitted)
         if st.state == LOST and state == "COMPLETED":
             # a shared file system may show the result file late (submitit waits for it too)
             first = self._no_result_since.setdefault(job_id, time.time())
@@ -250,9 +265,20 @@ class SlurmRunner(JobRunner):
         elif st.state == LOST and state not in ENDED_LOST:
             # ended without a result, not cancelled or preempted: it crashed (OOM, segfault, time limit)
             hint = " (raise its time_min)" if state == "TIMEOUT" else ""
-            st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{_tail(paths.stderr)}".strip(), str(paths.stderr))
+            st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{tail(paths.stderr)}".strip(), str(paths.stderr))
         self._finished[key] = st
         return st
+
+    def active_state(self, folder: Path, job_id: str) -> str | None:  # noqa: ARG002
+        """The SLURM state of a job that is queued or running, None once it has ended."""
+        self.poll([job_id])
+        state = self.slurm_state(job_id)
+        if state is None or state in ENDED:  # accounting lags or the attempt ended: ask the queue too
+            q = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=120)
+            if q.returncode == 0 and q.stdout.strip():
+                return q.stdout.split()[0]
+            return None
+        return state
 
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
         if job_ids:

@@ -1,0 +1,39 @@
+"""Where jobs run: the `Runner` interface (base.py) and its two implementations, siblings of each
+other: local.py (submitit's local and debug executors) and slurm.py (a SLURM cluster).
+
+    runner = make_runner(resolve_kind("auto"), sweep, foreground=False)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dp_hpc.config import SweepConfig
+from dp_hpc.coordinate.runners.base import Runner
+from dp_hpc.coordinate.runners.local import LocalRunner
+from dp_hpc.coordinate.runners.slurm import SlurmRunner
+
+
+def resolve_kind(requested: str) -> str:
+    """auto: slurm if sbatch is on PATH, else local."""
+    if requested == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return requested
+
+
+def runner_class(kind: str) -> type[Runner]:
+    """The runner of an executor kind (local, debug, slurm), without making one."""
+    return SlurmRunner if kind == "slurm" else LocalRunner
+
+
+def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
+    """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs
+    (not again inside the coordinator job: a passing hiccup of sbatch must not fail a sweep)."""
+    if kind == "slurm":
+        runner = SlurmRunner(sweep.slurm, sweep_name=sweep.name)
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
+        return runner
+    ex = sweep.executor
+    return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
+                       poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs)

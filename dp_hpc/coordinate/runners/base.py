@@ -1,0 +1,113 @@
+"""What the coordinator needs from an executor, whichever it is: the `Runner` interface, the job
+states it answers with, and the helpers every runner shares.
+
+A runner submits job arrays, tells the state of jobs by id (also of jobs that an earlier
+coordinator process submitted before it died), finds the jobs of a submission that was not
+recorded, and reads a failed job's error. Job ids are recorded by the caller (state.json,
+job.json, coordinator.json: see dp_hpc.coordinate.records).
+
+    local.py   LocalRunner: submitit's LocalExecutor (subprocesses) or DebugExecutor (in-process)
+    slurm.py   SlurmRunner: submitit's SlurmExecutor, one batched sacct per poll
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from submitit.core.utils import pickle_load
+
+RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str  # running | succeeded | failed | lost (died without a result: killed, OOM, ...)
+    error: str | None = None  # last lines of the traceback or of stderr
+    log_path: str | None = None
+
+
+class SubmitError(RuntimeError):
+    """Submission refused or failed (a queue limit, a timeout). `ids`: jobs submitted before it did."""
+
+    def __init__(self, message: str, ids: list[str]):
+        super().__init__(message)
+        self.ids = ids
+
+
+class Runner(Protocol):
+    """One per sweep; `folder` arguments are where submitit writes a run's pickles and logs."""
+
+    kind: str
+    """local | debug | slurm: recorded with every job (JobRecord.executor: how its id is read)."""
+    poll_interval_s: float
+    """Seconds between the sweep's polls."""
+    max_jobs: int
+    """Jobs (array tasks included) of the sweep running or queued at once."""
+    detached: bool
+    """Jobs outlive the process that submitted them (SLURM): the sweep is driven by a coordinator
+    job, and a Ctrl-C in the terminal does not reach them."""
+    uses_sbatch: bool
+    """Jobs are sbatch jobs: `--dry-run` shows their sbatch options and a GPU-hour estimate."""
+
+    def check(self, kinds: Sequence[str]) -> None:
+        """Fail early (UsageError) if the executor would refuse these kinds of job."""
+
+    def job_name(self, name: str) -> str:
+        """The name to submit a job under: unique where the jobs of an unrecorded submission are
+        found again by name (`find_submitted`), else `name` itself."""
+
+    def reads(self, executor: str) -> bool:
+        """Can this runner tell the state of a job recorded under `executor`?"""
+
+    def threads_for(self, kind: str) -> int:
+        """torch threads of a job of this kind (generator | generate | train | eval)."""
+
+    def train_procs(self) -> int | None:
+        """Processes per node of a training job started through torchrun; None: in the job's own process."""
+
+    def poll(self, job_ids: Sequence[str]) -> None:
+        """Refresh the states of these jobs in one go."""
+
+    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple],
+               kind: str = "generate") -> list[str]:
+        """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
+
+    def find_submitted(self, folder: Path, name: str) -> list[str]:
+        """Ids of the jobs a submission under `name` made, if it was not recorded."""
+
+    def status(self, folder: Path, job_id: str, submitted: float | None = None) -> JobStatus:
+        """State of a job; `submitted` (unix time) tells a result file left by an earlier job apart."""
+
+    def active_state(self, folder: Path, job_id: str) -> str | None:
+        """The state of a job that is queued or running (None once it has ended)."""
+
+    def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
+        """Stop jobs."""
+
+
+def tail(path: Path, n: int = 15) -> str:
+    """The last `n` lines of a log ('' if there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
+
+
+def status_from_result(paths: Any, submitted: float | None) -> JobStatus:
+    """An ended job's state from its submitit result file (`paths`: submitit's JobPaths): success,
+    an exception (failed, with the end of the traceback), or none (lost, with the end of stderr)."""
+    stale = submitted is not None and paths.result_pickle.exists() \
+        and paths.result_pickle.stat().st_mtime < submitted - 1.0
+    if paths.result_pickle.exists() and not stale:
+        try:
+            outcome, value = pickle_load(paths.result_pickle)
+        except Exception as e:  # a torn pickle: treat as lost
+            return JobStatus(LOST, f"unreadable result ({e})", str(paths.stderr))
+        if outcome == "success":
+            return JobStatus(SUCCEEDED, log_path=str(paths.stderr))
+        lines = str(value).strip().splitlines()
+        return JobStatus(FAILED, "\n".join(lines[-8:]), str(paths.stderr))
+    return JobStatus(LOST, tail(paths.stderr) or "the job died without writing a result",
+                     str(paths.stderr))

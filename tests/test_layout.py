@@ -1,0 +1,68 @@
+"""The package's structure: no import circle among its modules, and the run folder spelled in one
+module (dp_hpc/layout.py) only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dp_hpc"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Package modules that `name` imports anywhere in it (function-local imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in mods}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module if not node.level else name.rsplit(".", node.level)[0] + "." + node.module
+            out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names} & mods.keys()
+    return out - {name}
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods) for m, p in mods.items()}
+    # a package imports its parent packages implicitly: __init__ files are no edges back
+    for m in mods:
+        seen, stack = set(), [(m, (m,))]
+        while stack:
+            cur, path = stack.pop()
+            for nxt in graph[cur]:
+                assert nxt != m, f"import circle: {' -> '.join(path + (m,))}"
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + (nxt,)))
+
+
+RUN_FOLDER_NAMES = {"sweep.yaml", "launch.lock", "coordinator.json", "logs", "generators", "report", "job.json",
+                    "generator.json", "config.yaml", "state.json", "pool.zarr", "pool_markers", "COMPLETE",
+                    "checkpoints", "metrics.jsonl", "eval.json", "train.lock", "branches", "branch.json", "torchrun",
+                    "state.pt", "train_state.json", "checkpoint.pt", "text_embeddings.pt"}
+FOLDER_PREFIXES = {"step_", "round_", "chunk_", "round_*", "chunk_*.done", "*/config.yaml", "branches/round_*"}
+
+
+def test_only_the_layout_module_spells_run_folder_names():
+    offenders = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "analysis").rglob("*.py")]:
+        if path == PACKAGE / "layout.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if node.value in RUN_FOLDER_NAMES or node.value.split("{")[0] in FOLDER_PREFIXES:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not offenders, "run-folder paths built outside dp_hpc/layout.py:\n" + "\n".join(offenders)
