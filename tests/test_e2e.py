@@ -81,6 +81,33 @@ def test_guided_round_has_higher_entropy_than_the_plain_candidates(smoke):
     assert dp.mean() > 0.05, f"guided samples should not be trivially easy: mean entropy {dp.mean():.3f}"
 
 
+def test_rounds_record_entropy_and_label_fidelity_and_prune_is_class_balanced(smoke, tmp_path):
+    import numpy as np
+
+    from analysis.samples import main as samples_main
+
+    sweep_dir, _ = smoke
+    dp = read_json(sweep_dir / "dp" / "state.json")["rounds"]
+    assert dp[0]["stats"]["entropy_mean"] is None  # round 0: no classifier yet
+    assert 0.5 < dp[0]["stats"]["label_fidelity"] <= 1.0  # the generator folder's oracle judged it
+    guided = dp[1]["stats"]
+    for key in ("entropy_mean", "label_fidelity", "plain_entropy_mean", "plain_label_fidelity",
+                "paired_entropy_mean", "paired_label_fidelity"):
+        assert guided[key] is not None, (key, guided)
+    assert guided["plain_n"] == 32  # paired plain samples: the first chunk's seeds (chunk_size 32)
+    prune_rounds = read_json(sweep_dir / "prune" / "state.json")["rounds"]
+    assert prune_rounds[1]["stats"]["entropy_mean"] >= prune_rounds[1]["stats"]["plain_entropy_mean"]
+    g = Pool(sweep_dir / "prune").group(1)
+    kept = np.bincount(g["labels"][:][g["selected"][:]], minlength=10)
+    assert kept.max() - kept.min() <= 1 and kept.sum() == 128
+    compute = read_jsonl(sweep_dir / "dp" / "compute.jsonl")
+    assert {c["kind"] for c in compute} == {"generate", "train", "eval"}
+    assert all(c["compute_s"] >= 0 and c["startup_s"] > 0 for c in compute)
+    out = tmp_path / "grid.png"
+    assert samples_main([str(sweep_dir / "dp"), "--round", "1", "--per-class", "1", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_rerun_of_a_finished_sweep_does_no_work_and_says_so(smoke):
     sweep_dir, _ = smoke
     before = file_snapshot(sweep_dir)
