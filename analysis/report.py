@@ -1260,13 +1260,17 @@ def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
              "it; plain: the same classifier on plain samples. Label fidelity: share of the round's samples "
              "that an oracle classifier (trained on real generator-train images) assigns to their "
              "conditioning class; plain: the same for plain samples. `-`: not recorded.", ""]
-    guided = r[(r["kind"] == "guided") & r["entropy_mean"].notna() & r["plain_entropy_mean"].notna()]
+    # guided vs plain on the same seeds where the round has them (paired_*), else the whole round
+    ent = r["paired_entropy_mean"].fillna(r["entropy_mean"])
+    fidel = r["paired_label_fidelity"].fillna(r["label_fidelity"])
+    guided = r[(r["kind"] == "guided") & ent.notna() & r["plain_entropy_mean"].notna()]
     if len(guided):
-        harder = int((guided["entropy_mean"] > guided["plain_entropy_mean"]).sum())
-        fid = guided[guided["label_fidelity"].notna() & guided["plain_label_fidelity"].notna()]
-        close = int(((fid["label_fidelity"] - fid["plain_label_fidelity"]).abs() <= 0.05).sum())
-        parts += [f"- Guided rounds with a higher mean entropy than plain samples: {harder} of {len(guided)}; "
-                  f"with label fidelity within 5 points of plain: {close} of {len(fid)}.", ""]
+        harder = int((ent[guided.index] > guided["plain_entropy_mean"]).sum())
+        fid = guided[fidel[guided.index].notna() & guided["plain_label_fidelity"].notna()]
+        close = int(((fidel[fid.index] - fid["plain_label_fidelity"]).abs() <= 0.05).sum())
+        parts += [f"- Guided rounds (omega > 0) with a higher mean entropy than plain samples of the same seeds: "
+                  f"{harder} of {len(guided)}; with label fidelity within 5 points of plain: {close} of {len(fid)}.",
+                  ""]
     for arm in sorted(r["arm"].dropna().unique(), key=method_key):
         g = r[r["arm"] == arm]
         if not g[list(ROUND_STATS)].notna().any().any():

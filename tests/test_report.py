@@ -563,7 +563,7 @@ def test_generation_statistics_table_and_skip(tmp_path):
     assert "| 100 | 1 | guided | 50 | 50 | 2 | 1.000 | 0.400 | 93.0 | 95.0 |" in text
     assert "| 100 | 0 | plain | 50 | 50 | 2 | - | - | - | - |" in text
     assert "**static**: no statistics recorded." in text
-    assert "higher mean entropy than plain samples: 2 of 2; with label fidelity within 5 points of plain: 2 of 2" in text
+    assert "higher mean entropy than plain samples of the same seeds: 2 of 2; with label fidelity within 5 points of plain: 2 of 2" in text
     assert "No per-round generation statistics" in R.generation_stats_text(rounds.iloc[:0], pd.DataFrame())
 
 
