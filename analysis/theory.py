@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -372,8 +373,8 @@ def plot_figure3(df, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.theory", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="output folder for the PNG and CSV")
     ap.add_argument("--d", type=int, default=512, help="dimension for the closed-form curves")
     ap.add_argument("--p", type=float, default=0.1, help="kept fraction")
@@ -383,6 +384,17 @@ def main(argv=None) -> None:
     ap.add_argument("--mc-seeds", type=int, default=8, help="Monte-Carlo draws per point")
     ap.add_argument("--seed", type=int, default=0, help="Monte-Carlo RNG seed")
     args = ap.parse_args(argv)
+    # bad values: one line and exit 2 (argparse's convention), before any work
+    problems = [f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}" for k in ("d", "mc_d", "mc_seeds")
+                if getattr(args, k) < 1]
+    if not 0 < args.p <= 1:
+        problems.append(f"--p must be in (0, 1] (the fraction of candidates kept), got {args.p}")
+    if not 0 <= args.rho <= 1:
+        problems.append(f"--rho must be in [0, 1] (the oracle's overlap with w0), got {args.rho}")
+    problems += [f"--lams must be > 0 (ridge), got {lam}" for lam in args.lams if not lam > 0]
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     df = figure3_table(d=args.d, p=args.p, rho=args.rho, lams=tuple(args.lams), mc_d=args.mc_d,
@@ -397,7 +409,8 @@ def main(argv=None) -> None:
               f"{crossover_n_over_d(args.p, args.rho, lam):.2f}; log-log slopes "
               "(n/d 16->128, 1024->4096): "
               + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in slopes.items()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

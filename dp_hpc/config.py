@@ -257,6 +257,25 @@ def _assignments(combo: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (PyYAML keeps
+    the last value silently, so a sweep file's earlier setting would be ignored without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (first at line "
+                        f"{seen[key].line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+            except TypeError:  # an unhashable key: leave it to the base class
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, list[PlannedRun]]:
     """Read, validate and expand a sweep file. Every error names the file and the key."""
     path = Path(path)
@@ -267,7 +286,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
     if not path.is_file():
         raise fail("", "sweep file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as e:
+        raise fail("", f"not UTF-8 text (byte {e.start}: {e.reason}); save the sweep file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -285,17 +306,25 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         raise fail("base", "must be a mapping (a run config)")
     executor = raw.get("executor") or {}
     slurm = raw.get("slurm") or {}
+    grid = raw.get("grid") or [{}]
+    if isinstance(grid, dict):
+        grid = [grid]
+    grid_keys = {k for g in grid if isinstance(g, dict) for zipped in g for k in str(zipped).split(",")}
     for text in overrides:
         key, value = parse_override(text)
+        if key.removeprefix("base.") == "name":
+            raise fail("--set name", "a run's name comes from its grid values; the sweep's folder is "
+                                     "the sweep file's `name`")
+        if key.removeprefix("base.") in grid_keys:
+            zipped = next(z for g in grid for z in g if key.removeprefix("base.") in str(z).split(","))
+            raise fail(f"--set {key}", f"the grid also sets it (grid key {zipped!r}), and the grid would win; "
+                                       f"change the grid, or drop the --set")
         if key.startswith("executor."):
             set_dotted(executor, key[len("executor."):], value)
         elif key.startswith("slurm."):
             set_dotted(slurm, key[len("slurm."):], value)
         else:
             set_dotted(base, key.removeprefix("base."), value)
-    grid = raw.get("grid") or [{}]
-    if isinstance(grid, dict):
-        grid = [grid]
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise fail("grid", "must be a mapping of dotted keys to lists of values (or a list of such mappings)")
     for i, g in enumerate(grid):

@@ -155,9 +155,13 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         kind = resolve_kind(args.executor or sweep.executor.kind)
         out = Path(args.out)
         if args.dry_run:
-            print_plan(sweep, runs, out)
-            if runner_class(kind).uses_sbatch:
-                print_slurm_plan(sweep, runs)
+            try:
+                print_plan(sweep, runs, out)
+                if runner_class(kind).uses_sbatch:
+                    print_slurm_plan(sweep, runs)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `--dry-run | head`: the reader has all it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         sweep_dir = out / sweep.name
         check_existing_runs(runs, sweep_dir)

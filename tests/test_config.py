@@ -51,6 +51,8 @@ grid: {method.name: [static, dp], seed: [0, 1]}
     ("name: t\ngrid: {sampler.omega: [0.05, -0.1]}\n", "sampler.omega", ">= 0"),
     ("name: t\nbogus: 1\n", "bogus", "valid keys"),
     ("name: t\nbase: [1, 2\n", "", "not valid YAML"),
+    ("name: t\nbase: {seed: 1, train: {lr: 0.1}, seed: 2}\n", "", "key 'seed' appears twice"),
+    ("name: t\nbase: {train: {lr: 0.1, lr: 0.2}}\n", "", "key 'lr' appears twice"),
 ])
 def test_bad_sweeps_name_file_key_and_allowed_values(tmp_path, text, key, allowed):
     p = write(tmp_path, text)
@@ -69,12 +71,18 @@ def test_shipped_sweeps_are_valid():
 @pytest.mark.parametrize("args, needle", [
     (["--sweep", "does/not/exist.yaml"], "sweep file not found"),
     (["--sweep", "{bad}", "--set", "sampler.omega=-2"], "base.sampler.omega"),
-    (["--sweep", "{bad}", "--set", "method.name=unknown"], "base.method.name"),
+    (["--sweep", "{bad}", "--set", "method.prune_factor=0"], "base.method.prune_factor"),
     (["--sweep", "{bad}", "--set", "train.total_steps=10"], "base.train.total_steps"),
+    # smoke.yaml's grid sets method.name (zipped with branch_at): the grid would win silently
+    (["--sweep", "{bad}", "--set", "method.name=dp"], "the grid also sets it (grid key 'method.name,method.branch_at')"),
+    (["--sweep", "{bad}", "--set", "name=x"], "--set name: a run's name comes from its grid values"),
+    (["--sweep", "{latin1}"], "not UTF-8 text"),
 ])
 def test_launch_rejects_bad_input_with_exit_2_one_line_and_writes_nothing(tmp_path, args, needle):
     good = SWEEPS / "smoke.yaml"
-    args = [a.replace("{bad}", str(good)) for a in args]
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    args = [a.replace("{bad}", str(good)).replace("{latin1}", str(latin1)) for a in args]
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "dp_hpc.launch", *args, "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
@@ -96,3 +104,29 @@ def test_relaunch_with_changed_values_is_refused_naming_the_keys(tmp_path):
     assert config_changes(path, cfg) == []
     other = from_dict(RunConfig, {"method": {"budget": 900}, "seed": 3})
     assert config_changes(path, other) == ["method.budget", "seed"]
+
+
+def test_other_commands_reject_bad_input_with_exit_2_one_line(tmp_path):
+    cases = [(["-m", "dp_hpc.train", "--run-dir", str(tmp_path / "missing")], "not a run folder"),
+             (["-m", "analysis.theory", "--p", "1.5", "--out", str(tmp_path / "th")], "--p must be in (0, 1]"),
+             (["-m", "analysis.theory", "--d", "-3", "--out", str(tmp_path / "th")], "--d must be >= 1")]
+    for args, needle in cases:
+        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+    assert not (tmp_path / "th").exists()
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly():
+    """`--dry-run | head -1`: the reader goes away before the output ends. Deterministic here: the
+    pipe's read end is closed before the launcher writes anything."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "dp_hpc.launch", "--sweep", str(SWEEPS / "digits.yaml"), "--dry-run"],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr

@@ -18,6 +18,7 @@ import sys
 import torch
 
 from dp_hpc.errors import ConfigError
+from dp_hpc.layout import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop after this many steps in this call (stop_reason 'preempted'; for tests)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
+    if not RunDir(args.run_dir).config.is_file():
+        print(f"error: --run-dir {args.run_dir}: not a run folder (no config.yaml; "
+              "python -m dp_hpc.launch creates run folders)", file=sys.stderr)
+        return 2
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # the rank: in the message
