@@ -744,7 +744,10 @@ def samples_to_target(summ: pd.DataFrame, baseline: str = "static", target: floa
 
 
 def _target_bootstrap(reps: dict, baseline: str, rows: list[dict], level: float) -> dict | None:
-    curves = arm_curves(reps)
+    # Seeds only: every arm is scored on the same test images, so the test set's error is common to
+    # all cells and cancels (to first order) in a comparison between arms; drawing it independently
+    # per cell would add noise that the comparison does not have (the cell intervals include it).
+    curves = arm_curves(reps, kind="seeds")
     if baseline not in curves:
         return None
     b = min(c["Y"].shape[0] for c in curves.values())
@@ -937,9 +940,12 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
              "replicates), *not reached*.",
              ""]
     if boot:
-        lines += [f"95% intervals: percentile bootstrap over {boot['replicates']:,} replicates, each redrawing every "
-                  "cell (seeds resampled, then the test set's binomial; see the accuracy section), re-estimating "
-                  f"the target as `{base}`'s best replicate mean and finding each arm's crossing again. A replicate "
+        lines += [f"95% intervals: percentile bootstrap over {boot['replicates']:,} replicates, each resampling every "
+                  "cell's seeds (not the test set: all arms are scored on the same test images, so its error is "
+                  "common to them and cancels to first order in this comparison), re-estimating "
+                  f"the target as `{base}`'s best replicate mean (a maximum over budgets, so a little above the "
+                  "point estimate on average: the intervals lean conservative) and finding each arm's crossing "
+                  "again. A replicate "
                   "that does not reach the target counts as infinitely many samples (ratio 0), so an interval "
                   "end can read \"not reached\"; \"reached\" is the share of replicates that reach it, "
                   "\"at smallest\" the share reaching it already at the smallest budget (there the count is "
@@ -1259,7 +1265,10 @@ def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
              "predictive entropy (nats) of the round's samples under the classifier that steered or scored "
              "it; plain: the same classifier on plain samples. Label fidelity: share of the round's samples "
              "that an oracle classifier (trained on real generator-train images) assigns to their "
-             "conditioning class; plain: the same for plain samples. `-`: not recorded.", ""]
+             "conditioning class; plain: the same for plain samples. Guided rounds: plain = plain samples of the "
+             "round's first seeds (`sampler.paired_plain_samples`, default 64), `paired seeds` = the guided samples "
+             "of those same seeds; prune rounds: plain = all candidates, the round = the kept ones. A fidelity "
+             "over 64 samples has a binomial standard error of ~3 points. `-`: not recorded.", ""]
     # guided vs plain on the same seeds where the round has them (paired_*), else the whole round
     ent = r["paired_entropy_mean"].fillna(r["entropy_mean"])
     fidel = r["paired_label_fidelity"].fillna(r["label_fidelity"])
@@ -1280,10 +1289,12 @@ def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
         for (budget, idx, kind), c in g.groupby(["budget", "round", "kind"], sort=True):
             m = c[list(ROUND_STATS)].mean()  # NaN-skipping; NaN when no run recorded it
             rows.append([f"{int(budget):,}", int(idx), kind, num(c["kept"].mean()), num(c["generated"].mean()),
-                         len(c), num(m["entropy_mean"], "{:.3f}"), num(m["plain_entropy_mean"], "{:.3f}"),
-                         pct(m["label_fidelity"], digits=1), pct(m["plain_label_fidelity"], digits=1)])
+                         len(c), num(m["entropy_mean"], "{:.3f}"), num(m["paired_entropy_mean"], "{:.3f}"),
+                         num(m["plain_entropy_mean"], "{:.3f}"), pct(m["label_fidelity"], digits=1),
+                         pct(m["paired_label_fidelity"], digits=1), pct(m["plain_label_fidelity"], digits=1)])
         parts += [f"**{arm}**", "", md_table(["budget", "round", "kind", "samples kept", "samples generated", "runs",
-                                              "entropy", "plain entropy", "label fidelity %",
+                                              "entropy", "entropy, paired seeds", "plain entropy",
+                                              "label fidelity %", "fidelity, paired seeds %",
                                               "plain label fidelity %"], rows), ""]
     return "\n".join(parts).rstrip()
 

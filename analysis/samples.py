@@ -1,10 +1,11 @@
 """A grid of plain vs entropy-guided samples of one generated round: what guidance does to a class.
 
-    python -m analysis.samples <out>/<sweep>/<run> --round R [--per-class 4] [--out FILE.png]
+    python -m analysis.samples <out>/<sweep>/<run> --round R [--per-class 4] [--omega W] [--out FILE.png]
 
 For the first `per_class` seeds of each class in round R of a run, it samples the sweep's generator
 twice from the same seeds and initial noise: plainly, and with the round's entropy guidance steered
-by the round's own classifier checkpoint (omega from the run's config). Rows are classes; each
+by the round's own classifier checkpoint (omega from the run's config, or --omega for runs whose
+rounds are not guided: prune, dp's omega = 0 ablation). Rows are classes; each
 pair of columns is plain | guided. Under each image: the steering classifier's entropy, and the
 oracle's reading where it disagrees with the label (the generator folder's oracle.pt, a classifier
 trained on the real generator-train images). digits_unet generators only (Stable Diffusion needs a
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 
-def sample_pairs(run_dir: Path, round_index: int, per_class: int) -> dict:
+def sample_pairs(run_dir: Path, round_index: int, per_class: int, omega: float | None = None) -> dict:
     import torch
 
     from dp_hpc.config import generator_key, load_run_config
@@ -43,10 +44,14 @@ def sample_pairs(run_dir: Path, round_index: int, per_class: int) -> dict:
     clf = load_classifier(RunDir(run_dir).checkpoint(rec.classifier_step), cfg, device=model.device)
     g = Pool(run_dir).group(round_index)
     labels, seeds = g["labels"][:], g["seeds"][:]
-    k = int(labels.max()) + 1
+    k = int(g.attrs["num_classes"])
+    per_class = min(per_class, *(int((labels == c).sum()) for c in range(k)))  # every class the same count
     pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(k)])
     size = int(g["images"].shape[-1])
-    omega = cfg.sampler.omega if cfg.sampler.omega > 0 else 0.05
+    omega = cfg.sampler.omega if omega is None else omega
+    if not omega > 0:
+        raise ValueError(f"{run_dir}: its rounds are not entropy-guided (omega {cfg.sampler.omega}); "
+                         "pass --omega W to see what guidance of strength W would do to them")
     out = {}
     for name, w in (("plain", 0.0), ("guided", omega)):
         s = sample_images(model, scheduler, torch.from_numpy(labels[pick]), [int(x) for x in seeds[pick]],
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="a run folder <out>/<sweep>/<run>")
     p.add_argument("--round", type=int, required=True, help="a generated round >= 1")
     p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--omega", type=float, default=None, help="guidance strength (default: the run's sampler.omega)")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default samples_<run>_round_R.png here)")
     a = p.parse_args(argv)
     from dp_hpc.layout import RunDir
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.run} is not a run folder (no config.yaml)", file=sys.stderr)
         return 2
     try:
-        pairs = sample_pairs(a.run, a.round, a.per_class)
+        pairs = sample_pairs(a.run, a.round, a.per_class, a.omega)
     except (ValueError, IndexError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -75,9 +75,9 @@ def main() -> None:
     step_fn = tr.opt.step
 
     def instrumented_step() -> None:
+        grad_norm[0] = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in tr.params)))  # before clipping
         if a.clip:
             torch.nn.utils.clip_grad_norm_(tr.params, a.clip)
-        grad_norm[0] = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in tr.params)))
         step_fn()
 
     tr.opt.step = instrumented_step

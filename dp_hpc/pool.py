@@ -82,7 +82,8 @@ def balanced_labels(run_seed: int, round_index: int, n: int, num_classes: int) -
     return labels[rng.permutation(n)]
 
 
-def top_entropy(entropy: np.ndarray, labels: np.ndarray, keep: int, per_class: bool) -> np.ndarray:
+def top_entropy(entropy: np.ndarray, labels: np.ndarray, keep: int, per_class: bool,
+                num_classes: int | None = None) -> np.ndarray:
     """Indices (sorted) of the `keep` highest-entropy samples (ties broken by index: deterministic).
     per_class: the top within each class, with the class counts of `balanced_labels(keep)` (class c
     keeps keep // K, plus one for c < keep % K), so a pruned round is as class-balanced as a plain or
@@ -90,7 +91,8 @@ def top_entropy(entropy: np.ndarray, labels: np.ndarray, keep: int, per_class: b
     order = np.lexsort((np.arange(len(entropy)), -entropy))  # by entropy desc, then index
     if not per_class:
         return np.sort(order[:keep]).astype(np.int64)
-    num_classes = int(labels.max()) + 1 if len(labels) else 1
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if len(labels) else 1
     quota = keep // num_classes + (np.arange(num_classes) < keep % num_classes)
     by_class = labels[order]
     picked = [order[by_class == c][: quota[c]] for c in range(num_classes)]
@@ -272,7 +274,7 @@ class Pool:
             raise RuntimeError(f"round {round_index} has {len(missing)} unwritten chunks")
         if keep is not None:
             g = self.group(round_index, mode="r+")
-            sel = top_entropy(g["entropy"][:], g["labels"][:], keep, per_class)
+            sel = top_entropy(g["entropy"][:], g["labels"][:], keep, per_class, int(a["num_classes"]))
             if "selected" in g:
                 del g["selected"]
             g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel

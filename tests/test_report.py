@@ -560,8 +560,8 @@ def test_generation_statistics_table_and_skip(tmp_path):
     rounds = R.rounds_frame(raws)
     assert len(rounds) == 5 and rounds["entropy_mean"].isna().sum() == 3
     text = R.generation_stats_text(rounds, R.per_run(R.collect(sweep)))
-    assert "| 100 | 1 | guided | 50 | 50 | 2 | 1.000 | 0.400 | 93.0 | 95.0 |" in text
-    assert "| 100 | 0 | plain | 50 | 50 | 2 | - | - | - | - |" in text
+    assert "| 100 | 1 | guided | 50 | 50 | 2 | 1.000 | - | 0.400 | 93.0 | - | 95.0 |" in text  # no paired seeds in this data
+    assert "| 100 | 0 | plain | 50 | 50 | 2 | - | - | - | - | - | - |" in text
     assert "**static**: no statistics recorded." in text
     assert "higher mean entropy than plain samples of the same seeds: 2 of 2; with label fidelity within 5 points of plain: 2 of 2" in text
     assert "No per-round generation statistics" in R.generation_stats_text(rounds.iloc[:0], pd.DataFrame())

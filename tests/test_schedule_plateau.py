@@ -211,3 +211,13 @@ def test_update_clipping_is_nearly_a_no_op_while_the_second_moment_is_current():
     clipped = torch.stack(_adamw_updates(True, grads)).sum(0)
     rel = float((clipped - plain).norm() / plain.norm())
     assert rel < 0.05
+
+
+def test_update_clipping_with_weight_decay_but_no_decayed_parameter():
+    from dp_hpc.train.optim import AdamW
+
+    p = torch.ones(8, requires_grad=True)
+    opt = AdamW([p], lr=0.1, weight_decay=0.05, decay=[False], update_clipping=True)
+    p.grad = torch.ones(8)
+    opt.step()  # must not build an empty foreach list
+    assert torch.allclose(p.detach(), torch.full((8,), 0.9))  # first Adam step: -lr * sign(g), no decay

@@ -71,7 +71,7 @@ class AdamW:
         ratio = torch._foreach_div(torch._foreach_mul(grads, grads), v_hat)
         rms = torch.stack([r.mean() for r in ratio]).sqrt_()  # (n_tensors,)
         scale = 1.0 / rms.clamp_min(1.0)  # (n_tensors,)
-        if self.weight_decay:
+        if self.weight_decay and any(self.decay):
             wd = 1 - self.lr * self.weight_decay * scale
             factors = [wd[i] if d else None for i, d in enumerate(self.decay)]
             torch._foreach_mul_([p for p, f in zip(params, factors) if f is not None],
