@@ -235,7 +235,16 @@ def compute_by_kind(jobs: Sequence[dict], threads: int, compute_lines: Sequence[
     comp["compute_s"] = sum(comp[f"{k}_compute_s"] for k in COMPUTE_KINDS)
     if not recorded:
         comp = {k: math.nan for k in comp}
-    return {**out, **comp}
+    return {**out, **comp, "gpu_h": gpu_hours(jobs)}
+
+
+def gpu_hours(jobs: Sequence[dict]) -> float:
+    """GPU-hours from SLURM accounting: sum over the run's ended jobs of elapsed x allocated GPUs
+    (`elapsed_s`, `gpus` in a job's detail, recorded by the coordinator from sacct); NaN when no job
+    has them (local runs)."""
+    used = [(j.get("detail") or {}) for j in jobs]
+    used = [d for d in used if "elapsed_s" in d and "gpus" in d]
+    return sum(d["elapsed_s"] * d["gpus"] for d in used) / 3600 if used else math.nan
 
 
 def run_info(raw: dict, threads: int = 1) -> dict:
@@ -403,7 +412,7 @@ def collect_jobs(sweep_dir: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 COMPUTE_COLS = tuple(f"{k}_cpu_h" for k in COMPUTE_KINDS) + ("cpu_h",) + \
-    tuple(f"{k}_compute_s" for k in COMPUTE_KINDS) + ("compute_s",)
+    tuple(f"{k}_compute_s" for k in COMPUTE_KINDS) + ("compute_s", "gpu_h")
 
 
 def per_run(df: pd.DataFrame) -> pd.DataFrame:
@@ -1192,6 +1201,7 @@ def short_error(err: str | None) -> str:
 def compute_table(summ: pd.DataFrame) -> str:
     """CPU-h per kind, and the jobs' own model compute seconds when any job recorded them."""
     model = "compute_s" in summ and summ["compute_s"].notna().any()
+    gpu = "gpu_h" in summ and summ["gpu_h"].notna().any()
     rows = []
     for _, r in summ.iterrows():
         row = [r["method"], f"{r['budget']:,}", r["n_seeds"], num(r["generate_cpu_h"], "{:.4f}"),
@@ -1199,11 +1209,15 @@ def compute_table(summ: pd.DataFrame) -> str:
         if model:
             row += [num(r["generate_compute_s"], "{:.1f}"), num(r["train_compute_s"], "{:.1f}"),
                     num(r["eval_compute_s"], "{:.1f}"), num(r["compute_s"], "{:.1f}")]
+        if gpu:
+            row += [num(r["gpu_h"], "{:.2f}")]
         rows.append(row + [num(r["steps"])])
     header = ["method", "budget", "n", "generation CPU-h", "training CPU-h", "eval CPU-h", "total CPU-h"]
     if model:
         header += ["generation model compute (s)", "training model compute (s)", "eval model compute (s)",
                    "model compute (s)"]
+    if gpu:
+        header += ["GPU-h (sacct)"]
     return md_table(header + ["classifier iterations"], rows)
 
 
@@ -1356,6 +1370,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     if summ["compute_s"].notna().any() if "compute_s" in summ else False:
         plot_acc_vs(summ, runs, "compute_s", out / "acc_vs_model_compute.png",
                     "model compute (s) per run (log)", target=stt["target"])
+    if (summ["gpu_h"] > 0).any() if "gpu_h" in summ else False:  # SLURM sweeps on GPUs
+        plot_acc_vs(summ, runs, "gpu_h", out / "acc_vs_gpu_hours.png", "GPU-h per run, from sacct (log)",
+                    target=stt["target"])
     seed = plot_dynamics(df, runs, out / "dynamics.png")
     text = render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rounds)
     (out / "report.md").write_text(text)
@@ -1400,10 +1417,15 @@ def model_compute_text(summ: pd.DataFrame) -> str:
     if "compute_s" not in summ or not summ["compute_s"].notna().any():
         return ("Model compute: no job recorded its own compute seconds (`compute_s`); only the wall-time "
                 "CPU-h above, which include process start-up.")
-    return ("Model compute (s): the seconds each job spent in model work (sampling, guidance, scoring, "
+    text = ("Model compute (s): the seconds each job spent in model work (sampling, guidance, scoring, "
             "training steps) as the job recorded it (`compute_s`), start-up and imports excluded; summed "
             "over a run's jobs, mean over finished seeds. Jobs that did not record it count 0.\n\n"
             "![accuracy vs model compute](acc_vs_model_compute.png)")
+    if "gpu_h" in summ and (summ["gpu_h"] > 0).any():
+        text += ("\n\nGPU-h (SLURM): elapsed time x allocated GPUs of every job of the run, from `sacct` "
+                 "(ElapsedRaw, AllocTRES gres/gpu) as the coordinator recorded them when each job ended.\n\n"
+                 "![accuracy vs GPU-hours](acc_vs_gpu_hours.png)")
+    return text
 
 
 def render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rounds=None) -> str:

@@ -616,3 +616,13 @@ def test_addition_dynamics_measures_dips_gains_and_timing():
     assert d["gains"] == pytest.approx([0.01, 0.01])  # 0.95 -> 0.96 at the next addition; 0.96 -> 0.97 at the end
     early = addition_dynamics(val, [200], warmup=200, total=1000)
     assert early["warmup_additions"] == 1 and early["dips"] == pytest.approx([0.10])  # 0.90 -> 0.80 at step 350
+
+
+def test_gpu_hours_sum_elapsed_times_allocated_gpus_of_recorded_jobs():
+    from analysis.report import gpu_hours
+
+    jobs = [{"kind": "generate", "detail": {"start": 0, "elapsed_s": 1800, "gpus": 1}},
+            {"kind": "train", "detail": {"elapsed_s": 3600, "gpus": 8}},
+            {"kind": "eval", "detail": {}}]  # a job that ended before accounting was recorded
+    assert gpu_hours(jobs) == pytest.approx(0.5 + 8.0)
+    assert math.isnan(gpu_hours([{"kind": "train", "detail": {}}]))  # local runs: unknown, not zero

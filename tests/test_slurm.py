@@ -160,6 +160,9 @@ def test_smoke_sweep_through_slurm_gives_the_local_results(cluster, smoke, tmp_p
     # dp: 2 rounds of 128 samples in shards of 64 -> 4 array tasks
     assert len([1 for _, n in generate if n == "smoke/dp-generate"]) == sum(r["generated"] // 64 for r in states) == 4
     assert {state for _, _, state in jobs} == {"COMPLETED"}
+    # the coordinator recorded each ended job's accounting (the report's GPU-hours): no GPUs on this cluster
+    ended = [j for run in runs for j in read_json(out / "smoke" / run / "state.json")["jobs"]]
+    assert ended and all(j["detail"]["gpus"] == 0 and j["detail"]["elapsed_s"] >= 0 for j in ended), ended
 
 
 def test_preempted_shard_and_training_job_resume_to_the_uninterrupted_result(cluster, smoke, tmp_path):

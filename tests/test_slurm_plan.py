@@ -13,7 +13,7 @@ import yaml
 
 from dp_hpc.config import load_sweep
 from dp_hpc.coordinate.config import SlurmJobConfig
-from dp_hpc.coordinate.runners.slurm import expand_job_ids, parse_sacct, sbatch_flags
+from dp_hpc.coordinate.runners.slurm import expand_job_ids, gpus_in_tres, parse_sacct, parse_sacct_usage, sbatch_flags
 from dp_hpc.errors import ConfigError
 from e2e_helpers import ROOT, SMOKE, run_launch
 
@@ -23,6 +23,19 @@ def test_sacct_rows_become_job_states_including_pending_array_ranges():
     assert parse_sacct(text) == {"12_0": "COMPLETED", "12_1": "PENDING", "12_2": "PENDING", "12_3": "PENDING",
                                  "12_7": "PENDING", "13": "CANCELLED", "14": "REQUEUED"}
     assert expand_job_ids("15") == ["15"] and expand_job_ids("15_4") == ["15_4"]
+
+
+def test_sacct_rows_with_elapsed_and_tres_give_states_and_gpu_usage():
+    text = ("12_0|COMPLETED|3600|billing=8,cpu=8,gres/gpu=2,mem=64G,node=1\n"
+            "12_[1-2]|PENDING|0|\n"
+            "13|CANCELLED by 0|60|cpu=4,gres/gpu:a100=4,gres/gpu=4,mem=16G\n"
+            "14|COMPLETED|30|cpu=1,mem=4G,node=1\n")
+    assert parse_sacct(text) == {"12_0": "COMPLETED", "12_1": "PENDING", "12_2": "PENDING", "13": "CANCELLED",
+                                 "14": "COMPLETED"}
+    usage = parse_sacct_usage(text)
+    assert usage["12_0"] == {"elapsed_s": 3600, "gpus": 2} and usage["13"] == {"elapsed_s": 60, "gpus": 4}
+    assert usage["14"] == {"elapsed_s": 30, "gpus": 0} and usage["12_1"]["elapsed_s"] == 0
+    assert gpus_in_tres("cpu=8,gres/gpu:h100=3,gres/gpu:a100=1") == 4  # typed counts only: their sum
 
 
 def test_sbatch_flags_carry_every_configured_resource():

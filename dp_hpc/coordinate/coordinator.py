@@ -145,6 +145,8 @@ class Coordinator:
             if status.state == RUNNING:
                 continue
             job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
+            if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
+                job.detail.update(status.usage)
             if st.phase in ("done", "failed"):
                 continue  # already ended: a late sibling's outcome changes nothing
             if status.state == SUCCEEDED:

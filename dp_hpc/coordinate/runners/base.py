@@ -26,6 +26,7 @@ class JobStatus:
     state: str  # running | succeeded | failed | lost (died without a result: killed, OOM, ...)
     error: str | None = None  # last lines of the traceback or of stderr
     log_path: str | None = None
+    usage: dict | None = None  # SLURM accounting of an ended job: elapsed_s, gpus (allocated)
 
 
 class SubmitError(RuntimeError):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -88,16 +89,41 @@ def expand_job_ids(field: str) -> list[str]:
     return out
 
 
+SACCT_FIELDS = "JobID,State,ElapsedRaw,AllocTRES"
+
+
 def parse_sacct(text: str) -> dict[str, str]:
-    """`sacct -X -n -P -o JobID,State` output -> {job id: state word} ('CANCELLED by 0' -> 'CANCELLED')."""
+    """`sacct -X -n -P -o JobID,State[,...]` output -> {job id: state word} ('CANCELLED by 0' -> 'CANCELLED')."""
     states = {}
     for line in text.splitlines():
         if "|" not in line:
             continue
-        jid, state = line.split("|", 1)
+        jid, state = line.split("|")[:2]
         for j in expand_job_ids(jid.strip()):
             states[j] = state.split()[0] if state.strip() else "UNKNOWN"
     return states
+
+
+def gpus_in_tres(tres: str) -> int:
+    """Allocated GPUs in an AllocTRES string: 'billing=8,cpu=8,gres/gpu=2,mem=64G,node=1' -> 2. SLURM lists
+    the untyped count and, on typed clusters, per type too ('gres/gpu:a100=2'): the untyped one wins."""
+    counts = dict(kv.split("=", 1) for kv in tres.split(",") if "=" in kv)
+    if "gres/gpu" in counts:
+        return int(counts["gres/gpu"])
+    return sum(int(v) for k, v in counts.items() if k.startswith("gres/gpu:"))
+
+
+def parse_sacct_usage(text: str) -> dict[str, dict]:
+    """`sacct -X -n -P -o JobID,State,ElapsedRaw,AllocTRES` output -> {job id: {elapsed_s, gpus}}, for the
+    GPU-hours of a sweep (elapsed x allocated GPUs; the report sums them)."""
+    usage = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 4 or not fields[2].strip().isdigit():
+            continue
+        for j in expand_job_ids(fields[0].strip()):
+            usage[j] = {"elapsed_s": int(fields[2]), "gpus": gpus_in_tres(fields[3].strip())}
+    return usage
 
 
 JOB_SCOPED_ENV = ("SLURM_", "SLURMD_", "SBATCH_", "SUBMITIT_", "PMI_", "PMIX_", "OMPI_")
@@ -136,6 +162,7 @@ class SlurmRunner:
         self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
         self.sweep_name = sweep_name
         self._states: dict[str, str] = {}  # job id -> sacct state at the last poll
+        self._usage: dict[str, dict] = {}  # job id -> {elapsed_s, gpus} at the last poll (parse_sacct_usage)
         self._queued: set[str] = set()  # of the jobs sacct calls ended-by-preemption: still in squeue
         self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}
@@ -225,7 +252,7 @@ class SlurmRunner:
             return
         self.polls += 1
         try:
-            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(ids)],
                                capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             r = None
@@ -233,6 +260,7 @@ class SlurmRunner:
             log.warning("sacct failed (%s); job states unchanged this poll", "timeout" if r is None else r.stderr.strip()[:200])
             return
         self._states.update(parse_sacct(r.stdout))
+        self._usage.update(parse_sacct_usage(r.stdout))
         maybe_requeued = [j for j in ids if self._states.get(j) in REQUEUED_BY_SLURM]
         if maybe_requeued:
             q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(maybe_requeued)],
@@ -266,6 +294,7 @@ class SlurmRunner:
             # ended without a result, not cancelled or preempted: it crashed (OOM, segfault, time limit)
             hint = " (raise its time_min)" if state == "TIMEOUT" else ""
             st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{tail(paths.stderr)}".strip(), str(paths.stderr))
+        st = dataclasses.replace(st, usage=self._usage.get(job_id))
         self._finished[key] = st
         return st
 
