@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.out or Path(f"samples_{a.run.name}_round_{a.round:03d}.png")
-    plot_pairs(pairs, out, f"{a.run.name}, round {a.round}: plain | guided (omega {pairs['omega']}), same seeds; "
-                           f"steered by the step-{pairs['classifier_step']} classifier; H = its entropy")
+    plot_pairs(pairs, out, f"{a.run.name}, round {a.round}: plain | guided (omega {pairs['omega']}), same seeds\n"
+                           f"steered by the step-{pairs['classifier_step']} classifier; H = its entropy, "
+                           f"red: the oracle reads another digit")
     mean = {k: float(np.mean(pairs[k]["entropy"])) for k in ("plain", "guided")}
     print(f"{out}: mean entropy plain {mean['plain']:.3f}, guided {mean['guided']:.3f}")
     return 0
