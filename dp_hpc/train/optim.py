@@ -71,11 +71,10 @@ class AdamW:
         ratio = torch._foreach_div(torch._foreach_mul(grads, grads), v_hat)
         rms = torch.stack([r.mean() for r in ratio]).sqrt_()  # (n_tensors,)
         scale = 1.0 / rms.clamp_min(1.0)  # (n_tensors,)
-        if self.weight_decay and any(self.decay):
-            wd = 1 - self.lr * self.weight_decay * scale
-            factors = [wd[i] if d else None for i, d in enumerate(self.decay)]
-            torch._foreach_mul_([p for p, f in zip(params, factors) if f is not None],
-                                [f for f in factors if f is not None])
+        if self.weight_decay and any(self.decay):  # decoupled decay, scaled like the step
+            wd = (1 - self.lr * self.weight_decay * scale).unbind()
+            decayed = [i for i, d in enumerate(self.decay) if d]
+            torch._foreach_mul_([params[i] for i in decayed], [wd[i] for i in decayed])
         step = torch._foreach_div(self.exp_avg, denom)  # m / (sqrt(v_hat) + eps), bias1 below
         torch._foreach_mul_(step, list(scale.mul(-self.lr / bias1).unbind()))
         torch._foreach_add_(params, step)
