@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -68,9 +69,21 @@ def drop_split(run_dir: str | os.PathLike, split: str) -> int:
     return rewrite_metrics(run_dir, lambda r: r.get("split") != split)
 
 
+_job_started: float | None = None  # set for jobs that run inside a longer-lived process (debug executor)
+
+
+def mark_job_start() -> None:
+    """A job starts now inside an existing process: its start-up counts from here, not from the process's."""
+    global _job_started
+    _job_started = time.time()
+
+
 def process_age_s() -> float | None:
-    """Seconds since this process started (Linux /proc; None elsewhere): a job's start-up cost
-    (interpreter, imports, model loading) when read just before its real work begins."""
+    """Seconds since this job's process started (Linux /proc; None elsewhere), or since
+    `mark_job_start`: a job's start-up cost (interpreter, imports, model loading) when read just
+    before its real work begins. A warm local job is a fresh fork: its age counts from the fork."""
+    if _job_started is not None:
+        return round(time.time() - _job_started, 3)
     try:
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])

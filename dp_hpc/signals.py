@@ -48,7 +48,11 @@ class PreemptFlag(_Handlers):
     """SIGTERM/SIGUSR2 set the flag (SLURM and submitit preempt with them). In a task of the local
     executor SIGINT too: a Ctrl-C in the launcher's terminal reaches its jobs."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
+    @property
+    def SIGNALS(self) -> tuple[int, ...]:  # noqa: N802 (the base class's attribute)
+        # read when the flag is entered, not at import: a warm local job (a fork of a parent that
+        # imported this module) becomes a local job after the import
+        return (signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if "SUBMITIT_LOCAL_JOB_ID" in os.environ else ())
 
     def __init__(self) -> None:
         self.set = False

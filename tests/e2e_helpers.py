@@ -62,14 +62,6 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(x) for x in text.split()]
-
-
 def kill(pid: int, sig=signal.SIGKILL) -> None:
     try:
         os.kill(pid, sig)

@@ -271,7 +271,9 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     recorded_ids = sorted(j["job_id"] for j in recorded)
     by_id = jobs_by_id(recorded_ids + [first, second])
     assert Counter(jid for jid, _, _ in by_id) == Counter(recorded_ids + [first, second]), (by_id, recorded_ids)
-    assert all(n.startswith(name + "/") for _, n, _ in by_id), by_id
+    strangers = [jid for jid, n, _ in by_id if not n.startswith(name + "/")]
+    assert not strangers, ("recorded jobs that are not this sweep's", strangers, sacct(
+        "-X", "-j", ",".join(strangers), "-o", "JobID,JobName%200,State,Submit,WorkDir%200"), recorded)
     named = accounted_jobs(name, since)
     ids = Counter(jid for jid, _, _ in named)
     assert all(n == 1 for n in ids.values()), f"a job id appears twice in accounting: {ids}"

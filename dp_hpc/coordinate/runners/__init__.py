@@ -1,5 +1,5 @@
 """Where jobs run: the `Runner` interface (base.py) and its two implementations, siblings of each
-other: local.py (submitit's local and debug executors) and slurm.py (a SLURM cluster).
+other: local.py (local processes, forked warm by warm.py, and submitit's debug executor) and slurm.py (a SLURM cluster).
 
     runner = make_runner(resolve_kind("auto"), sweep, foreground=False)
 """
@@ -36,4 +36,4 @@ def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
         return runner
     ex = sweep.executor
     return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
-                       poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs)
+                       poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start)

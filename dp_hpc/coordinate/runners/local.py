@@ -1,8 +1,11 @@
 """The local runners: jobs on this machine through submitit (the `Runner` interface: base.py).
 
-- `local`: submitit's LocalExecutor: every task is a real subprocess (`python -m
-  submitit.local._local`), job id = its pid. Those processes outlive a killed coordinator; a new
-  coordinator re-attaches by checking the pid is still a submitit controller for our log folder.
+- `local`: every task is a real process, job id = its pid: by default a fork of a parent that has
+  imported torch and the job modules already (warm.py: milliseconds to start, not seconds);
+  with `executor.warm_start: false` submitit's LocalExecutor (a fresh `python -m
+  submitit.local._local` controller and task per job). Either way the job writes submitit's
+  files (pickles, logs, result) and outlives a killed coordinator; a new coordinator re-attaches
+  by checking that the pid is still a job of our log folder (`warm.is_live_job`).
 - `debug`: submitit's DebugExecutor: runs the task in-process at submission (no parallelism).
 """
 
@@ -12,12 +15,15 @@ import logging
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
+from submitit.core.utils import DelayedSubmission
 
 from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, status_from_result
+from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,7 @@ class LocalRunner:
     uses_sbatch = False
 
     def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1,
-                 poll_interval_s: float = 0.5, max_jobs: int = 2):
+                 poll_interval_s: float = 0.5, max_jobs: int = 2, warm_start: bool = True):
         if kind not in ("local", "debug"):
             raise ValueError(f"unknown executor {kind!r}; allowed: local, debug")
         self.kind = kind
@@ -38,7 +44,8 @@ class LocalRunner:
         self.poll_interval_s = poll_interval_s
         self.max_jobs = max_jobs
         self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
-        self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> jobs submitted by this process
+        self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> submitit jobs submitted by this process
+        self._warm = WarmParent(self.env) if kind == "local" and warm_start else None
         self._finished: dict[tuple[str, str], JobStatus] = {}  # (folder, id): pids are reused across runs
 
     def check(self, kinds: Sequence[str] = ()) -> None:
@@ -72,8 +79,11 @@ class LocalRunner:
     def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple], kind: str = "generate") -> list[str]:  # noqa: ARG002
         """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
         folder.mkdir(parents=True, exist_ok=True)
+        if self._warm is not None:
+            return [self._start_warm(folder, fn, args) for args in args_list]
         if self.kind == "debug":
             ex: Any = submitit.DebugExecutor(folder=folder)
+            fn = _InProcess(fn)
         else:
             ex = submitit.LocalExecutor(folder=folder)
             ex.update_parameters(timeout_min=self.timeout_min)
@@ -103,6 +113,22 @@ class LocalRunner:
             ids.append(jid)
         return ids
 
+    def _start_warm(self, folder: Path, fn: Callable, args: tuple) -> str:
+        submission = folder / f".submission-{uuid.uuid4().hex}.pkl"  # the job renames it <pid>_submitted.pkl
+        DelayedSubmission(fn, *args).dump(submission)
+        try:
+            jid = self._warm.start(folder, submission, self.timeout_min * 60)
+        except BaseException:
+            submission.unlink(missing_ok=True)
+            raise
+        self._finished.pop((str(folder), jid), None)  # a reused pid is a new job
+        return jid
+
+    def close(self) -> None:
+        """Let go of the warm parent (running jobs go on)."""
+        if self._warm is not None:
+            self._warm.close()
+
     def status(self, folder: Path, job_id: str, submitted: float | None = None) -> JobStatus:
         """State of a job; `submitted` (unix time) lets a result file left by an earlier job
         with the same (reused) pid in the same folder be told apart from this job's."""
@@ -114,7 +140,7 @@ class LocalRunner:
         if job is not None:
             running = job._process is not None and job._process.poll() is None
         else:
-            running = _is_live_controller(job_id, folder)
+            running = is_live_job(job_id, folder)
         if running:
             return JobStatus(RUNNING, log_path=str(paths.stderr))
         st = status_from_result(paths, submitted)
@@ -126,30 +152,28 @@ class LocalRunner:
         return RUNNING if self.status(folder, job_id).state == RUNNING else None
 
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
-        """Stop jobs: ours through submitit; re-attached local ones (submitted by an earlier
-        launcher) with SIGTERM, which their controller forwards so that tasks stop cleanly."""
+        """Stop jobs: submitit's through submitit; others (warm jobs, or jobs an earlier launcher
+        submitted) with SIGTERM, on which a job stops at its next safe point (a submitit
+        controller forwards it to its task)."""
         for jid in job_ids:
             job = self._jobs.get((str(folder), jid))
             if job is not None:
                 job.cancel(check=False)
-            elif _is_live_controller(jid, folder):
+            elif is_live_job(jid, folder):
                 try:
                     os.kill(int(jid), signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 
 
-def _is_live_controller(job_id: str, folder: Path) -> bool:
-    """Is pid `job_id` a running submitit local controller for `folder`? (pid reuse-safe enough:
-    the command line must name submitit and our folder.)"""
-    if not job_id.isdigit():
-        return False
-    try:
-        cmd = Path(f"/proc/{job_id}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{job_id}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: finished, not yet reaped
-        return False
-    text = [c.decode(errors="replace") for c in cmd]
-    return any("submitit" in c for c in text) and any(str(folder) in c for c in text)
+class _InProcess:
+    """A debug job: its start-up is counted from its call, not from the launcher's start."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        from dp_hpc import metrics
+
+        metrics.mark_job_start()
+        return self.fn(*args)

@@ -1,0 +1,128 @@
+"""The local executor's warm jobs (dp_hpc.coordinate.runners.warm): real forks of a parent that
+imported torch, writing submitit's files; states read from /proc and the result pickles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from dp_hpc import metrics
+from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED
+from dp_hpc.coordinate.runners.local import LocalRunner
+from dp_hpc.coordinate.runners.warm import is_live_job
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs below are defined here, not importable
+
+
+def wait_then_answer(flag: str, answer: int) -> dict:
+    """Wait until `flag` exists; return facts about the job process it ran in."""
+    import torch  # noqa: F401 (already imported by the parent: costs nothing)
+
+    while not os.path.exists(flag):
+        time.sleep(0.02)
+    print("job stdout line")
+    return {"answer": answer, "pid": os.getpid(), "job_id": os.environ["SUBMITIT_LOCAL_JOB_ID"],
+            "startup_s": metrics.process_age_s(), "torch_threads": torch.get_num_threads()}
+
+
+def stop_on_signal(ready: str) -> str:
+    """Enter the preemption flag as a job does, say so, and wait for a signal."""
+    from dp_hpc.signals import PreemptFlag
+
+    with PreemptFlag() as flag:
+        Path(ready).touch()
+        for _ in range(3000):
+            if flag.set:
+                return "stopped at a safe point"
+            time.sleep(0.01)
+    return "no signal came"
+
+
+def fail() -> None:
+    raise ValueError("this job fails on purpose")
+
+
+def wait_for(predicate, timeout: float = 60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = predicate()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def result(runner: LocalRunner, folder: Path, jid: str):
+    st = wait_for(lambda: (s := runner.status(folder, jid)).state != RUNNING and s)
+    return st
+
+
+@pytest.fixture
+def runner():
+    r = LocalRunner("local", env={"OMP_NUM_THREADS": "2"})
+    yield r
+    r.close()
+
+
+def test_a_warm_job_writes_submitits_files_and_outlives_its_coordinator(runner, tmp_path):
+    """Job id = the fork's pid; stdout goes to submitit's log; the result pickle is submitit's. The
+    job keeps running when the parent goes (the coordinator died), and a new runner re-attaches."""
+    from submitit.core.utils import JobPaths, pickle_load
+
+    logs, flag = tmp_path / "logs", tmp_path / "go"
+    (jid,) = runner.submit(logs, "t", wait_then_answer, [(str(flag), 42)])
+    assert jid.isdigit() and runner.status(logs, jid).state == RUNNING and is_live_job(jid, logs)
+    assert not is_live_job(jid, tmp_path / "elsewhere"), "a job of another folder is not ours"
+    runner.close()  # the parent exits; the job is not its to stop
+    fresh = LocalRunner("local")
+    assert fresh.status(logs, jid).state == RUNNING
+    flag.touch()
+    assert result(fresh, logs, jid).state == SUCCEEDED
+    paths = JobPaths(logs, job_id=jid, task_id=0)
+    outcome, value = pickle_load(paths.result_pickle)
+    assert outcome == "success" and value["answer"] == 42
+    assert str(value["pid"]) == jid == value["job_id"]
+    assert value["torch_threads"] == 2, "the job's threads come from the runner's env, not the parent's 1"
+    assert value["startup_s"] < 30, "a fork's age counts from the fork, not from the parent's start"
+    assert "job stdout line" in paths.stdout.read_text()
+    assert not is_live_job(jid, logs)
+    assert not list(logs.glob(".submission-*")), "the submission pickle was renamed to the job's"
+    fresh.close()
+
+
+def test_failed_and_lost_warm_jobs_are_told_apart(runner, tmp_path):
+    logs = tmp_path / "logs"
+    failing, lost = runner.submit(logs, "t", fail, [()]) + runner.submit(logs, "t", os._exit, [(3,)])
+    st = result(runner, logs, failing)
+    assert st.state == FAILED and "this job fails on purpose" in st.error
+    assert result(runner, logs, lost).state == LOST
+
+
+def test_a_warm_job_catches_sigint_and_stops_at_a_safe_point(runner, tmp_path):
+    """A Ctrl-C in the terminal reaches local jobs: the preemption flag must take SIGINT in a warm job
+    although the parent imported dp_hpc.signals before the fork made it a local job."""
+    from submitit.core.utils import JobPaths, pickle_load
+
+    logs, ready = tmp_path / "logs", tmp_path / "ready"
+    (jid,) = runner.submit(logs, "t", stop_on_signal, [(str(ready),)])
+    wait_for(ready.exists)
+    os.kill(int(jid), signal.SIGINT)
+    assert result(runner, logs, jid).state == SUCCEEDED
+    assert pickle_load(JobPaths(logs, job_id=jid, task_id=0).result_pickle) == ("success", "stopped at a safe point")
+
+
+def test_a_debug_job_counts_its_start_up_from_its_call(tmp_path):
+    """In-process jobs must not report the launcher's age as their start-up."""
+
+    out = tmp_path / "age"
+    runner = LocalRunner("debug")
+    time.sleep(0.3)
+    (jid,) = runner.submit(tmp_path, "t", lambda _: out.write_text(str(metrics.process_age_s())), [(None,)])
+    assert runner.status(tmp_path, jid).state == SUCCEEDED, runner.status(tmp_path, jid)
+    assert float(out.read_text()) < 0.3
