@@ -2,7 +2,8 @@
 one coordinator per run until every run is done.
 
     python -m dp_hpc.launch --sweep sweeps/digits.yaml [--out runs] [--executor local|debug|slurm|auto]
-                            [--set key=value ...] [--dry-run] [--foreground]
+                            [--set key=value ...] [--dry-run] [--foreground] [--print-config]
+    python -m dp_hpc.launch --list-keys
 
 With `--executor slurm` the launcher checks the request against the cluster, then submits the
 coordinator itself as a small CPU job and returns (`--foreground`: drive the sweep from this
@@ -40,7 +41,7 @@ log = logging.getLogger("dp_hpc.launch")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dp_hpc.launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", required=True, help="sweep YAML file (name, base, grid, executor)")
+    p.add_argument("--sweep", help="sweep YAML file (name, base, grid, executor); required except with --list-keys")
     p.add_argument("--out", default="runs", help="output root; the sweep lives in OUT/<sweep name>/ (default: runs)")
     p.add_argument("--executor", choices=["local", "debug", "slurm", "auto"], default=None,
                    help="where jobs run (default: the sweep's executor.kind, else local); "
@@ -51,7 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the sbatch options of every job and a GPU-hour estimate); write nothing")
     p.add_argument("--foreground", action="store_true",
                    help="slurm: drive the sweep from this process instead of a coordinator job")
-    return p.parse_args(argv)
+    p.add_argument("--print-config", action="store_true",
+                   help="print every run's resolved config (as written to its config.yaml); write nothing")
+    p.add_argument("--list-keys", action="store_true",
+                   help="print every key a sweep file can set, with its type, default and help; no --sweep needed")
+    args = p.parse_args(argv)
+    if args.sweep is None and not args.list_keys:
+        p.error("the following arguments are required: --sweep")
+    return args
 
 
 # ----------------------------------------------------------------------------- checks (read only)
@@ -143,17 +151,34 @@ class CoordinatorJob(Checkpointable):
         return code
 
 
+def _print_quietly(text: str) -> int:
+    """Print; a reader that closed the pipe (`| head`) has all it wanted: exit 0, no traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
     another launcher, 3 the generator failed, 143 stopped by SIGTERM/SIGUSR2 (rerun to continue),
     130 Ctrl-C. `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
+    if args.list_keys:
+        from dp_hpc.config_keys import format_keys, sweep_keys
+
+        return _print_quietly(format_keys(sweep_keys()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("submitit").setLevel(logging.WARNING)
     try:
         sweep, runs = load_sweep(args.sweep, args.overrides)
         kind = resolve_kind(args.executor or sweep.executor.kind)
         out = Path(args.out)
+        if args.print_config:
+            return _print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
+                                          f"{dump_run_config(r.config)}\n" for r in runs))
         if args.dry_run:
             try:
                 print_plan(sweep, runs, out)

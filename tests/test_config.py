@@ -130,3 +130,37 @@ def test_dry_run_into_a_closed_pipe_exits_quietly():
     finally:
         os.close(w)
     assert p.returncode == 0 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_list_keys_names_every_key_with_its_type_default_and_help():
+    """Read from the dataclasses: every key a run config or a sweep section has, none without help."""
+    from dp_hpc.config import SweepConfig, flatten
+    from dp_hpc.config_keys import sweep_keys
+
+    keys = {k.key: k for k in sweep_keys()}
+    run_keys = set(flatten(to_dict(RunConfig()))) - {"name"}
+    sweep = SweepConfig(name="x", base=RunConfig(), grid=[])
+    own = {f"{section}.{k}" for section in ("executor", "slurm") for k in flatten(to_dict(getattr(sweep, section)))}
+    empty_mappings = {f"slurm.{kind}.additional_parameters" for kind in ("generation", "training", "coordinator")}
+    assert run_keys | own | {"name", "grid"} | empty_mappings == set(keys)  # flatten() drops empty mappings
+    assert not [k for k, d in keys.items() if not d.help], "a key without help text"
+    assert keys["slurm.coordinator.time_min"].default == 1440, "a section's own defaults, not its class's"
+    assert keys["train.total_steps"].default == RunConfig().train.total_steps
+    r = subprocess.run([sys.executable, "-m", "dp_hpc.launch", "--list-keys"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "executor.warm_start: bool = True" in r.stdout, r.stderr
+    assert all(f"\n{k}: " in "\n" + r.stdout for k in keys)
+
+
+def test_print_config_prints_each_runs_resolved_config_and_writes_nothing(tmp_path):
+    import yaml
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "dp_hpc.launch", "--sweep", str(SWEEPS / "digits.yaml"), "--print-config",
+                        "--set", "train.total_steps=700", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _, runs = load_sweep(SWEEPS / "digits.yaml", ["train.total_steps=700"])
+    printed = [yaml.safe_load(doc.split("\n", 1)[1]) for doc in r.stdout.split("# run ")[1:]]
+    assert [p["name"] for p in printed] == [run.name for run in runs]
+    assert all(p == to_dict(run.config) and p["train"]["total_steps"] == 700 for p, run in zip(printed, runs))
+    assert not out.exists()

@@ -82,9 +82,13 @@ class SlurmJobConfig:
     """sbatch resources of one kind of job. Unset (null) values are left to the cluster's defaults."""
 
     partition: str | None = None
+    """sbatch --partition (null: the cluster's default partition)."""
     account: str | None = None
+    """sbatch --account to charge."""
     qos: str | None = None
+    """sbatch --qos."""
     constraint: str | None = None
+    """sbatch --constraint, e.g. a GPU model feature (a100|h100)."""
     time_min: int = 240
     """Time limit per job (minutes). Jobs that reach it checkpoint, requeue and continue."""
     nodes: int = 1
@@ -94,6 +98,7 @@ class SlurmJobConfig:
     procs_per_node: int | None = None
     """Training processes per node (torchrun --nproc-per-node); default: gpus_per_node, or 1 on CPU."""
     cpus_per_task: int = 4
+    """CPUs per task (training: per node, shared by its processes; they set torch's threads)."""
     mem_gb: float | None = None
     """Memory per node in GB (null: the cluster's default)."""
     array_parallelism: int = 256
