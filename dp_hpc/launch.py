@@ -151,6 +151,31 @@ class CoordinatorJob(Checkpointable):
         return code
 
 
+def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, foreground: bool) -> int:
+    """Print the plan, then run every check a launch runs (existing run folders, model and data
+    files, the cluster's `sbatch --test-only`): exit 2 with the problems where the launch would stop,
+    0 where it would go ahead. Writes nothing, submits nothing."""
+    try:
+        print_plan(sweep, runs, out)
+        if runner_class(kind).uses_sbatch:
+            print_slurm_plan(sweep, runs)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--dry-run | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    problems = []
+    for check in (lambda: check_existing_runs(runs, out / sweep.name), lambda: check_run_inputs(runs),
+                  lambda: make_runner(kind, sweep, foreground)):
+        try:
+            check()
+        except (ConfigError, UsageError) as e:
+            problems.append(f"error: {e}")
+    if problems:
+        print("\n".join(problems) + "\nthe launch would stop here (exit 2); the plan above is what it would run",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 def _print_quietly(text: str) -> int:
     """Print; a reader that closed the pipe (`| head`) has all it wanted: exit 0, no traceback."""
     try:
@@ -180,14 +205,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
             return _print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
                                           f"{dump_run_config(r.config)}\n" for r in runs))
         if args.dry_run:
-            try:
-                print_plan(sweep, runs, out)
-                if runner_class(kind).uses_sbatch:
-                    print_slurm_plan(sweep, runs)
-                sys.stdout.flush()
-            except BrokenPipeError:  # `--dry-run | head`: the reader has all it wanted
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
+            return dry_run(sweep, runs, out, kind, args.foreground)
         sweep_dir = out / sweep.name
         check_existing_runs(runs, sweep_dir)
         check_run_inputs(runs)

@@ -164,3 +164,24 @@ def test_print_config_prints_each_runs_resolved_config_and_writes_nothing(tmp_pa
     assert [p["name"] for p in printed] == [run.name for run in runs]
     assert all(p == to_dict(run.config) and p["train"]["total_steps"] == 700 for p, run in zip(printed, runs))
     assert not out.exists()
+
+
+def test_dry_run_runs_the_launchs_checks_and_exits_2_where_the_launch_would(tmp_path):
+    """A run folder written with other settings: the launch refuses it (exit 2), so the dry run does
+    too, after the plan; unchanged, the dry run exits 0. Nothing is written either way."""
+    from dp_hpc.config import dump_run_config
+
+    smoke = SWEEPS / "smoke.yaml"
+    _, runs = load_sweep(smoke)
+    folder = tmp_path / "out" / "smoke" / runs[0].name
+    folder.mkdir(parents=True)
+    changed = from_dict(RunConfig, {**to_dict(runs[0].config), "seed": 7})
+    (folder / "config.yaml").write_text(dump_run_config(changed))
+    cmd = [sys.executable, "-m", "dp_hpc.launch", "--sweep", str(smoke), "--out", str(tmp_path / "out"), "--dry-run"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "other values of seed" in r.stderr and "the launch would stop here" in r.stderr, r.stderr
+    assert runs[0].name in r.stdout, "the plan is printed first"
+    (folder / "config.yaml").write_text(dump_run_config(runs[0].config))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "smoke").iterdir()) == [runs[0].name]

@@ -24,8 +24,11 @@ def plan_rows(stdout: str) -> dict[str, tuple[str, int, float]]:
 
 
 def test_in1k_plan_has_the_paper_budgets_and_fits_its_storage(tmp_path):
+    """The plan is printed; then the dry run checks what a launch checks: here the ImageNet data and
+    Stable Diffusion weights are missing, so it exits 2 as the launch would, naming them."""
     r = run_launch(IN1K, tmp_path / "out", "--dry-run")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 2 and "the launch would stop here" in r.stderr, r.stderr
+    assert "/datasets/imagenet/packed/" in r.stderr or "/models/stable-diffusion-v1-5" in r.stderr, r.stderr
     rows = plan_rows(r.stdout)
     # Table 1 (6.5M, 9.1M) and the IN-1k scaling runs: DP 0.64M/1.308M/13.08M, static 1.3M/13M
     assert sorted(b for m, b, _ in rows.values() if m == "dp") == [640_000, 1_308_000, 6_500_000, 9_100_000,
@@ -51,7 +54,7 @@ def test_in100_plan_has_table_4_budgets_and_the_omega_ablation(tmp_path):
     assert (cfg.sampler.cfg_lambda, cfg.data.classes, cfg.generator.backend) == (3.0, "imagenet100", "stable-diffusion")
     assert sweep.slurm.training.nodes * sweep.slurm.training.gpus_per_node == 32
     r = run_launch(IN100, tmp_path / "out", "--dry-run")
-    assert r.returncode == 0 and len(plan_rows(r.stdout)) == len(runs) == 12, r.stdout + r.stderr
+    assert r.returncode == 2 and len(plan_rows(r.stdout)) == len(runs) == 12, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("sweep", [IN100, IN1K])
