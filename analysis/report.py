@@ -10,6 +10,7 @@ failed runs are included and marked. Writes into the out folder:
     jobs.csv                 one row per job with its wall time and where that time came from
     summary.csv              per arm and data budget, with the 95% intervals (`summary`)
     report.md                all tables, with the PNGs beside it
+    report.html              the same as one self-contained page (figures embedded)
     rounds.csv               one row per generated round, with its generation statistics
     acc_vs_model_compute.png only when jobs record their own model compute seconds (`compute_s`)
 
@@ -1376,7 +1377,34 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     seed = plot_dynamics(df, runs, out / "dynamics.png")
     text = render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rounds)
     (out / "report.md").write_text(text)
+    (out / "report.html").write_text(html_page(text, out, title=f"dp_hpc report: {meta.get('name', sweep_dir.name)}"))
     return out / "report.md"
+
+
+def html_page(markdown_text: str, image_dir: Path, title: str) -> str:
+    """report.md as one self-contained HTML page: the figures embedded (data URIs), so the file can
+    be mailed or attached as it is. Images that are missing are left as their alt text."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown_text)
+    for tok in tokens:
+        for child in tok.children or []:
+            if child.type == "image":
+                src = child.attrGet("src") or ""
+                path = image_dir / src
+                if src and "/" not in src and path.is_file():
+                    child.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())
+    body = md.renderer.render(tokens, md.options, {})
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:left}th{background:#f3f3f3}"
+             "img{max-width:100%}code{background:#f3f3f3;padding:0 0.2em}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n{body}</body></html>\n")
 
 
 def branch_text(runs: pd.DataFrame) -> str:

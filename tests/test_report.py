@@ -287,6 +287,17 @@ def test_cli_writes_report_tables_and_pngs(grid, tmp_path):
     assert (out / "rounds.csv").stat().st_size > 0
     for png in ("acc_vs_samples.png", "acc_vs_compute.png", "dynamics.png"):
         assert f"]({png})" in md
+    # report.html: the same report as one self-contained page (figures embedded, nothing linked)
+    import base64
+    import re
+
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "<h1>Sweep report: grid</h1>" in page
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) == md.count("![") and all(src.startswith("data:image/png;base64,") for src in srcs)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs}
+    assert (out / "dynamics.png").read_bytes() in embedded
+    assert "boom" in page and "<script" not in page
 
 
 def test_cli_default_out_is_inside_the_sweep(grid):
