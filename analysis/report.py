@@ -46,6 +46,7 @@ import datetime as _dt
 import json
 import math
 import re
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -1376,9 +1377,39 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
                     target=stt["target"])
     seed = plot_dynamics(df, runs, out / "dynamics.png")
     text = render(meta, sweep_dir, df, runs, summ, stt, fits, jobs, gen_jobs, seed, rounds)
+    text += "\n\n" + sample_grids_text(sweep_dir, grid_runs, out)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(html_page(text, out, title=f"dp_hpc report: {meta.get('name', sweep_dir.name)}"))
     return out / "report.md"
+
+
+def sample_grids_text(sweep_dir: Path, runs: pd.DataFrame, out: Path, max_arms: int = 8) -> str:
+    """The rounds' pictures (`pool_markers/round_XXX/samples.png`, written by the generation jobs) of
+    one run per arm -- its largest budget, lowest seed -- copied beside the report."""
+    lines = ["## Samples per round", "",
+             "A few of each round's first samples per class (rows: classes). Guided rounds: the plain "
+             "samples of the same seeds on the left, the guided ones on the right; plain and prune rounds: "
+             "the generated candidates."]
+    shown = 0
+    for arm, g in runs.groupby("arm", sort=False):
+        if shown == max_arms:
+            lines.append("\n(further arms left out; each run's pictures are in its pool_markers/)")
+            break
+        pick = g.sort_values(["budget", "seed"], ascending=[False, True]).iloc[0]
+        rd = RunDir(sweep_dir / pick["run"])
+        grids = [(r, rd.sample_grid(r)) for r in range(64) if rd.sample_grid(r).exists()]
+        if not grids:
+            continue
+        shown += 1
+        lines += ["", f"**{arm}**, `{pick['run']}`:", ""]
+        for r, src in grids:
+            name = f"samples_{pick['run']}_round{r}.png"
+            shutil.copyfile(src, out / name)
+            lines.append(f"round {r}: ![{pick['run']} round {r}]({name})")
+            lines.append("")
+    if not shown:
+        lines.append("\nNo round pictures recorded (sweeps run before they were written have none).")
+    return "\n".join(lines)
 
 
 def html_page(markdown_text: str, image_dir: Path, title: str) -> str:

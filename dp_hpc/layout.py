@@ -9,7 +9,7 @@ every job use it.
       generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.json
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
-        config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,COMPLETE}
+        config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
         checkpoints/step_XXXXXXXX/{state.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock
         logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
@@ -48,6 +48,7 @@ TRAIN_STATE_FILE = "train_state.json"  # in a checkpoint folder, written last: i
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.jsonl"  # one line per job attempt: start-up and model-compute seconds
 PAIRED_PLAIN = "paired_plain.json"  # in a round's markers: plain samples of a guided round's first seeds
+SAMPLE_GRID = "samples.png"  # in a round's markers: a few samples per class (guided: beside plain, same seeds)
 EVAL_FILE = "eval.json"  # the final held-out evaluation (written last: marks it done)
 RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
 BRANCHES = "branches"
@@ -120,6 +121,10 @@ class RunDir(_Folder):
     def paired_plain(self, round_index: int) -> Path:
         """Guided rounds: what plain sampling gives for the round's first seeds (pool.round_stats)."""
         return self.round_markers(round_index) / PAIRED_PLAIN
+
+    def sample_grid(self, round_index: int) -> Path:
+        """A picture of the round's first samples per class (dp_hpc.generate.grid)."""
+        return self.round_markers(round_index) / SAMPLE_GRID
 
     def done_chunks(self, round_index: int) -> set[int]:
         """Chunks of a round with a marker."""

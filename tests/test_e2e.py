@@ -103,6 +103,17 @@ def test_rounds_record_entropy_and_label_fidelity_and_prune_is_class_balanced(sm
     compute = read_jsonl(sweep_dir / "dp" / "compute.jsonl")
     assert {c["kind"] for c in compute} == {"generate", "train", "eval"}
     assert all(c["compute_s"] >= 0 and c["startup_s"] > 0 for c in compute)
+    # every round's picture: guided rounds twice as wide (plain | guided, same seeds) as plain ones
+    from PIL import Image
+
+    from dp_hpc.layout import RunDir
+
+    for run in ("dp", "static", "prune"):
+        for r in range(len(read_json(sweep_dir / run / "state.json")["rounds"])):
+            assert RunDir(sweep_dir / run).sample_grid(r).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (run, r)
+    plain_w, _ = Image.open(RunDir(sweep_dir / "dp").sample_grid(0)).size
+    guided_w, _ = Image.open(RunDir(sweep_dir / "dp").sample_grid(1)).size
+    assert guided_w > 2 * plain_w - 1
     out = tmp_path / "grid.png"
     assert samples_main([str(sweep_dir / "dp"), "--round", "1", "--per-class", "1", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

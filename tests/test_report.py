@@ -298,6 +298,7 @@ def test_cli_writes_report_tables_and_pngs(grid, tmp_path):
     embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs}
     assert (out / "dynamics.png").read_bytes() in embedded
     assert "boom" in page and "<script" not in page
+    assert "No round pictures recorded" in md  # the hand-made runs have none; the e2e smoke test has them
 
 
 def test_cli_default_out_is_inside_the_sweep(grid):

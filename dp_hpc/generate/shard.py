@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler
 
 from dp_hpc.config import load_run_config
 from dp_hpc.generate.config import GeneratorConfig
+from dp_hpc.generate.grid import write_round_grid
 from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
 from dp_hpc.io import atomic_write_json
 from dp_hpc.layout import RunDir
@@ -91,10 +92,14 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
                                     sampler_cfg, storage_size=storage_size, classifier=classifier)
             judged = oracle_labels(oracle, out.images)
             dt = time.perf_counter() - t0
-            if c == 0 and sampler_cfg.omega > 0 and sampler_cfg.paired_plain_samples > 0:
-                t1 = time.perf_counter()  # a diagnostic: not the method's compute
-                _write_paired_plain(pool, round_index, model, scheduler, labels, seeds, sampler_cfg,
-                                    storage_size, classifier, oracle)
+            if c == 0:  # diagnostics of the round, from its first chunk: not the method's compute
+                t1 = time.perf_counter()
+                plain = None
+                if sampler_cfg.omega > 0 and sampler_cfg.paired_plain_samples > 0:
+                    plain = _write_paired_plain(pool, round_index, model, scheduler, labels, seeds, sampler_cfg,
+                                                storage_size, classifier, oracle)
+                shown = len(labels) if plain is None else len(plain)
+                write_round_grid(RunDir(run_dir).sample_grid(round_index), out.images[:shown], labels[:shown], plain)
                 timing["diagnostic_s"] = time.perf_counter() - t1
             pool.write_chunk(round_index, c, out.images, out.entropy, judged)
             timing["compute_s"] += dt
@@ -107,9 +112,9 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
 
 
 def _write_paired_plain(pool: Pool, round_index: int, model, scheduler, labels, seeds, sampler_cfg,
-                        storage_size: int, classifier, oracle) -> None:
-    """Plain samples of the round's first seeds, scored like the guided ones (pool.round_stats).
-    Diagnostic only: not stored in the pool, not counted as generated data."""
+                        storage_size: int, classifier, oracle) -> np.ndarray:
+    """Plain samples of the round's first seeds, scored like the guided ones (pool.round_stats);
+    returns their images. Diagnostic only: not stored in the pool, not counted as generated data."""
     n = min(sampler_cfg.paired_plain_samples, len(labels))
     plain = sample_images(model, scheduler, torch.from_numpy(labels[:n]), [int(s) for s in seeds[:n]],
                           dataclasses.replace(sampler_cfg, omega=0.0), storage_size=storage_size,
@@ -118,4 +123,5 @@ def _write_paired_plain(pool: Pool, round_index: int, model, scheduler, labels, 
     atomic_write_json(pool.paired_plain_path(round_index), {
         "n": n, "entropy_mean": round(float(plain.entropy.mean()), 4),
         "label_fidelity": None if judged is None else round(float((judged == labels[:n]).mean()), 4)})
+    return plain.images
 
