@@ -10,7 +10,7 @@ every job use it.
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
         config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
-        checkpoints/step_XXXXXXXX/{state.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock
+        checkpoints/step_XXXXXXXX/{state.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
         logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
 """
@@ -48,6 +48,7 @@ TRAIN_STATE_FILE = "train_state.json"  # in a checkpoint folder, written last: i
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.jsonl"  # one line per job attempt: start-up and model-compute seconds
 PAIRED_PLAIN = "paired_plain.json"  # in a round's markers: plain samples of a guided round's first seeds
+TENSORBOARD = "tensorboard"  # event files of the training curves (dp_hpc.train.tracking)
 SAMPLE_GRID = "samples.png"  # in a round's markers: a few samples per class (guided: beside plain, same seeds)
 EVAL_FILE = "eval.json"  # the final held-out evaluation (written last: marks it done)
 RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
@@ -99,6 +100,7 @@ class RunDir(_Folder):
     metrics = property(lambda self: self.path / METRICS_FILE)
     compute = property(lambda self: self.path / COMPUTE_FILE)
     eval = property(lambda self: self.path / EVAL_FILE)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
     lock = property(lambda self: self.path / RUN_LOCK)
     logs = property(lambda self: self.path / LOGS)
     branches = property(lambda self: self.path / BRANCHES)

@@ -117,7 +117,12 @@ def test_resume_in_process_is_exact(reference, tmp_path):
     assert (ts["step"], ts["stop_reason"]) == (25, "preempted")
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000025"]
     # a crash after an eval line but before its checkpoint leaves a line newer than the checkpoint
+    # (and its TensorBoard event: both are dropped on resume)
     append_jsonl(run / "metrics.jsonl", {"split": "val", "step": 30, "acc": -1.0})
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        w.add_scalar("val/acc", -1.0, 30)
     ts = train_until_stop(run, plateau_exit=False, max_steps=10)
     assert (ts["step"], ts["stop_reason"]) == (35, "preempted")
     ts = train_until_stop(run, plateau_exit=False)
@@ -125,6 +130,14 @@ def test_resume_in_process_is_exact(reference, tmp_path):
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
     assert [r["step"] for r in val_lines(run)] == list(range(10, 201, 10))
+    # TensorBoard, read by its own reader: the same curve as metrics.jsonl, the stale step-30 event purged
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tensorboard"))
+    tb.Reload()
+    assert [(e.step, round(e.value, 6)) for e in tb.Scalars("val/acc")] == \
+        [(r["step"], round(r["acc"], 6)) for r in val_lines(run)]
+    assert {"val/loss", "train/loss", "lr", "pool/size", "pool/round", "best_val_acc"} <= set(tb.Tags()["scalars"])
     # retention: the newest two only (no plateau checkpoints in this run)
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000190", "step_00000200"]
 
@@ -180,6 +193,11 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
     first_new = [r for r in metrics.read_metrics(run, "val") if r["step"] > plateau_step][0]
     assert first_new["step"] == plateau_step + 10
     assert (first_new["round"], first_new["pool_size"], first_new["patience_limit"]) == (1, 192, 2)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tensorboard"))
+    tb.Reload()
+    assert [(e.step, e.value) for e in tb.Scalars("pool/added")] == [(first_new["step"], 128.0)], "the addition marker"
     assert first_new["patience_counter"] in (0, 1)  # reset, then this evaluation's outcome
     assert ts2["step"] > plateau_step and ts2["pool_rounds"] == [0, 1] and ts2["round"] == 1
     assert ts2["stop_reason"] in ("plateau", "budget")

@@ -94,6 +94,8 @@ class TrainConfig:
     """Plateau detection on validation accuracy."""
     checkpoint_keep: int = 2
     """How many recent checkpoints to keep (checkpoints used for guidance are always kept)."""
+    tensorboard: bool = True
+    """Also write every evaluation as TensorBoard scalars to `<run>/tensorboard/` (dp_hpc.train.tracking)."""
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep", "input_size"):

@@ -55,6 +55,7 @@ from dp_hpc.train.evaluate import EvalBatches, center_crop, evaluate  # noqa: F4
 from dp_hpc.train.model import Numerics, classifier_for
 from dp_hpc.train.optim import AdamW
 from dp_hpc.train.schedule import lr_at
+from dp_hpc.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,18 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
     rlog.info("%s at step %d/%d on rounds %s (%d samples), patience %d/%d, world size %d",
               action, prog.step, tc.total_steps, reader.rounds, len(reader), prog.plateau.counter,
               prog.plateau.limit, d.world_size)
+    tracker = Tracker(run_dir, prog.step, previous_pool=latest[1].get("pool_size") if latest else None,
+                      enabled=d.is_main and tc.tensorboard)
+    try:
+        return _train_loop(run_dir, cfg, d, plateau_exit, max_steps, flag, rlog, reader, trainer, prog, tracker)
+    finally:
+        tracker.close()
 
+
+def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps: int | None,
+                flag: PreemptFlag, rlog, reader: PoolReader, trainer: Trainer, prog: _Progress,
+                tracker: Tracker) -> dict:
+    tc = cfg.train
     batches = PoolBatches(reader, cfg.seed, tc.batch_size, d)
     spec = dataset_spec(cfg.data)
     augment = BatchAugment(tc, spec.num_classes, cfg.seed, d.rank)
@@ -258,7 +270,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
         stop_reason = None
         is_eval = prog.step % tc.eval_every == 0 or prog.step == tc.total_steps
         if is_eval:
-            _evaluate_and_log(run_dir, trainer, prog, val, pool_info, lr, clock, d, rlog)
+            _evaluate_and_log(run_dir, trainer, prog, val, pool_info, lr, clock, d, rlog, tracker)
             if prog.step == tc.total_steps:
                 stop_reason = "budget"
             elif plateau_exit and pl.should_exit(prog.plateau, prog.step, tc.decay_start, tc.warmup_steps):
@@ -306,8 +318,9 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] |
 
 
 def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: EvalBatches, pool_info: dict,
-                      lr: float, clock: list, d: Dist, rlog: logging.LoggerAdapter) -> None:
-    """EMA model on real val, plateau update, one metrics line (rank 0), one log line."""
+                      lr: float, clock: list, d: Dist, rlog: logging.LoggerAdapter, tracker: Tracker) -> None:
+    """EMA model on real val, plateau update, one metrics line and its TensorBoard scalars (rank 0),
+    one log line."""
     acc, loss = evaluate(trainer.ema, val, d, trainer.num, trainer.cfg.train.eval_crop_fraction)
     train_loss = float(trainer.pop_train_loss())  # sync point (once per evaluation)
     tc = trainer.cfg.train
@@ -318,10 +331,11 @@ def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: Eva
     clock[:] = [now, prog.step]
     p = prog.plateau
     if d.is_main:
-        metrics.append_metric(run_dir, {
-            "split": "val", "step": prog.step, "round": pool_info["round"], "pool_size": pool_info["pool_size"],
-            "acc": acc, "loss": loss, "train_loss": train_loss, "lr": lr, "best_val_acc": p.best_val_acc,
-            "patience_counter": p.counter, "patience_limit": p.limit, "steps_per_s": rate})
+        record = {"split": "val", "step": prog.step, "round": pool_info["round"], "pool_size": pool_info["pool_size"],
+                  "acc": acc, "loss": loss, "train_loss": train_loss, "lr": lr, "best_val_acc": p.best_val_acc,
+                  "patience_counter": p.counter, "patience_limit": p.limit, "steps_per_s": rate}
+        metrics.append_metric(run_dir, record)
+        tracker.log(record)
     rlog.info("step %d/%d round %d pool %d: val acc %.4f loss %.4f (best %.4f @%d, patience %d/%d) "
               "train_loss %.4f lr %.2e, %.1f steps/s", prog.step, trainer.cfg.train.total_steps,
               pool_info["round"], pool_info["pool_size"], acc, loss, p.best_val_acc, p.best_step, p.counter,
