@@ -10,7 +10,7 @@ every job use it.
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
         config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
-        checkpoints/step_XXXXXXXX/{state.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
+        checkpoints/step_XXXXXXXX/{state.pt,classifier.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
         logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
 """
@@ -45,6 +45,7 @@ COMPLETE = "COMPLETE"  # a round usable for training
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_STATE = "state.pt"  # in a checkpoint folder: model, EMA, optimizer, RNG
 TRAIN_STATE_FILE = "train_state.json"  # in a checkpoint folder, written last: it is complete
+CLASSIFIER_FILE = "classifier.pt"  # in a plateau checkpoint folder: the EMA classifier alone (what guidance loads)
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.jsonl"  # one line per job attempt: start-up and model-compute seconds
 PAIRED_PLAIN = "paired_plain.json"  # in a round's markers: plain samples of a guided round's first seeds

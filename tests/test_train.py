@@ -209,6 +209,17 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
     assert not clf.training
     ema = ckpt.load_state(ckpt.checkpoint_dir(run, plateau_step))["ema"]
     assert all(torch.equal(v, ema[k]) for k, v in clf.state_dict().items())
+    # ... read from the plateau checkpoint's classifier.pt alone (not the optimizer-laden state.pt)
+    folder = ckpt.checkpoint_dir(run, plateau_step)
+    assert (folder / "classifier.pt").stat().st_size < (folder / "state.pt").stat().st_size / 2
+    only = tmp_path / "only_classifier"
+    only.mkdir()
+    for f in ("classifier.pt", "train_state.json"):
+        (only / f).write_bytes((folder / f).read_bytes())
+    alone = ckpt.load_classifier(only, from_dict(RunConfig, {}))
+    assert all(torch.equal(v, ema[k]) for k, v in alone.state_dict().items())
+    others = [c for c, t in ckpt.complete_checkpoints(run) if t["stop_reason"] != "plateau"]
+    assert others and not any((c / "classifier.pt").exists() for c in others), "only plateau checkpoints have one"
 
 
 def test_no_plateau_exit_trains_through(tmp_path):

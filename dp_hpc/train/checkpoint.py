@@ -7,6 +7,8 @@
                            from a generator seeded by (run seed, step), so the step is the
                            data position), train-loss accumulator since the last evaluation,
                            train_state (a copy)                    (written first, atomically)
+        classifier.pt      plateau checkpoints only: the EMA classifier's weights alone, what
+                           generation tasks load for guidance (a fraction of state.pt)
         train_state.json   step, round, pool_rounds, pool_size, best_val_acc, best_step,
                            patience_counter, patience_limit, stop_reason, last_val_acc, lr, time
                            (written last, atomically: the folder is complete iff it exists)
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
-from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
+from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, CLASSIFIER_FILE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and `status` can
     import torch  # find checkpoints without paying seconds for `import torch`
@@ -82,6 +84,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) 
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(folder / STATE_FILE, buf.getvalue())
+    if train_state.get("stop_reason") == "plateau":  # a classifier that guidance will load, many times
+        buf = io.BytesIO()
+        torch.save(state["ema"], buf)
+        atomic_write_bytes(folder / CLASSIFIER_FILE, buf.getvalue())
     atomic_write_json(folder / TRAIN_STATE_FILE, train_state)
     return folder
 
@@ -123,5 +129,10 @@ def load_classifier(checkpoint_dir: str | os.PathLike, run_cfg, device: str | to
     if not (folder / TRAIN_STATE_FILE).exists():
         raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {TRAIN_STATE_FILE})")
     model = classifier_for(run_cfg)
-    model.load_state_dict(load_state(folder)["ema"])
+    if (folder / CLASSIFIER_FILE).exists():  # plateau checkpoints: the EMA weights alone
+        import torch
+
+        model.load_state_dict(torch.load(folder / CLASSIFIER_FILE, map_location="cpu", weights_only=True))
+    else:
+        model.load_state_dict(load_state(folder)["ema"])
     return model.to(device).eval().requires_grad_(False)  # guidance needs d/dx only
