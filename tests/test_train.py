@@ -142,6 +142,26 @@ def test_resume_in_process_is_exact(reference, tmp_path):
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000190", "step_00000200"]
 
 
+def test_checkpoints_every_n_steps_and_a_resume_redoes_the_evaluations_since(reference, tmp_path):
+    """checkpoint_every 30, eval_every 10: checkpoints at 30, 60, ... and at every exit; a job that dies
+    after evaluating at 40 but before its next checkpoint resumes from 30, redoes 40, and ends equal
+    to the reference (which checkpointed at every evaluation)."""
+    run = make_run(tmp_path / "run", train={"checkpoint_every": 30, "checkpoint_keep": 10})
+    ts = train_until_stop(run, plateau_exit=False, max_steps=45)
+    assert (ts["step"], ts["stop_reason"]) == (45, "preempted")
+    assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000030", "step_00000045"]
+    import shutil
+
+    shutil.rmtree(ckpt.checkpoint_dir(run, 45))  # died before that save: the evaluation at 40 is newer than 30
+    assert [r["step"] for r in val_lines(run)] == [10, 20, 30, 40]
+    ts = train_until_stop(run, plateau_exit=False)
+    assert (ts["step"], ts["stop_reason"]) == (200, "budget")
+    assert_same_state(final_state(run), final_state(reference))
+    assert val_lines(run) == val_lines(reference)
+    steps = [int(c.name[5:]) for c, _ in ckpt.complete_checkpoints(run)]
+    assert steps == [30, 60, 90, 120, 150, 180, 200]
+
+
 def test_resume_after_sigkill_is_exact(reference, tmp_path):
     run = make_run(tmp_path / "run")
     proc = cli(run, "--no-plateau-exit")

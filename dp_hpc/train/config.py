@@ -94,6 +94,11 @@ class TrainConfig:
     """Plateau detection on validation accuracy."""
     checkpoint_keep: int = 2
     """How many recent checkpoints to keep (checkpoints used for guidance are always kept)."""
+    checkpoint_every: int | None = None
+    """Steps between checkpoints (null: at every evaluation). Plateau and budget exits and a
+    preemption always save one. A resume from an older checkpoint redoes the evaluations since,
+    with the same results (training is a pure function of the step); at ImageNet scale a checkpoint
+    is ~1.4 GB that every rank waits for, so checkpoint less often than you evaluate."""
     tensorboard: bool = True
     """Also write every evaluation as TensorBoard scalars to `<run>/tensorboard/` (dp_hpc.train.tracking)."""
 
@@ -101,6 +106,8 @@ class TrainConfig:
         for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep", "input_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", f"must be >= 1 or null (at every evaluation), got {self.checkpoint_every}")
         for name in ("warmup_steps", "cooldown_steps", "eval_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")

@@ -277,7 +277,7 @@ def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_
                 stop_reason = "plateau"
         if stop_reason is None and (stop_signal or (max_steps is not None and done_here >= max_steps)):
             stop_reason = "preempted"
-        if is_eval or stop_reason is not None:
+        if stop_reason is not None or prog.step % (tc.checkpoint_every or tc.eval_every) == 0:
             p = prog.plateau
             ts = {**pool_info, "step": prog.step, "best_val_acc": p.best_val_acc, "best_step": p.best_step,
                   "patience_counter": p.counter, "patience_limit": p.limit, "stop_reason": stop_reason,
