@@ -45,7 +45,7 @@ def worker_pid(agent: int, rank: int) -> int | None:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the worker")
 def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
-    run = make_run(tmp_path / "ddp", train=TRAIN)
+    run = make_run(tmp_path / "ddp", train={**TRAIN, "collective_timeout_min": 7})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     agent = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
@@ -62,9 +62,11 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
     assert ts["stop_reason"] == "preempted" and ts["world_size"] == 2 and s < TRAIN["total_steps"]
     stops = re.findall(r"\[rank (\d)\] stop at step (\d+): (\w+)", err)
     assert sorted(stops) == [("0", str(s), "preempted"), ("1", str(s), "preempted")], err[-3000:]
+    assert sorted(re.findall(r"\[rank (\d)\] process group gloo, world size 2, collective timeout 7(?:\.0)? min", err)) \
+        == ["0", "1"], err[-3000:]
 
     # one process, same global batch, same number of steps
-    ref = make_run(tmp_path / "single", train=TRAIN)
+    ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
     assert train_until_stop(ref, plateau_exit=False, max_steps=s)["step"] == s
     assert max_diff(final_state(run), final_state(ref)) < 1e-4
     acc = lambda r: [(x["step"], x["acc"]) for x in metrics.read_metrics(r, "val")]  # noqa: E731
@@ -111,6 +113,6 @@ def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
     ts = ckpt.latest_checkpoint(run)[1]
     assert (ts["step"], ts["world_size"], ts["stop_reason"]) == (steps, 2, "preempted")
 
-    ref = make_run(tmp_path / "single", train=TRAIN)
+    ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
     assert train_until_stop(ref, plateau_exit=False, max_steps=steps)["step"] == steps
     assert max_diff(final_state(run), final_state(ref)) < 1e-4

@@ -99,6 +99,9 @@ class TrainConfig:
     preemption always save one. A resume from an older checkpoint redoes the evaluations since,
     with the same results (training is a pure function of the step); at ImageNet scale a checkpoint
     is ~1.4 GB that every rank waits for, so checkpoint less often than you evaluate."""
+    collective_timeout_min: float = 30.0
+    """Minutes a collective (all-reduce, barrier) of a multi-process job may wait for the other ranks
+    before the job fails with an error, rather than holding its GPUs while one rank is gone."""
     tensorboard: bool = True
     """Also write every evaluation as TensorBoard scalars to `<run>/tensorboard/` (dp_hpc.train.tracking)."""
 
@@ -106,6 +109,8 @@ class TrainConfig:
         for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep", "input_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.collective_timeout_min <= 0:
+            raise ConfigError("collective_timeout_min", f"must be > 0, got {self.collective_timeout_min}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every", f"must be >= 1 or null (at every evaluation), got {self.checkpoint_every}")
         for name in ("warmup_steps", "cooldown_steps", "eval_workers"):

@@ -1,11 +1,12 @@
 """The processes of a training or evaluation job: `Dist` (rank, world size, device) from
 torchrun's environment, one process group per job (gloo on CPU, nccl on CUDA).
 
-    d = setup_distributed()   # in every rank; Dist() is a single process on the CPU
+    d = setup_distributed(timeout_min)   # in every rank; Dist() is a single process on the CPU
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed() -> Dist:
-    """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK). gloo on CPU, nccl on CUDA."""
+def setup_distributed(timeout_min: float | None = None) -> Dist:
+    """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK). gloo on CPU, nccl on CUDA.
+    `timeout_min`: how long a collective may wait for the other ranks before the job fails (a rank
+    that died or hangs), instead of holding every GPU of the job; None: torch's default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,7 +42,11 @@ def setup_distributed() -> Dist:
         return Dist(device=device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        timeout = None if timeout_min is None else datetime.timedelta(minutes=timeout_min)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
+        logging.getLogger(__name__).info("[rank %d] process group %s, world size %d, collective timeout %s",
+                                         dist.get_rank(), dist.get_backend(), dist.get_world_size(),
+                                         "torch's default" if timeout is None else f"{timeout_min} min")
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
 
 

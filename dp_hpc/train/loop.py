@@ -205,7 +205,7 @@ def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    d = setup_distributed()
+    d = setup_distributed(cfg.train.collective_timeout_min)
     try:
         # Rank 0 holds the run's lock: a duplicate job waits, then resumes from what this one saved.
         lock = run_lock(layout.RunDir(run_dir).lock) if d.rank == 0 else contextlib.nullcontext()
