@@ -116,3 +116,42 @@ def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
     ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
     assert train_until_stop(ref, plateau_exit=False, max_steps=steps)["step"] == steps
     assert max_diff(final_state(run), final_state(ref)) < 1e-4
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_under_the_lock(tmp_path):
+    """A duplicate job holds the run's lock and saves a newer checkpoint before it lets go: the
+    2-rank job must wait with all its ranks, then resume every rank from that newer one (before,
+    rank 1 read the checkpoints at once, without the lock, and resumed from an older step)."""
+    import shutil
+    import time
+
+    from dp_hpc.io import try_lock
+
+    run = make_run(tmp_path / "ddp", train=TRAIN)
+    twin = make_run(tmp_path / "twin", train=TRAIN)  # the same run, trained further by "the duplicate"
+    train_until_stop(run, plateau_exit=False, max_steps=20)
+    train_until_stop(twin, plateau_exit=False, max_steps=30)
+    holder = try_lock(run / "train.lock")
+    assert holder is not None
+    err_path = tmp_path / "agent.err"
+    with open(err_path, "w") as err_file:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
+             "-m", "dp_hpc.train", "--run-dir", str(run), "--no-plateau-exit", "--threads", "1", "--max-steps", "10"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+        try:
+            t0 = time.time()
+            while "is held by another job" not in err_path.read_text():
+                assert agent.poll() is None and time.time() - t0 < 120, err_path.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(1.0)  # every rank is past its start-up, waiting
+            shutil.copytree(twin / "checkpoints" / "step_00000030", run / "checkpoints" / "step_00000030")
+            holder.close()
+            assert agent.wait(timeout=180) == 0, err_path.read_text()[-3000:]
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+    err = err_path.read_text()
+    starts = sorted(re.findall(r"\[rank (\d)\] \w+ at step (\d+)/", err))
+    assert starts == [("0", "30"), ("1", "30")], err[-3000:]
+    assert ckpt.latest_checkpoint(run)[1]["step"] == 40

@@ -42,7 +42,7 @@ from torch import nn
 
 from dp_hpc import layout, metrics
 from dp_hpc.config import RunConfig, load_run_config
-from dp_hpc.io import run_lock
+from dp_hpc.io import run_lock, try_lock
 from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.pool import PoolReader
@@ -208,12 +208,56 @@ def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_
     d = setup_distributed(cfg.train.collective_timeout_min)
     try:
         # Rank 0 holds the run's lock: a duplicate job waits, then resumes from what this one saved.
-        lock = run_lock(layout.RunDir(run_dir).lock) if d.rank == 0 else contextlib.nullcontext()
-        with lock, PreemptFlag() as flag:
+        # Every rank waits with it, and resumes from the checkpoint rank 0 chose under the lock.
+        with _run_lock_for_all_ranks(run_dir, d), PreemptFlag() as flag:
             return _train(run_dir, cfg, d, plateau_exit, max_steps, flag)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
+
+
+LOCK_POLL_S = 2.0
+
+
+@contextlib.contextmanager
+def _run_lock_for_all_ranks(run_dir: Path, d: Dist):
+    """Rank 0 takes the run's lock; with several ranks, it polls for it and tells the others at
+    each try (one short broadcast every LOCK_POLL_S), so no rank sits in a collective longer than
+    the group's timeout while a duplicate job trains, and none starts reading checkpoints before
+    the lock is held."""
+    path = layout.RunDir(run_dir).lock
+    if d.world_size == 1:
+        with run_lock(path):
+            yield
+        return
+    held, warned = None, False
+    while True:
+        if d.rank == 0:
+            held = try_lock(path)
+        got = [held is not None]
+        dist.broadcast_object_list(got, src=0)
+        if got[0]:
+            break
+        if d.rank == 0 and not warned:
+            log.warning("%s is held by another job; waiting for it", path)
+            warned = True
+        time.sleep(LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _agreed_latest(run_dir: Path, d: Dist) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from, as rank 0 sees it under the lock: every rank the same one,
+    even if a newer one appears while they read (a duplicate job that just released the lock)."""
+    latest = ckpt.latest_checkpoint(run_dir) if d.rank == 0 else None
+    if d.world_size > 1:
+        box = [None if latest is None else (str(latest[0]), latest[1])]
+        dist.broadcast_object_list(box, src=0)
+        latest = None if box[0] is None else (Path(box[0][0]), box[0][1])
+    return latest
 
 
 @dataclass
@@ -229,7 +273,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
            flag: PreemptFlag) -> dict:
     rlog = _RankLog(log, {"rank": d.rank})
     tc = cfg.train
-    latest = ckpt.latest_checkpoint(run_dir)
+    latest = _agreed_latest(run_dir, d)
     reader = PoolReader(run_dir)
     action = pl.start_action(latest[1] if latest else None, reader.rounds, plateau_exit)
     if action == "return":
