@@ -4,6 +4,8 @@ determinism (also in a fresh process), stored reference values, config validatio
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import sys
@@ -132,6 +134,23 @@ def test_guidance_raises_entropy_of_trained_classifier(generator, classifier):
         print(msg)
         assert h > h0 + 0.05, msg
         assert raised > 0.5, msg
+
+
+def test_guidance_micro_batches_change_the_step_only_by_summation_order(generator, classifier):
+    """sampler.guidance_batch_size slices a guided step's backward (its memory bound): per-sample
+    results equal the whole-batch step up to float summation order, measured here."""
+    unet, scheduler = generator
+    labels, seeds = _inputs(12)
+    whole = SamplerConfig(omega=0.05, guidance_every=1, num_inference_steps=10, batch_size=12)
+    ref = sample_images(unet, scheduler, labels, seeds, whole, 8, classifier=classifier)
+    for gb in (1, 5, 12, 64):
+        out = sample_images(unet, scheduler, labels, seeds, dataclasses.replace(whole, guidance_batch_size=gb), 8,
+                            classifier=classifier)
+        diff = np.abs(out.images.astype(int) - ref.images.astype(int))
+        print(f"guidance_batch_size {gb}: max |pixel diff| {diff.max()}, differing pixels {(diff > 0).mean():.4%}")
+        assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (gb, diff.max(), (diff > 0).mean())
+        if gb >= 12:  # one slice: the same computation
+            np.testing.assert_array_equal(out.images, ref.images)
 
 
 def test_entropy_output_scores_the_stored_images(generator, classifier):

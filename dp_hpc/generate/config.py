@@ -202,6 +202,11 @@ class SamplerConfig:
     (oneDNN's results depend on the batch shape), so reproduce a chunk with the same batching. On one
     CPU thread 256 gave ~1.4x the samples/s of 64. Stable Diffusion at 512 px needs far smaller
     micro-batches (guided steps backpropagate through the UNet and the VAE decoder)."""
+    guidance_batch_size: int | None = None
+    """Guided steps backpropagate through the conditional UNet pass, the decoder and the classifier;
+    this many samples at a time (null: the whole micro-batch `batch_size`), so a guided step's peak
+    memory grows with this number, not with `batch_size`. Samples are independent: the result is
+    the same up to floating-point summation order (tests/test_sampler.py bounds it)."""
     paired_plain_samples: int = 64
     """Guided rounds (omega > 0): the task that writes a round's first chunk also samples its first
     this-many seeds plainly, to measure what guidance changes (entropy under the steering classifier,
@@ -222,6 +227,8 @@ class SamplerConfig:
             raise ConfigError("eta", f"must be in [0, 1], got {self.eta}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.guidance_batch_size is not None and self.guidance_batch_size < 1:
+            raise ConfigError("guidance_batch_size", f"must be >= 1 or null, got {self.guidance_batch_size}")
 
 
 MARKER = GENERATOR_MARKER  # written last, when the generator folder is finished

@@ -204,15 +204,23 @@ def entropy_guided_ddim_step(
             eps_c = model.eps(x_t, t, cond)  # (B, *latent_shape)
     else:
         # Step 1 + 4: the gradient flows through the conditional branch only (as in FG's cond_fn);
-        # it reuses the conditional pass instead of running a third UNet pass.
-        with torch.enable_grad():
-            x_req = x_t.detach().requires_grad_(True)
-            eps_c = model.eps(x_req, t, cond)
-            x0_hat = (x_req - (1 - abar).sqrt() * eps_c) / abar.sqrt()  # (B, *latent_shape)
-            h = predictive_entropy(classifier(guidance_image(model, x0_hat, x_req, abar, cfg, storage_size)))  # (B,)
-            # Samples are independent, so the gradient of the sum is the per-sample gradient.
-            (grad,) = torch.autograd.grad(h.sum(), x_req)  # (B, *latent_shape)
-        eps_c = eps_c.detach()
+        # it reuses the conditional pass instead of running a third UNet pass. In slices of
+        # cfg.guidance_batch_size samples: the autograd graph (UNet, decoder, classifier) of one
+        # slice at a time bounds the step's memory.
+        step = cfg.guidance_batch_size or len(x_t)
+        eps_parts, grad_parts = [], []
+        for lo in range(0, len(x_t), step):
+            part = slice(lo, lo + step)
+            with torch.enable_grad():
+                x_req = x_t[part].detach().requires_grad_(True)
+                e = model.eps(x_req, t, cond[part])
+                x0_hat = (x_req - (1 - abar).sqrt() * e) / abar.sqrt()  # (b, *latent_shape)
+                h = predictive_entropy(classifier(guidance_image(model, x0_hat, x_req, abar, cfg, storage_size)))
+                # Samples are independent, so the gradient of the sum is the per-sample gradient.
+                (g,) = torch.autograd.grad(h.sum(), x_req)  # (b, *latent_shape)
+            eps_parts.append(e.detach())
+            grad_parts.append(g)
+        eps_c, grad = torch.cat(eps_parts), torch.cat(grad_parts)
     if cfg.cfg_lambda:
         with torch.no_grad():
             eps_u = model.eps(x_t, t, null)
