@@ -80,17 +80,29 @@ def sacct(*args: str) -> list[list[str]]:
     return [line.split("|") for line in r.stdout.splitlines() if line]
 
 
+def settled_sacct(*args: str, timeout: float = 60.0) -> list[list[str]]:
+    """sacct rows (JobID, JobName, State, WorkDir last) once accounting has every job's submit
+    record. slurmdbd can hear of a short job's steps before its submission (seen in CI: an eval job
+    of 2 s): it then holds a placeholder named "allocation" with no WorkDir, and fills in the real
+    name a moment later. Waits for that; a placeholder left after `timeout` stays in the rows."""
+    t0 = time.time()
+    while True:
+        rows = sacct(*args, "-o", "JobID,JobName%200,State,WorkDir%300")
+        if not any(name == "allocation" and not workdir for _, name, _, workdir in rows) or time.time() - t0 > timeout:
+            return rows
+        time.sleep(1.0)
+
+
 def accounted_jobs(sweep_name: str, since: str) -> list[tuple[str, str, str]]:
     """(job id, job name without its submission nonce, state) of every job of this sweep in
     accounting, one row per job. Names: <sweep>/<run>-<kind>-<nonce> (see Coordinator._submit)."""
-    rows = sacct("-X", "-S", since, "-o", "JobID,JobName%200,State")
-    return [(jid, without_nonce(name), state) for jid, name, state in rows if name.startswith(sweep_name + "/")]
+    rows = settled_sacct("-X", "-S", since)
+    return [(jid, without_nonce(name), state) for jid, name, state, _ in rows if name.startswith(sweep_name + "/")]
 
 
 def jobs_by_id(job_ids: list[str]) -> list[tuple[str, str, str]]:
     """(job id, job name without its nonce, state) of these jobs in accounting, one row per job."""
-    return [(jid, without_nonce(name), state)
-            for jid, name, state in sacct("-X", "-j", ",".join(job_ids), "-o", "JobID,JobName%200,State")]
+    return [(jid, without_nonce(name), state) for jid, name, state, _ in settled_sacct("-X", "-j", ",".join(job_ids))]
 
 
 def without_nonce(job_name: str) -> str:
