@@ -19,6 +19,7 @@ from dp_hpc.io import read_json
 from dp_hpc.layout import GENERATOR_MARKER, GeneratorDir
 
 SD_FIELDS = ("model_dir", "prompt_templates", "generation_resolution", "dtype")
+EXECUTION_FIELDS = ("compile",)  # how a task runs the generator, not which generator: not in its identity
 """The fields that only the stable-diffusion backend reads; every other field of GeneratorConfig
 (besides `backend`) only digits_unet reads."""
 
@@ -86,8 +87,12 @@ class GeneratorConfig:
     to the pool's stored resolution (dp_hpc.data.spec) before the classifier sees them and before storage
     (paper: 512 generated, 256 stored). Must be a multiple of the model's latent downsampling (64 for SD 1.5)."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """stable-diffusion: autocast precision of the UNet and VAE passes (weights stay fp32). auto: bf16 on
-    CUDA, fp32 on CPU. FG ran fp16; bf16 has fp32's range, so the VAE decode cannot overflow."""
+    """stable-diffusion: precision of the UNet and VAE (their weights, loaded in it, and their passes,
+    under autocast). auto: bf16 on CUDA, fp32 on CPU. FG ran fp16; bf16 has fp32's range, so the VAE
+    decode cannot overflow."""
+    compile: bool = False
+    """stable-diffusion: torch.compile the UNet in each generation task (faster steps on a GPU after a
+    compilation of minutes at the task's first call; worth it for tasks of thousands of images)."""
 
     def __post_init__(self) -> None:
         if not self.block_out_channels:
@@ -147,7 +152,7 @@ class GeneratorConfig:
         the keys (and folders) of existing sweeps' generators."""
         sd = self.backend == "stable-diffusion"
         return json.loads(json.dumps({k: v for k, v in asdict(self).items()
-                                      if k == "backend" or (k in SD_FIELDS) == sd}))
+                                      if k not in EXECUTION_FIELDS and (k == "backend" or (k in SD_FIELDS) == sd)}))
 
     @classmethod
     def smoke(cls) -> GeneratorConfig:

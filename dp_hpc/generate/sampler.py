@@ -123,10 +123,16 @@ class Denoiser(Protocol):
         """x (a predicted or final x_0) as an image, float (B, C_img, R, R), about [0, 1], unclamped;
         differentiable w.r.t. x."""
 
+    batches_cfg: bool
+    """A plain step runs the conditional and unconditional passes as one batch of 2B (as diffusers'
+    pipeline does: one UNet call instead of two) rather than two batches of B."""
+
 
 class PixelUNet:
     """digits_unet: a class-conditional UNet2DModel in pixel space ([-1, 1]); its last class embedding
     is the null label."""
+
+    batches_cfg = False  # two calls of B: the digits samples' bytes (tests, results) are those of two calls
 
     def __init__(self, unet: UNet2DModel):
         self.unet = unet
@@ -198,10 +204,13 @@ def entropy_guided_ddim_step(
     model = as_denoiser(model)
     null = model.null_condition(cond)
     abar = scheduler.alphas_cumprod[int(t)].to(x_t.device)  # scalar, float32
-    grad = None
+    grad = eps_u = None
     if classifier is None:
         with torch.no_grad():
-            eps_c = model.eps(x_t, t, cond)  # (B, *latent_shape)
+            if cfg.cfg_lambda and getattr(model, "batches_cfg", False):
+                eps_c, eps_u = model.eps(torch.cat([x_t, x_t]), t, torch.cat([cond, null])).chunk(2)
+            else:
+                eps_c = model.eps(x_t, t, cond)  # (B, *latent_shape)
     else:
         # Step 1 + 4: the gradient flows through the conditional branch only (as in FG's cond_fn);
         # it reuses the conditional pass instead of running a third UNet pass. In slices of
@@ -222,8 +231,9 @@ def entropy_guided_ddim_step(
             grad_parts.append(g)
         eps_c, grad = torch.cat(eps_parts), torch.cat(grad_parts)
     if cfg.cfg_lambda:
-        with torch.no_grad():
-            eps_u = model.eps(x_t, t, null)
+        if eps_u is None:
+            with torch.no_grad():
+                eps_u = model.eps(x_t, t, null)
         eps = (1.0 + cfg.cfg_lambda) * eps_c - cfg.cfg_lambda * eps_u
     else:
         eps = eps_c

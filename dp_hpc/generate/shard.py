@@ -37,7 +37,7 @@ def load_sampling_model(generator_dir: Path, gen_cfg: GeneratorConfig) -> tuple[
     if gen_cfg.backend == "stable-diffusion":
         from dp_hpc.generate.stable_diffusion import load_sd_generator
 
-        return load_sd_generator(generator_dir, "cuda" if torch.cuda.is_available() else "cpu")
+        return load_sd_generator(generator_dir, "cuda" if torch.cuda.is_available() else "cpu", compile=gen_cfg.compile)
     from dp_hpc.generate.unet import load_generator
 
     unet, scheduler = load_generator(generator_dir)

@@ -28,8 +28,9 @@ guidance_form / guidance_input choose the update and FG's or the paper's classif
 decoder is gradient-checkpointed per block: on guided steps its 512 px activations are recomputed in
 the backward pass instead of being held (no effect on plain steps or on the values).
 
-Precision: UNet and VAE run under autocast (GeneratorConfig.dtype; weights stay fp32); latents, the
-DDIM update and the classifier stay fp32. Determinism: per-sample generators draw the initial and eta
+Precision: UNet and VAE weights are loaded in GeneratorConfig.dtype (bf16 on CUDA by default) and run
+under autocast to it; latents, the DDIM update and the classifier stay fp32. On CUDA the UNet and VAE
+are channels_last and TF32 is allowed; `generator.compile` wraps the UNet in torch.compile. Determinism: per-sample generators draw the initial and eta
 noise on CPU, so on CPU the same seeds, batching and thread count give the same bytes; CUDA kernels
 are not bitwise deterministic.
 
@@ -139,7 +140,10 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
 
 class LatentDiffusion:
     """Stable Diffusion as a `dp_hpc.generate.sampler.Denoiser`: x is the scaled VAE latent (B, 4, R/8,
-    R/8) for SD 1.5; the conditioning is the prompt embedding (B, L, D)."""
+    R/8) for SD 1.5; the conditioning is the prompt embedding (B, L, D). Plain steps run both
+    classifier-free guidance branches as one UNet call of 2B, as diffusers' pipeline does."""
+
+    batches_cfg = True
 
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, cond_table: torch.Tensor,
                  null: torch.Tensor, resolution: int, dtype: torch.dtype):
@@ -234,7 +238,8 @@ def prepare_generator(cfg: GeneratorConfig, class_names: Sequence[str], out_dir:
 # ----------------------------------------------------------------------------- shard tasks
 
 
-def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -> tuple[LatentDiffusion, DDIMScheduler]:
+def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu",
+                      compile: bool = False) -> tuple[LatentDiffusion, DDIMScheduler]:
     """The prepared generator (see prepare_generator) on `device`, eval mode, frozen, and a
     DDIMScheduler built from the model folder's scheduler config as it is (for SD 1.5: "leading"
     timestep spacing with steps_offset 1, set_alpha_to_one False, no clipping: latents are unbounded),
@@ -245,18 +250,27 @@ def load_sd_generator(generator_dir: Path, device: str | torch.device = "cpu") -
         raise FileNotFoundError(f"{generator_dir} holds no prepared generator (no {MARKER})")
     device = torch.device(device)
     model_dir = check_model_dir(info["model_dir"])
-    kwargs = {"local_files_only": True, "low_cpu_mem_usage": False}  # the default wants `accelerate`
+    cfg = info["config"]
+    dtype = autocast_dtype(cfg["dtype"], device)
+    # weights in the compute dtype, read straight into empty modules (accelerate): no random init
+    # of 860M parameters first, no fp32 copy that autocast re-casts on every call
+    kwargs = {"local_files_only": True, "low_cpu_mem_usage": True, "torch_dtype": dtype}
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **kwargs)
     vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kwargs)
+    cuda = device.type == "cuda"
     for m in (unet, vae):
-        m.to(device).eval().requires_grad_(False)  # guidance only needs d/dx_t
+        # guidance only needs d/dx_t; tensor cores want NHWC convolutions
+        m.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format).eval().requires_grad_(False)
     vae.enable_gradient_checkpointing()
+    if cuda:  # fp32 matmuls that remain (the DDIM update, fp32 configs) may use TF32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     # all classes x templates: 236 MB for ImageNet-1k with one template, GBs with many; only the
     # rows of each batch are read and moved to the device
     emb = torch.load(GeneratorDir(generator_dir).text_embeddings, map_location="cpu", weights_only=True, mmap=True)
-    cfg = info["config"]
-    model = LatentDiffusion(unet, vae, emb["cond"], emb["null"].to(device), cfg["generation_resolution"],
-                            autocast_dtype(cfg["dtype"], device))
+    model = LatentDiffusion(unet, vae, emb["cond"], emb["null"].to(device), cfg["generation_resolution"], dtype)
+    if compile:
+        model.unet = torch.compile(model.unet)  # compiled at the first call: minutes, paid once per task
     # DDIM's defaults clip x0 to [-1, 1], which is wrong in latent space; a folder whose scheduler
     # config does not say otherwise would get them (diffusers' pipeline forces this off too)
     scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True,
