@@ -8,8 +8,8 @@ architectures (nothing is downloaded; speed and memory do not depend on weight v
 What it prints (each section runs on its own; a failing one prints FAILED and the rest go on):
   1. Stable Diffusion 1.5 shapes (UNet 860M, VAE; random weights) through `sample_images` at 512 px,
      30 DDIM steps, classifier-free guidance, batch 16: plain and entropy-guided (every 5th step,
-     ViT-B/16 steering classifier, guidance micro-batch 4) images/s and their ratio; weights as the
-     backend loads them (fp32 under bf16 autocast) and, beside it, weights cast to bf16.
+     ViT-B/16 steering classifier, guidance micro-batch 4) images/s and their ratio; with bf16 weights
+     as the backend loads them and, beside it, fp32 weights under bf16 autocast (the old loading).
   2. Peak GPU memory of one guided step at guidance micro-batches 1, 2, 4 (batch 16).
   3. ViT-B/16 training images/s per GPU: `Trainer.step` (bf16 autocast, AdamW with update
      clipping, EMA), batch 128 at 224 px, one rank.
@@ -103,7 +103,9 @@ def latent_diffusion(s: Scale, device: torch.device, weights: torch.dtype):
     torch.manual_seed(0)
     with torch.device(device):  # random weights made where they run: no 3.4 GB CPU init
         unet, vae = UNet2DConditionModel(**s.unet), AutoencoderKL(**s.vae)
-    unet, vae = unet.to(weights).eval().requires_grad_(False), vae.to(weights).eval().requires_grad_(False)
+    fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format  # as load_sd_generator
+    unet = unet.to(weights, memory_format=fmt).eval().requires_grad_(False)
+    vae = vae.to(weights, memory_format=fmt).eval().requires_grad_(False)
     vae.enable_gradient_checkpointing()  # as load_sd_generator does
     cond = torch.randn(10, 1, 77, s.text_dim)  # (K, T, L, D): 10 classes, one prompt template each
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -130,10 +132,10 @@ def generation_speed(s: Scale, device: torch.device) -> None:
     plain = SamplerConfig(num_inference_steps=s.steps, cfg_lambda=3.0, omega=0.0, batch_size=s.batch)
     guided = SamplerConfig(num_inference_steps=s.steps, cfg_lambda=3.0, omega=0.05, guidance_form="fg",
                            guidance_every=s.guidance_every, batch_size=s.batch, guidance_batch_size=max(s.guidance_batches))
-    for weights in (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,):
+    for weights in (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32,):
         model, scheduler = latent_diffusion(s, device, weights)
-        name = ("fp32 weights, bf16 autocast (as loaded today)" if device.type == "cuda" else "fp32") \
-            if weights == torch.float32 else "bf16 weights"
+        name = ("fp32 weights under bf16 autocast (the old loading)" if device.type == "cuda" else "fp32") \
+            if weights == torch.float32 else "bf16 weights (as load_sd_generator loads them)"
         run = lambda cfg: sample_images(model, scheduler, labels, seeds, cfg, s.storage, classifier=clf)  # noqa: E731
         run(plain)  # warm-up: kernels, allocator
         t_plain = timed(lambda: run(plain), device)
@@ -154,7 +156,7 @@ def guided_memory(s: Scale, device: torch.device) -> None:
 
     if device.type != "cuda":
         report("guided step peak memory", "n/a on the CPU (the CPU run only checks that the step runs)")
-    model, scheduler = latent_diffusion(s, device, torch.float32)
+    model, scheduler = latent_diffusion(s, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     clf = steering_classifier(s, device)
     sched = make_ddim_scheduler(scheduler, s.steps, device)
     labels = torch.arange(s.batch) % 10
