@@ -92,7 +92,9 @@ class WarmParent:
             ready = self._proc.stdout.readline()
             if not ready.startswith("ready"):
                 self.close()
-                raise RuntimeError(f"the warm job parent did not start: {ready.strip() or 'no answer'}")
+                raise RuntimeError(f"the warm job parent did not start: {ready.strip() or 'no answer'} (its errors "
+                                   f"are on the launcher's stderr); `--set executor.warm_start=false` runs each job "
+                                   f"in a fresh interpreter instead")
         return self._proc
 
     def close(self) -> None:
