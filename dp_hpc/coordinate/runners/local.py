@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import submitit
 from submitit.core.utils import DelayedSubmission
 
-from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, status_from_result
+from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, SubmitError, status_from_result
 from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,13 @@ class LocalRunner:
         """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
         folder.mkdir(parents=True, exist_ok=True)
         if self._warm is not None:
-            return [self._start_warm(folder, fn, args) for args in args_list]
+            ids: list[str] = []
+            for args in args_list:
+                try:
+                    ids.append(self._start_warm(folder, fn, args))
+                except RuntimeError as e:  # the launcher reports it in one line; a rerun retries
+                    raise SubmitError(f"{name}: {e}", ids) from None
+            return ids
         if self.kind == "debug":
             ex: Any = submitit.DebugExecutor(folder=folder)
             fn = _InProcess(fn)
