@@ -68,18 +68,21 @@ class WarmParent:
                 try:
                     proc.stdin.write(json.dumps(request) + "\n")
                     proc.stdin.flush()
-                    reply = proc.stdout.readline()
-                except (BrokenPipeError, OSError):
-                    reply = ""
-                if reply:
-                    answer = json.loads(reply)
-                    if "error" in answer:
-                        raise RuntimeError(f"the warm job parent could not start a job: {answer['error']}")
-                    return str(answer["pid"])
-                self.close()
-                if attempt == 2:
-                    raise RuntimeError("the warm job parent exited without starting the job "
+                except (BrokenPipeError, OSError):  # it was gone before it got the request
+                    self.close()
+                    if attempt == 2:
+                        raise RuntimeError("the warm job parent exited before it took the job "
+                                           "(its errors are on the launcher's stderr)") from None
+                    continue
+                reply = proc.stdout.readline()
+                if not reply:  # it died with the request: a job may have started; never start a second
+                    self.close()
+                    raise RuntimeError("the warm job parent exited while starting a job "
                                        "(its errors are on the launcher's stderr)")
+                answer = json.loads(reply)
+                if "error" in answer:
+                    raise RuntimeError(f"the warm job parent could not start a job: {answer['error']}")
+                return str(answer["pid"])
         raise AssertionError("unreachable")
 
     def _running(self) -> subprocess.Popen:
