@@ -9,7 +9,9 @@ With `--executor slurm` the launcher checks the request against the cluster, the
 coordinator itself as a small CPU job and returns (`--foreground`: drive the sweep from this
 process instead). Rerunning the same command continues where it stopped: all state is in
 `<out>/<sweep>/`. This module only parses, checks, prepares and hands over: the sweep loop is
-dp_hpc.coordinate.sweep, the plan that `--dry-run` prints dp_hpc.dry_run.
+dp_hpc.coordinate.sweep, the plan that `--dry-run` prints dp_hpc.dry_run. Every launch past the
+checks (not `--dry-run`) appends what it runs to `<sweep>/manifest.json` (dp_hpc.manifest);
+`python -m dp_hpc.cancel <sweep dir>` stops it and the sweep's jobs (dp_hpc.cancel).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dp_hpc.generate.cache import validate_generator_inputs
 from dp_hpc.io import atomic_write_text
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
+from dp_hpc.manifest import record_launch
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
         return 2
     prepare_dirs(sweep, runs, sweep_dir)
+    record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv])
     if submit_job:
         submit_coordinator(runner, sweep, sweep_dir, args)
         return 0

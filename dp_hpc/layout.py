@@ -5,7 +5,7 @@ run-folder path by hand. Cheap to import (pathlib only): the status command, the
 every job use it.
 
     <out>/<sweep>/                    SweepDir
-      sweep.yaml  launch.lock  coordinator.json  logs/  report/
+      sweep.yaml  manifest.json  launch.lock  launcher.json  coordinator.json  logs/  report/
       generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.json
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
@@ -22,7 +22,9 @@ from pathlib import Path
 
 # -- the sweep folder
 SWEEP_FILE = "sweep.yaml"  # the resolved sweep
+MANIFEST_FILE = "manifest.json"  # one entry per launch: command, code version, packages, host, GPUs
 LAUNCH_LOCK = "launch.lock"  # held (flock) by the launcher driving the sweep
+LAUNCHER_FILE = "launcher.json"  # the process that took the lock last: pid, host (dp_hpc.cancel stops it)
 COORDINATOR_FILE = "coordinator.json"  # slurm: the coordinator job's record
 LOGS = "logs"  # submitit pickles and job logs (sweep: the coordinator job's; run: its jobs')
 GENERATORS = "generators"
@@ -205,7 +207,9 @@ class SweepDir(_Folder):
     __slots__ = ()
 
     sweep_file = property(lambda self: self.path / SWEEP_FILE)
+    manifest = property(lambda self: self.path / MANIFEST_FILE)
     lock = property(lambda self: self.path / LAUNCH_LOCK)
+    launcher = property(lambda self: self.path / LAUNCHER_FILE)
     coordinator = property(lambda self: self.path / COORDINATOR_FILE)
     logs = property(lambda self: self.path / LOGS)
     report = property(lambda self: self.path / REPORT)

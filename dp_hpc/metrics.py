@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -92,9 +94,22 @@ def process_age_s() -> float | None:
     return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
 
 
+def job_gpu() -> str | None:
+    """The model of the GPU this job computes on, if it has used one (torch's CUDA already
+    initialised in this process); None otherwise. Never initialises CUDA itself."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            return torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001 (a record, not a reason to fail the job)
+        pass
+    return None
+
+
 def append_compute(run_dir: str | os.PathLike, record: dict) -> None:
     """One job attempt's start-up and model-compute seconds, appended to `<run>/compute.jsonl` (model
-    time: sampling, guidance, scoring, training steps, evaluation; apart from process start-up).
-    A requeued or repeated attempt adds its own line: that compute was spent."""
+    time: sampling, guidance, scoring, training steps, evaluation; apart from process start-up),
+    with the host it ran on and its GPU model (`job_gpu`; null on CPU). A requeued or repeated
+    attempt adds its own line: that compute was spent."""
     rec = {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
-    append_jsonl(RunDir(run_dir).compute, {**rec, "time": utc_now()})
+    append_jsonl(RunDir(run_dir).compute, {"host": socket.gethostname(), "gpu": job_gpu(), **rec, "time": utc_now()})

@@ -109,7 +109,8 @@ def test_relaunch_with_changed_values_is_refused_naming_the_keys(tmp_path):
 def test_other_commands_reject_bad_input_with_exit_2_one_line(tmp_path):
     cases = [(["-m", "dp_hpc.train", "--run-dir", str(tmp_path / "missing")], "not a run folder"),
              (["-m", "analysis.theory", "--p", "1.5", "--out", str(tmp_path / "th")], "--p must be in (0, 1]"),
-             (["-m", "analysis.theory", "--d", "-3", "--out", str(tmp_path / "th")], "--d must be >= 1")]
+             (["-m", "analysis.theory", "--d", "-3", "--out", str(tmp_path / "th")], "--d must be >= 1"),
+             (["-m", "dp_hpc.cancel", str(tmp_path / "missing")], "is not a sweep folder")]
     for args, needle in cases:
         r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
         lines = r.stderr.strip().splitlines()

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from dp_hpc.io import read_json
+from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train import checkpoint as ckpt
 from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, wait_for
 
@@ -301,6 +301,74 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     # round 0 is plain sampling from fixed seeds: the same bytes as the local run's
     ref = {k: v for k, v in pool_digest(smoke_dir / "dp").items() if k.startswith("round_000")}
     assert {k: v for k, v in pool_digest(dp).items() if k.startswith("round_000")} == ref
+
+
+def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(cluster, smoke, tmp_path):
+    """`python -m dp_hpc.cancel` while the training job runs: the coordinator job is cancelled first,
+    then the training job; nothing of the sweep is left in the queue. The same launch then submits
+    a new coordinator, which retrains from the stopped job's checkpoint (not a failed run) to the
+    end: the pool is the uninterrupted run's, the remaining steps are trained once, and accounting
+    holds no job that no record names."""
+    smoke_dir, _ = smoke
+    name = unique("cancel")
+    steps = 1000  # the smoke sweep's 240 would end before the cancel could reach them
+    sweep = slurm_sweep(tmp_path, name, {"method.name": ["static"]}, pool__shard_size=256,
+                        train__total_steps=steps)
+    out = tmp_path / "out"
+    reuse_generators(smoke_dir, out / name)
+    run = out / name / "static"
+    since = now_iso()
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = read_json(out / name / "coordinator.json")["job_id"]
+
+    def training():
+        st = read_json(run / "state.json") or {"jobs": []}
+        job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+        ts = ckpt.latest_train_state(run) if job else None
+        return job if ts and 0 < ts["step"] < steps // 2 else None
+
+    train = wait_for(training, 300, 0.05, "a training checkpoint")
+    t0 = time.time()
+    c = subprocess.run([sys.executable, "-m", "dp_hpc.cancel", str(out / name)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    said = f"cancel ({time.time() - t0:.1f} s, training at step {ckpt.latest_train_state(run)['step']}):\n{c.stdout}"
+    assert c.returncode == 0, said + c.stderr
+    lines = c.stdout.splitlines()
+    assert lines[0] == f"stopped the coordinator: SLURM job {first} (RUNNING)", said  # first: it would submit more
+    assert f"stopped static: train job {train['job_id']} (SLURM, RUNNING)" in lines, said
+    assert len(lines) == 4 and "stopped the coordinator job and 1 job (1 SLURM)" in lines[2], said  # nothing else
+    queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
+    assert not [n for n in queued if n.startswith(name + "/")], f"jobs of the sweep still queued: {queued}"
+    wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", 60, 0.5, "accounting")
+    rec = next(j for j in read_json(run / "state.json")["jobs"] if j["job_id"] == train["job_id"])
+    assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
+    stopped_at = ckpt.latest_train_state(run)["step"]
+    assert 0 < stopped_at < steps, said
+
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = read_json(out / name / "coordinator.json")["job_id"]
+    assert second != first
+    wait_for(lambda: slurm_state(second) == "COMPLETED", 300, 1.0, "the second coordinator to finish")
+    st = read_json(run / "state.json")
+    assert st["phase"] == "done", st.get("error")
+    assert pool_digest(run) == pool_digest(smoke_dir / "static"), "pool differs from the uninterrupted run"
+    kinds = Counter(j["kind"] for j in st["jobs"])
+    assert kinds == {"generate": 1, "train": 2, "eval": 1}, st["jobs"]  # the shard was not submitted again
+    last = [j for j in st["jobs"] if j["kind"] == "train"][-1]
+    log = "".join(p.read_text() for p in (run / "logs").glob(f"{last['job_id']}_*log.err"))
+    assert f"continue at step {stopped_at}/{steps}" in log, "the new training job did not resume from the checkpoint"
+    val_steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "val"]
+    assert val_steps == list(range(20, steps + 1, 20)), "an evaluation logged twice or missing"
+    recorded = [j["job_id"] for j in st["jobs"]] + [first, second]
+    by_id = jobs_by_id(recorded)  # by id: a time-window query can miss a job that has just ended (see above)
+    assert Counter(jid for jid, _, _ in by_id) == Counter(recorded), (by_id, recorded)
+    assert all(n.startswith(name + "/") for _, n, _ in by_id), by_id
+    named = accounted_jobs(name, since)
+    assert {jid for jid, _, _ in named} <= set(recorded), f"jobs of the sweep that no record names: {named}"
+    launches = read_json(out / name / "manifest.json")["launches"]
+    assert [bool(e["slurm_job_id"]) for e in launches] == [False, True, False, True], launches  # launch, coordinator x2
 
 
 def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_path):

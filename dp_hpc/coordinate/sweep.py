@@ -11,7 +11,10 @@ job does (dp_hpc.launch.CoordinatorJob). One process per sweep: `acquire_sweep_l
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 from dp_hpc.config import PlannedRun, SweepConfig
@@ -19,7 +22,7 @@ from dp_hpc.coordinate.coordinator import Coordinator, Slots
 from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, generator_dir_for
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
-from dp_hpc.io import try_lock
+from dp_hpc.io import atomic_write_json, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
 from dp_hpc.signals import PreemptFlag, sleep_unless, stopping
@@ -31,9 +34,18 @@ log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
 def acquire_sweep_lock(sweep_dir: Path):
     """One launcher per sweep: two would submit every job twice. Returns the open lock file
     (hold it; the lock dies with the process, so a relaunch after a crash is never blocked) or
-    None if another launcher holds it. Taking it writes nothing."""
+    None if another launcher holds it. Once it has the lock, the process writes who it is to
+    <sweep>/launcher.json (pid, host, SLURM job): dp_hpc.cancel stops it by that."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    return try_lock(SweepDir(sweep_dir).lock)
+    sd = SweepDir(sweep_dir)
+    lock = try_lock(sd.lock)
+    if lock is not None:
+        try:
+            atomic_write_json(sd.launcher, {"pid": os.getpid(), "host": socket.gethostname(),
+                                            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "since": time.time()})
+        except OSError as e:  # the launch goes on; only dp_hpc.cancel will not find this process
+            log.warning("could not write %s: %s", sd.launcher, e)
+    return lock
 
 
 def coordinator_record(sweep_dir: Path) -> JobFile:
