@@ -2,20 +2,27 @@
 storage, and on SLURM the sbatch options of every kind of job and a GPU-hour estimate.
 
 The numbers are pure functions of the sweep (`plan_rows`, `gpu_hours`), printed by `print_plan`
-and `print_slurm_plan`.
+and `print_slurm_plan`; `dry_run` prints them and then runs every check of dp_hpc.preflight.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig
 from dp_hpc.coordinate.config import ThroughputConfig
+from dp_hpc.coordinate.runners import make_runner, runner_class
 from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.spec import dataset_spec
+from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
+from dp_hpc.preflight import check_existing_runs, check_run_inputs
 
 # ----------------------------------------------------------------------------- the plan (pure)
 
@@ -149,3 +156,40 @@ def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
         wall = f" ({g.train_gpu_h / g.gpus:,.1f} h on {g.gpus} GPUs)" if g.gpus else ""
         print(f"  {g.name}: {text}; training {g.train_steps:,} steps x {g.batch_size} "
               f"~{g.train_gpu_h:,.1f} GPU-h{wall}; total {'up to ' if rest else ''}{g.total:,.1f} GPU-h")
+
+
+def print_quietly(text: str) -> int:
+    """Print; a reader that closed the pipe (`| head`) has all it wanted: exit 0, no traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+# ----------------------------------------------------------------------------- --dry-run
+
+
+def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, foreground: bool) -> int:
+    """Print the plan, then run every check a launch runs (existing run folders, model and data
+    files, the cluster's `sbatch --test-only`): exit 2 with the problems where the launch would stop,
+    0 where it would go ahead. Writes nothing, submits nothing."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        print_plan(sweep, runs, out)
+        if runner_class(kind).uses_sbatch:
+            print_slurm_plan(sweep, runs)
+    print_quietly(text.getvalue())
+    problems = []
+    for check in (lambda: check_existing_runs(runs, out / sweep.name), lambda: check_run_inputs(runs),
+                  lambda: make_runner(kind, sweep, foreground)):
+        try:
+            check()
+        except (ConfigError, UsageError) as e:
+            problems.append(f"error: {e}")
+    if problems:
+        print("\n".join(problems) + "\nthe launch would stop here (exit 2); the plan above is what it would run",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -25,19 +25,18 @@ from pathlib import Path
 import yaml
 from submitit.helpers import Checkpointable
 
-from dp_hpc.config import (PlannedRun, RunConfig, SweepConfig, dump_run_config, flatten, from_dict, load_sweep,
-                           to_dict)
-from dp_hpc.coordinate.runners import make_runner, resolve_kind, runner_class
+from dp_hpc.config import PlannedRun, SweepConfig, dump_run_config, load_sweep, to_dict
+from dp_hpc.coordinate.runners import make_runner, resolve_kind
 from dp_hpc.coordinate.runners.base import Runner
+from dp_hpc.config_keys import format_keys, sweep_keys
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
-from dp_hpc.data.eval_data import check_data_inputs
-from dp_hpc.dry_run import print_plan, print_slurm_plan
+from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError
-from dp_hpc.generate.cache import validate_generator_inputs
 from dp_hpc.io import atomic_write_text
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
+from dp_hpc.preflight import check_existing_runs, check_run_inputs
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -63,49 +62,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sweep is None and not args.list_keys:
         p.error("the following arguments are required: --sweep")
     return args
-
-
-# ----------------------------------------------------------------------------- checks (read only)
-
-
-def check_existing_runs(runs: list[PlannedRun], sweep_dir: Path) -> None:
-    """Refuse to mix configs in one run folder (reads only)."""
-    for r in runs:
-        existing = SweepDir(sweep_dir).run(r.name).config
-        if existing.exists():
-            changed = config_changes(existing, r.config)
-            if changed:
-                raise UsageError(f"{existing} was written with other values of {', '.join(changed)}; use another "
-                                 f"--out or sweep name (or delete that run folder) to change a run's settings")
-
-
-def config_changes(path: Path, cfg: RunConfig) -> list[str]:
-    """Keys whose values differ between a run's config.yaml and `cfg`. Keys added to the code
-    since the file was written take their defaults, so an upgrade alone changes nothing."""
-    try:
-        old = to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text())))
-    except (ConfigError, yaml.YAMLError, TypeError) as e:
-        return [f"(unreadable: {e})"]
-    a, b = flatten(old), flatten(to_dict(cfg))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
-def check_run_inputs(runs: list[PlannedRun]) -> None:
-    """What the runs need from outside their config -- a Stable Diffusion folder, packed evaluation
-    files, a class list -- checked before anything is written or submitted."""
-    seen = set()
-    for r in runs:
-        key = (repr(r.config.data), repr(r.config.generator))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            check_data_inputs(r.config.data)
-            validate_generator_inputs(r.config)
-        except ConfigError as e:
-            raise ConfigError(f"run {r.name}: {e.key}", e.message) from None
-        except ValueError as e:  # a data file the class list or resolution does not match
-            raise UsageError(f"run {r.name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- set-up and hand-over
@@ -154,50 +110,13 @@ class CoordinatorJob(Checkpointable):
         return code
 
 
-def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, foreground: bool) -> int:
-    """Print the plan, then run every check a launch runs (existing run folders, model and data
-    files, the cluster's `sbatch --test-only`): exit 2 with the problems where the launch would stop,
-    0 where it would go ahead. Writes nothing, submits nothing."""
-    try:
-        print_plan(sweep, runs, out)
-        if runner_class(kind).uses_sbatch:
-            print_slurm_plan(sweep, runs)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `--dry-run | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    problems = []
-    for check in (lambda: check_existing_runs(runs, out / sweep.name), lambda: check_run_inputs(runs),
-                  lambda: make_runner(kind, sweep, foreground)):
-        try:
-            check()
-        except (ConfigError, UsageError) as e:
-            problems.append(f"error: {e}")
-    if problems:
-        print("\n".join(problems) + "\nthe launch would stop here (exit 2); the plan above is what it would run",
-              file=sys.stderr)
-        return 2
-    return 0
-
-
-def _print_quietly(text: str) -> int:
-    """Print; a reader that closed the pipe (`| head`) has all it wanted: exit 0, no traceback."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
-
-
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
     another launcher, 3 the generator failed, 143 stopped by SIGTERM/SIGUSR2 (rerun to continue),
     130 Ctrl-C. `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     if args.list_keys:
-        from dp_hpc.config_keys import format_keys, sweep_keys
-
-        return _print_quietly(format_keys(sweep_keys()))
+        return print_quietly(format_keys(sweep_keys()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("submitit").setLevel(logging.WARNING)
     try:
@@ -205,7 +124,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         kind = resolve_kind(args.executor or sweep.executor.kind)
         out = Path(args.out)
         if args.print_config:
-            return _print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
+            return print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
                                           f"{dump_run_config(r.config)}\n" for r in runs))
         if args.dry_run:
             return dry_run(sweep, runs, out, kind, args.foreground)

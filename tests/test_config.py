@@ -93,7 +93,7 @@ def test_launch_rejects_bad_input_with_exit_2_one_line_and_writes_nothing(tmp_pa
 
 
 def test_relaunch_with_changed_values_is_refused_naming_the_keys(tmp_path):
-    from dp_hpc.launch import config_changes
+    from dp_hpc.preflight import config_changes
     from dp_hpc.config import dump_run_config
 
     cfg = from_dict(RunConfig, {"method": {"budget": 800}})

@@ -1,0 +1,55 @@
+"""What a launch checks before it writes or submits anything (read only): that no run folder holds
+other settings, and that what the runs need from outside their config exists. `launch` stops at the
+first problem; `launch --dry-run` (dp_hpc.dry_run) lists them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dp_hpc.config import PlannedRun, RunConfig, flatten, from_dict, to_dict
+from dp_hpc.data.eval_data import check_data_inputs
+from dp_hpc.errors import ConfigError, UsageError
+from dp_hpc.generate.cache import validate_generator_inputs
+from dp_hpc.layout import SweepDir
+
+
+def check_existing_runs(runs: list[PlannedRun], sweep_dir: Path) -> None:
+    """Refuse to mix configs in one run folder."""
+    for r in runs:
+        existing = SweepDir(sweep_dir).run(r.name).config
+        if existing.exists():
+            changed = config_changes(existing, r.config)
+            if changed:
+                raise UsageError(f"{existing} was written with other values of {', '.join(changed)}; use another "
+                                 f"--out or sweep name (or delete that run folder) to change a run's settings")
+
+
+def config_changes(path: Path, cfg: RunConfig) -> list[str]:
+    """Keys whose values differ between a run's config.yaml and `cfg`. Keys added to the code
+    since the file was written take their defaults, so an upgrade alone changes nothing."""
+    try:
+        old = to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text())))
+    except (ConfigError, yaml.YAMLError, TypeError) as e:
+        return [f"(unreadable: {e})"]
+    a, b = flatten(old), flatten(to_dict(cfg))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def check_run_inputs(runs: list[PlannedRun]) -> None:
+    """What the runs need from outside their config -- a Stable Diffusion folder, packed evaluation
+    files, a class list."""
+    seen = set()
+    for r in runs:
+        key = (repr(r.config.data), repr(r.config.generator))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_data_inputs(r.config.data)
+            validate_generator_inputs(r.config)
+        except ConfigError as e:
+            raise ConfigError(f"run {r.name}: {e.key}", e.message) from None
+        except ValueError as e:  # a data file the class list or resolution does not match
+            raise UsageError(f"run {r.name}: {e}") from None
