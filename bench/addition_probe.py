@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

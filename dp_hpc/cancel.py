@@ -39,35 +39,25 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
-from dp_hpc.coordinate.config import SlurmConfig
-from dp_hpc.coordinate.records import JobFile
-from dp_hpc.coordinate.runners.base import SUCCEEDED, JobStatus, SubmitError
-from dp_hpc.coordinate.runners.local import LocalRunner
-from dp_hpc.coordinate.runners.slurm import SlurmRunner
-from dp_hpc.coordinate.runners.warm import is_live_job
+from dp_hpc.coordinate.records import JobFile, recorded_executor
+from dp_hpc.coordinate.runners import record_readers
+from dp_hpc.coordinate.runners.base import SUCCEEDED, JobStatus, QueryError, Runner, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import read_json, try_lock
 from dp_hpc.layout import GeneratorDir, RunDir, SweepDir
 from dp_hpc.manifest import read_manifest
-
-SLURM_NAME = re.compile(r"-[0-9a-f]{8}$")
-"""A job name a SLURM runner gave (SlurmRunner.job_name adds a nonce); local names have none."""
-
-LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process
 
 STOPPED_ERROR = "stopped by python -m dp_hpc.cancel at {time}; the next launch redoes its work from what is on disk"
 
@@ -77,7 +67,7 @@ class Target:
     """A job to stop."""
 
     what: str  # how it is named in the output: "static: train job 123"
-    executor: str  # slurm | local
+    executor: str  # the kind of runner that reads it: slurm | local
     job_id: str
     logs: Path  # the folder of its submitit files
     run: RunDir | None = None  # the run whose state.json records it (None: a generator or an unrecorded local job)
@@ -85,7 +75,8 @@ class Target:
 
 class Cancel:
     """The steps of the module docstring, for one sweep folder; `problems` collects what could not
-    be done (the exit status is 1 if there is any)."""
+    be done (the exit status is 1 if there is any). Jobs are read, stopped and found through the
+    runner of the executor that their record names (dp_hpc.coordinate.runners.record_readers)."""
 
     def __init__(self, sweep_dir: Path, wait_s: float):
         self.sd = SweepDir(Path(sweep_dir).resolve())  # resolved, as the coordinator names the logs folders
@@ -95,9 +86,7 @@ class Cancel:
         except (yaml.YAMLError, AttributeError, OSError):
             name = None
         self.name = str(name or self.sd.name)
-        has_slurm = all(shutil.which(c) for c in ("squeue", "scancel", "sacct"))
-        self.slurm = SlurmRunner(SlurmConfig(), sweep_name=self.name) if has_slurm else None
-        self.local = LocalRunner("local")
+        self.readers = record_readers(self.name)
         self.problems: list[str] = []
         self.stopped_coordinator = self.stopped_launcher = False
         self.stopped_jobs: list[Target] = []
@@ -111,30 +100,39 @@ class Cancel:
         self.problems.append(line)
         print(f"error: {line}", file=sys.stderr, flush=True)
 
+    def reader(self, executor: str, what: str) -> Runner | None:
+        """The runner that reads jobs of `executor`; None (said as a problem) where this machine has none."""
+        if executor not in self.readers:
+            self.problem(f"{what} is recorded under an unknown executor {executor!r}")
+        elif self.readers[executor] is None:
+            self.problem(f"{what} is a {executor} job, and SLURM's squeue, scancel and sacct are not all on PATH here; "
+                         f"run this where they are")
+        return self.readers.get(executor)
+
     # -- 1. the coordinator job
     def stop_coordinator_job(self) -> None:
-        if not self.sd.coordinator.exists():
+        known = read_json(self.sd.coordinator)
+        if not known:
             return
-        if self.slurm is None:
-            self.problem(f"{self.sd.coordinator} records a SLURM coordinator job, and SLURM's squeue, scancel and "
-                         f"sacct are not all on PATH here; run this where they are")
+        slurm = self.reader(recorded_executor(known), f"the coordinator ({self.sd.coordinator})")
+        if slurm is None:
             return
         try:
             # dp_hpc.coordinate.sweep.coordinator_record, without importing the sweep loop (and torch)
-            rec = JobFile(self.sd.coordinator, self.sd.logs).read(self.slurm)  # an intent: adopted by its name
+            rec = JobFile(self.sd.coordinator, self.sd.logs).read(slurm)  # an intent: adopted by its name
         except SubmitError as e:
             self.problem(f"the coordinator job: {e}")
             return
         if not rec:
             return
-        jid = rec["job_id"]
-        queued = squeue([jid])
+        jid, job = rec["job_id"], [(self.sd.logs, rec["job_id"])]
+        queued = slurm.live(job)
         if jid not in queued:
             return
-        scancel([jid])
-        self.say(f"stopped the coordinator: SLURM job {jid} ({queued[jid]})")
+        slurm.cancel(self.sd.logs, [jid])
+        self.say(f"stopped the coordinator: {slurm.label} job {jid} ({queued[jid]})")
         self.stopped_coordinator = True
-        if not self._wait(lambda: not squeue([jid])):
+        if not self._wait(lambda: not slurm.live(job)):
             self.problem(f"the coordinator job {jid} is still in the queue after {self.wait_s:.0f} s (squeue -j {jid})")
 
     # -- 2. the launcher
@@ -171,8 +169,8 @@ class Cancel:
 
     # -- 3. the jobs
     def targets(self) -> list[Target]:
-        """Every job of the sweep that is still running, by the records (and for SLURM intents, by
-        their job names)."""
+        """Every job of the sweep that is still running, by the records (and for intents without
+        ids, by their job names), and jobs running in the sweep's folders that nothing records."""
         found: list[Target] = []
         for run in all_runs(self.sd):
             st = load_state(run.path)
@@ -180,105 +178,72 @@ class Cancel:
                 continue
             label = run.path.relative_to(self.sd.path).as_posix()
             for j in st.running_jobs():
-                if j.executor in ("slurm", "local"):  # debug jobs ran inside the launcher
+                if j.executor != "debug":  # debug jobs ran inside the launcher
                     found.append(Target(f"{label}: {j.kind} job {j.job_id}", j.executor, j.job_id, run.logs, run))
-            if st.pending and SLURM_NAME.search(st.pending["name"]) and self._slurm_ok(f"{label}'s pending submission"):
+            if st.pending and (reader := self.reader(recorded_executor(st.pending), f"{label}'s pending submission")):
                 try:
-                    ids = self.slurm.find_submitted(run.logs, st.pending["name"])
+                    ids = reader.find_submitted(run.logs, st.pending["name"])
                 except SubmitError as e:
                     self.problem(f"{label}: {e}")
                     ids = []
                 if ids:
                     self.adopted[run] = (st.pending["name"], ids)
-                found += [Target(f"{label}: {st.pending['kind']} job {jid} (unrecorded)", "slurm", jid, run.logs, run)
-                          for jid in ids]
+                found += [Target(f"{label}: {st.pending['kind']} job {jid} (unrecorded)", reader.kind, jid, run.logs,
+                                 run) for jid in ids]
         for gdir in sorted(p for p in self.sd.generators.glob("*") if p.is_dir()):
             g = GeneratorDir(gdir)
             rec = read_json(g.job)
-            if not rec:
+            if not rec or (reader := self.reader(recorded_executor(rec), f"the generator job of {g.name}")) is None:
                 continue
-            if SLURM_NAME.search(rec.get("name") or ""):
-                if not self._slurm_ok(f"the generator job of {g.name}"):
-                    continue
-                try:
-                    rec = JobFile(g.job, g.logs).read(self.slurm)  # an intent: adopted by its name
-                except SubmitError as e:
-                    self.problem(f"generator {g.name}: {e}")
-                    continue
-                if rec:
-                    found.append(Target(f"generator {g.name}: job {rec['job_id']}", "slurm", rec["job_id"], g.logs))
-            elif rec.get("job_id"):
-                found.append(Target(f"generator {g.name}: job {rec['job_id']}", "local", rec["job_id"], g.logs))
+            try:
+                rec = JobFile(g.job, g.logs).read(reader)  # an intent: adopted by its name
+            except SubmitError as e:
+                self.problem(f"generator {g.name}: {e}")
+                continue
+            if rec:
+                found.append(Target(f"generator {g.name}: job {rec['job_id']}", reader.kind, rec["job_id"], g.logs))
+        known = {(t.job_id, t.logs.resolve()) for t in found}
+        names = {run.logs.resolve(): run.path.relative_to(self.sd.path).as_posix() for run in all_runs(self.sd)}
+        names.update({GeneratorDir(p).logs.resolve(): f"generator {p.name}"
+                      for p in self.sd.generators.glob("*") if p.is_dir()})
+        for kind, reader in self.readers.items():
+            if reader is None or reader.kind != kind:  # one look per runner (debug jobs are local ones)
+                continue
+            found += [Target(f"{names[folder]}: unrecorded job {jid}", kind, jid, folder)
+                      for folder, jid in reader.unrecorded_jobs(list(names)) if (jid, folder) not in known]
         return found
 
-    def _slurm_ok(self, what: str) -> bool:
-        if self.slurm is None:
-            self.problem(f"{what} is a SLURM job, and SLURM's squeue, scancel and sacct are not all on PATH here")
-        return self.slurm is not None
-
     def stop_jobs(self) -> None:
-        targets = self.targets()
-        slurm = [t for t in targets if t.executor == "slurm"]
-        if slurm and self._slurm_ok(f"{', '.join(t.what for t in slurm[:3])}{' ...' if len(slurm) > 3 else ''}"):
-            queued = squeue([t.job_id for t in slurm])
-            slurm = [t for t in slurm if t.job_id in queued]
-            scancel([t.job_id for t in slurm])
-            for t in slurm:
-                self.say(f"stopped {t.what} (SLURM, {queued[t.job_id]})")
-        else:
-            slurm = []
-        local = [t for t in targets if t.executor == "local" and is_live_job(t.job_id, t.logs)]
-        known = {(t.job_id, t.logs.resolve()) for t in local}
-        local += [t for t in self.unrecorded_local_jobs() if (t.job_id, t.logs.resolve()) not in known]
-        for t in local:
-            self.local.cancel(t.logs, [t.job_id])
-            self.say(f"stopped {t.what} (local pid)")
-        self.stopped_jobs = slurm + local
+        groups: dict[str, list[Target]] = {}
+        for t in self.targets():
+            groups.setdefault(t.executor, []).append(t)
+        stopped: dict[str, list[Target]] = {}
+        for executor, group in groups.items():
+            reader = self.reader(executor, ", ".join(t.what for t in group[:3]) + (" ..." if len(group) > 3 else ""))
+            if reader is None:
+                continue
+            live = reader.live([(t.logs, t.job_id) for t in group])
+            stopped[executor] = [t for t in group if t.job_id in live]
+            for t in stopped[executor]:
+                reader.cancel(t.logs, [t.job_id])
+                self.say(f"stopped {t.what} ({reader.label}, {live[t.job_id]})")
+        self.stopped_jobs = [t for group in stopped.values() for t in group]
 
-        def ended() -> bool:
-            return not (slurm and squeue([t.job_id for t in slurm])) and \
-                not any(is_live_job(t.job_id, t.logs) for t in local)
+        def still_running() -> list[Target]:
+            return [t for ex, group in stopped.items() for t in group
+                    if t.job_id in self.readers[ex].live([(t.logs, t.job_id) for t in group])]
 
-        if not self._wait(ended):
+        if not self._wait(lambda: not still_running()):
             # a local job still running: one without a safe point for SIGTERM (submitit's handler
             # ignores it: a generator's training, an evaluation), or in a long step. Killed, as
             # SLURM kills its jobs after KillWait; its work since its last save is redone.
-            for t in local:
-                if is_live_job(t.job_id, t.logs):
-                    kill_job(int(t.job_id))
+            for t in still_running():
+                if self.readers[t.executor].kill(t.logs, [t.job_id]):
                     self.say(f"killed {t.what}: still running {self.wait_s:.0f} s after SIGTERM")
-            self._wait(ended, 15.0)
-        if not ended():
-            left = sorted(squeue([t.job_id for t in slurm])) if slurm else []
-            left += [t.job_id for t in local if is_live_job(t.job_id, t.logs)]
-            self.problem(f"still running {self.wait_s:.0f} s after the stop signal: {', '.join(left)} (SLURM kills "
-                         f"its jobs after its KillWait); run this again to wait for them")
-
-    def unrecorded_local_jobs(self) -> list[Target]:
-        """Local jobs of the sweep's folders that no record names (a launcher killed between
-        starting a job and recording it), found in /proc by what is_live_job looks at: a job's
-        stdout is `<logs>/<pid>_0_log.out`, a submitit local controller's command line names its folder."""
-        folders = {run.logs.resolve(): run.path.relative_to(self.sd.path).as_posix() for run in all_runs(self.sd)}
-        folders.update({GeneratorDir(p).logs.resolve(): f"generator {p.name}"
-                        for p in self.sd.generators.glob("*") if p.is_dir()})
-        by_name = {str(f): f for f in folders}
-        me = str(os.getpid())
-        found = []
-        for pid in (p for p in os.listdir("/proc") if p.isdigit() and p != me):
-            try:
-                out = Path(os.readlink(f"/proc/{pid}/fd/1"))
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:  # ended, or not ours to look at
-                continue
-            # a warm job's stdout is named by its pid (a SLURM job's, in the same folder, by its job id)
-            candidates = [out.parent] if out.parent in folders and out.name == f"{pid}_0_log.out" else []
-            if LOCAL_CONTROLLER in cmd:  # not submitit.core._submit: that is a SLURM job's process
-                candidates += [by_name[c] for c in cmd if c in by_name]
-            for folder in candidates:
-                if is_live_job(pid, folder):
-                    found.append(Target(f"{folders[folder]}: unrecorded job {pid}", "local", pid, folder))
-                    break
-        return found
+            self._wait(lambda: not still_running(), 15.0)
+        if left := still_running():
+            self.problem(f"still running {self.wait_s:.0f} s after the stop signal: {', '.join(t.job_id for t in left)} "
+                         f"(SLURM kills its jobs after its KillWait); run this again to wait for them")
 
     # -- 4. the records
     def record_stopped(self) -> None:
@@ -290,11 +255,11 @@ class Cancel:
         for t in self.stopped_jobs:
             if t.run is not None:
                 by_run.setdefault(t.run, []).append(t)
-        slurm_ids = [t.job_id for t in self.stopped_jobs if t.executor == "slurm"]
-        still = set(squeue(slurm_ids)) if slurm_ids else set()  # not ended yet (--wait ran out): left as they are
-        still |= {t.job_id for t in self.stopped_jobs if t.executor == "local" and is_live_job(t.job_id, t.logs)}
-        if slurm_ids:
-            self.slurm.poll(slurm_ids)  # their end in accounting: a success, and the usage (elapsed, GPUs)
+        still: set[str] = set()  # not ended yet (--wait ran out): left as they are
+        for executor in {t.executor for t in self.stopped_jobs}:
+            jobs = [(t.logs, t.job_id) for t in self.stopped_jobs if t.executor == executor]
+            still |= set(self.readers[executor].live(jobs))
+            self.readers[executor].poll([jid for _, jid in jobs])  # SLURM: their end in accounting (elapsed, GPUs)
         for run, targets in by_run.items():
             st = load_state(run.path)
             if st is None:
@@ -304,14 +269,13 @@ class Cancel:
                 p = st.pending
                 for jid, detail in zip(self.adopted[run][1], p["details"]):  # as Coordinator._record
                     st.jobs.append(JobRecord(job_id=jid, kind=p["kind"], round=p["round"], submitted=p["submitted"],
-                                             detail=dict(detail), executor="slurm"))
+                                             detail=dict(detail), executor=recorded_executor(p)))
                 st.pending, changed = None, True
             for t in targets:
                 job = next((j for j in st.jobs if j.job_id == t.job_id and j.status == "running"), None)
                 if job is None or t.job_id in still:
                     continue
-                reader = self.slurm if t.executor == "slurm" else self.local
-                status: JobStatus = reader.status(run.logs, t.job_id, job.submitted)
+                status: JobStatus = self.readers[t.executor].status(run.logs, t.job_id, job.submitted)
                 if status.state == SUCCEEDED:
                     continue  # it finished anyway: the next coordinator reads its result
                 job.status, job.error, job.log_path = "lost", STOPPED_ERROR.format(time=now), status.log_path
@@ -335,8 +299,8 @@ class Cancel:
             (["the launcher"] if self.stopped_launcher else [])
         jobs = self.stopped_jobs
         if jobs:
-            n_slurm = sum(t.executor == "slurm" for t in jobs)
-            kinds = ", ".join(f"{n} {what}" for n, what in ((n_slurm, "SLURM"), (len(jobs) - n_slurm, "local")) if n)
+            labels = Counter(self.readers[t.executor].label for t in jobs)
+            kinds = ", ".join(f"{n} {label}" for label, n in sorted(labels.items()))
             parts.append(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} ({kinds})")
         if not parts:
             head = (f"sweep {self.name!r} ({self.sd.path}): nothing to stop (no coordinator job, launcher or "
@@ -360,27 +324,6 @@ def all_runs(sd: SweepDir) -> list[RunDir]:
     return out
 
 
-def kill_job(pid: int) -> None:
-    """SIGKILL a local job and every process under it (a submitit controller's task)."""
-    children: dict[int, list[int]] = {}
-    for p in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(p))
-    tree, stack = [pid], [pid]
-    while stack:
-        kids = children.get(stack.pop(), [])
-        tree += kids
-        stack += kids
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def launcher_command(pid: int) -> str | None:
     """The command line of `pid` if it is a launcher (`python -m dp_hpc.launch ...`), else None."""
     try:
@@ -391,33 +334,6 @@ def launcher_command(pid: int) -> str | None:
     if any(a == "dp_hpc.launch" or a.endswith("dp_hpc/launch.py") for a in args):
         return shlex.join(args)
     return None
-
-
-def squeue(job_ids: Sequence[str]) -> dict[str, str]:
-    """{job id: state} of these jobs that are still in SLURM's queue (pending, running,
-    completing); array tasks by their own ids ('12_3')."""
-    out: dict[str, str] = {}
-    ids = sorted(set(job_ids))
-    for i in range(0, len(ids), 500):
-        r = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids[i : i + 500]), "-o", "%i %T"],
-                           capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:  # (ids it does not know are no error: they are simply not listed)
-            raise SlurmError(f"squeue failed: {' '.join(r.stderr.split())[:300]}")
-        for line in r.stdout.splitlines():
-            if len(line.split()) == 2:
-                jid, state = line.split()
-                out[jid] = state
-    return out
-
-
-class SlurmError(RuntimeError):
-    """SLURM's commands did not answer: nothing can be said about the sweep's jobs."""
-
-
-def scancel(job_ids: Sequence[str]) -> None:
-    ids = list(job_ids)
-    for i in range(0, len(ids), 500):
-        subprocess.run(["scancel", *ids[i : i + 500]], capture_output=True, timeout=120)
 
 
 def last_launch(sd: SweepDir) -> str:
@@ -461,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             c.record_stopped()
         elif c.stopped_jobs:
             c.problem("the jobs' records were left as they are (another process holds the sweep lock)")
-    except (SlurmError, subprocess.SubprocessError) as e:
+    except (QueryError, subprocess.SubprocessError) as e:
         c.problem(f"{e}; run this again when SLURM answers")
     finally:
         if lock is not None:

@@ -1,5 +1,6 @@
-"""Print where every run of a sweep stands, with the ids and states of its jobs in flight
-(SLURM states from one batched sacct for the whole sweep).
+"""Print where every run of a sweep stands, with the ids and states of its jobs in flight (asked
+of the runner of each job's executor in one go: SLURM's queue state from one squeue, a local job
+'running' while its process is a job of the run).
 
     python -m dp_hpc.status runs/digits
 """
@@ -7,13 +8,15 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from dp_hpc.coordinate.records import recorded_executor
+from dp_hpc.coordinate.runners import record_readers
+from dp_hpc.coordinate.runners.base import QueryError
 from dp_hpc.io import read_json
 from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
@@ -41,24 +44,30 @@ def _run_row(run: RunDir) -> dict:
         "best_val_acc": ck.get("best_val_acc"),
         "test_acc": ev.get("acc"),
         "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
-        "jobs": [(j["kind"], j["job_id"], j.get("executor", "local")) for j in st.get("jobs", [])
+        "jobs": [(j["kind"], j["job_id"], j.get("executor", "local"), run.logs) for j in st.get("jobs", [])
                  if j.get("status") == "running"],
     }
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: SLURM state} in one sacct call ({} without SLURM)."""
-    from dp_hpc.coordinate.runners.slurm import parse_sacct
+def job_states(jobs: list[tuple[str, str, Path]], sweep_name: str) -> dict[str, str]:
+    """{job id: state} of these (executor, job id, logs folder) jobs: the queue state of those
+    still queued or running, "ended" for the others, "?" where this machine cannot tell (SLURM's
+    commands are not on PATH, or did not answer)."""
+    readers = record_readers(sweep_name)
+    states: dict[str, str] = {}
+    for executor in {ex for ex, _, _ in jobs}:
+        these = [(folder, jid) for ex, jid, folder in jobs if ex == executor]
+        reader = readers.get(executor)
+        try:
+            live = reader.live(these) if reader is not None else None
+        except (QueryError, subprocess.SubprocessError):
+            live = None
+        states.update({jid: "?" if live is None else live.get(jid, "ended") for _, jid in these})
+    return states
 
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
-    r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
-                       capture_output=True, text=True, timeout=120)
-    return parse_sacct(r.stdout) if r.returncode == 0 else {}
 
-
-def _jobs_text(jobs: list[tuple[str, str, str]], states: dict[str, str]) -> str:
-    parts = [f"{kind} {jid} {states.get(jid, 'PENDING?') if ex == 'slurm' else 'running'}" for kind, jid, ex in jobs]
+def _jobs_text(jobs: list[tuple], states: dict[str, str]) -> str:
+    parts = [f"{kind} {jid} {states.get(jid, '?')}" for kind, jid, _, _ in jobs]
     return ", ".join(parts[:4]) + (f", +{len(parts) - 4} more" if len(parts) > 4 else "")
 
 
@@ -75,12 +84,14 @@ def print_table(sweep_dir: Path, file=sys.stdout) -> None:
     if not rows:
         print(f"{sweep_dir}: no runs", file=file)
         return
-    coordinator = read_json(SweepDir(sweep_dir).coordinator)
-    states = slurm_states([jid for r in rows for _, jid, ex in r["jobs"] if ex == "slurm"]
-                          + ([coordinator["job_id"]] if coordinator else []))
-    if coordinator:
-        print(f"coordinator: SLURM job {coordinator['job_id']} {states.get(coordinator['job_id'], '(unknown to sacct)')}",
-              file=file)
+    sd = SweepDir(sweep_dir)
+    coordinator = read_json(sd.coordinator)
+    jobs = [(ex, jid, logs) for r in rows for _, jid, ex, logs in r["jobs"]]
+    if coordinator and coordinator.get("job_id"):
+        jobs.append((recorded_executor(coordinator), coordinator["job_id"], sd.logs))
+    states = job_states(jobs, sd.name)
+    if coordinator and coordinator.get("job_id"):
+        print(f"coordinator: SLURM job {coordinator['job_id']} {states[coordinator['job_id']]}", file=file)
     cols = ["run", "method", "round", "phase", "pool_size", "generated", "step", "best_val_acc", "test_acc"]
     table = [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]

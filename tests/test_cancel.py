@@ -75,7 +75,7 @@ def test_a_local_job_that_no_record_names_is_found_and_stopped(tmp_path):
         if is_live_job(jid, run / "logs"):
             kill(int(jid))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"stopped r: unrecorded job {jid} (local pid)" in r.stdout, r.stdout
+    assert f"stopped r: unrecorded job {jid} (local, running)" in r.stdout, r.stdout
     assert f"killed r: unrecorded job {jid}: still running 1 s after SIGTERM" in r.stdout, r.stdout
     assert not is_live_job(jid, run / "logs")
 
@@ -118,7 +118,7 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"stopped the launcher: pid {proc.pid} ("), r.stdout  # first: it would submit more
-    assert f"stopped static: train job {train['job_id']} (local pid)" in lines, r.stdout
+    assert f"stopped static: train job {train['job_id']} (local, running)" in lines, r.stdout
     assert "stopped the launcher and 1 job (1 local)" in r.stdout, r.stdout
     assert proc.returncode == 143, launcher_err[-3000:]
     st = read_json(run / "state.json")
@@ -166,7 +166,7 @@ def test_a_generator_job_that_ignores_sigterm_is_killed_after_the_wait(tmp_path)
         proc.kill()
         proc.wait()
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"stopped generator {gdir.name}: job {jid} (local pid)" in r.stdout, r.stdout
+    assert f"stopped generator {gdir.name}: job {jid} (local, running)" in r.stdout, r.stdout
     assert f"killed generator {gdir.name}: job {jid}: still running 2 s after SIGTERM" in r.stdout, r.stdout
     assert proc.returncode == 143
     assert not is_live_job(jid, gdir / "logs")

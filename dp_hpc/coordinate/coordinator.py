@@ -185,7 +185,7 @@ class Coordinator:
 
         def save_intent(name: str, submitted: float) -> None:
             st.pending = {"name": name, "kind": kind, "round": st.round, "submitted": submitted,
-                          "details": details[:n]}
+                          "details": details[:n], "executor": self.runner.kind}
             save_state(self.run_dir, st)
 
         try:

@@ -17,6 +17,7 @@ job (the generator's job.json, the sweep's coordinator.json) in a `JobFile`.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,8 +44,17 @@ def adopt_unrecorded(runner: Runner, logs: Path, name: str, save_ids: Callable[[
     return ids
 
 
+def recorded_executor(rec: dict) -> str:
+    """The executor of a job file's record or of a run's pending intent. Records written before
+    they named it: a job name a SLURM runner gave ends in a nonce (SlurmRunner.job_name)."""
+    if rec.get("executor"):  # recorded since 2026-11-29
+        return str(rec["executor"])
+    return "slurm" if re.search(r"-[0-9a-f]{8}$", rec.get("name") or "") else "local"
+
+
 class JobFile:
-    """One job recorded in a JSON file: {job_id, name, submitted} (job_id null: only the intent)."""
+    """One job recorded in a JSON file: {job_id, name, submitted, executor} (job_id null: only the
+    intent; executor: the kind of the runner that submitted it)."""
 
     def __init__(self, path: Path, logs: Path):
         self.path, self.logs = Path(path), Path(logs)
@@ -62,7 +72,7 @@ class JobFile:
         rec: dict = {}
 
         def save_intent(job_name: str, submitted: float) -> None:
-            rec.update(job_id=None, name=job_name, submitted=submitted)
+            rec.update(job_id=None, name=job_name, submitted=submitted, executor=runner.kind)
             atomic_write_json(self.path, rec)
 
         submit_recorded(runner, self.logs, name, fn, [args], kind, save_intent, lambda ids: self._save_id(rec, ids))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+
 from dp_hpc.config import SweepConfig
+from dp_hpc.coordinate.config import SlurmConfig
 from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.runners.slurm import SlurmRunner
@@ -37,3 +39,13 @@ def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
     ex = sweep.executor
     return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
                        poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start)
+
+
+def record_readers(sweep_name: str) -> dict[str, Runner | None]:
+    """A runner with default settings per executor that a job record can name (JobRecord.executor),
+    to read, stop or find a sweep's jobs outside its coordinator (dp_hpc.cancel); None for slurm
+    where SLURM's squeue, scancel and sacct are not all on PATH."""
+    local = LocalRunner("local")
+    has_slurm = all(shutil.which(c) for c in ("squeue", "scancel", "sacct"))
+    return {"local": local, "debug": local,
+            "slurm": SlurmRunner(SlurmConfig(), sweep_name=sweep_name) if has_slurm else None}

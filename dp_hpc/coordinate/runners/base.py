@@ -1,10 +1,11 @@
-"""What the coordinator needs from an executor, whichever it is: the `Runner` interface, the job
-states it answers with, and the helpers every runner shares.
+"""What the coordinator, `dp_hpc.status` and `dp_hpc.cancel` need from an executor, whichever it
+is: the `Runner` interface, the job states it answers with, and the helpers every runner shares.
 
 A runner submits job arrays, tells the state of jobs by id (also of jobs that an earlier
 coordinator process submitted before it died), finds the jobs of a submission that was not
-recorded, and reads a failed job's error. Job ids are recorded by the caller (state.json,
-job.json, coordinator.json: see dp_hpc.coordinate.records).
+recorded, reads a failed job's error, and stops jobs (cancel, then kill what did not stop). Job
+ids are recorded by the caller (state.json, job.json, coordinator.json: see
+dp_hpc.coordinate.records), with the kind of runner that reads them (`record_readers`).
 
     local.py   LocalRunner: submitit's LocalExecutor (subprocesses) or DebugExecutor (in-process)
     slurm.py   SlurmRunner: submitit's SlurmExecutor, one batched sacct per poll
@@ -37,6 +38,10 @@ class SubmitError(RuntimeError):
         self.ids = ids
 
 
+class QueryError(RuntimeError):
+    """The executor did not answer a question about its jobs (squeue failed): nothing can be said of them."""
+
+
 class Runner(Protocol):
     """One per sweep; `folder` arguments are where submitit writes a run's pickles and logs."""
 
@@ -51,6 +56,8 @@ class Runner(Protocol):
     job, and a Ctrl-C in the terminal does not reach them."""
     uses_sbatch: bool
     """Jobs are sbatch jobs: `--dry-run` shows their sbatch options and a GPU-hour estimate."""
+    label: str
+    """How messages name its jobs ("SLURM job 12", "local job 4711")."""
 
     def check(self, kinds: Sequence[str]) -> None:
         """Fail early (UsageError) if the executor would refuse these kinds of job."""
@@ -85,7 +92,19 @@ class Runner(Protocol):
         """The state of a job that is queued or running (None once it has ended)."""
 
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
-        """Stop jobs."""
+        """Stop jobs (each at its next safe point, after saving)."""
+
+    def live(self, jobs: Sequence[tuple[Path, str]]) -> dict[str, str]:
+        """{job id: state} of those of these (folder, job id) jobs that are still queued or running,
+        asked in one go (QueryError: the executor did not answer)."""
+
+    def kill(self, folder: Path, job_ids: Sequence[str]) -> list[str]:
+        """End jobs that `cancel` did not stop in time; the ids it killed ([] where the executor does
+        this itself: SLURM, after its KillWait)."""
+
+    def unrecorded_jobs(self, folders: Sequence[Path]) -> list[tuple[Path, str]]:
+        """(folder, job id) of jobs running in these folders that no record names and that
+        `find_submitted` cannot find by name ([] where every job can be found by name)."""
 
 
 def tail(path: Path, n: int = 15) -> str:

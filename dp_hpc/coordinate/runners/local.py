@@ -33,6 +33,7 @@ class LocalRunner:
 
     detached = False  # local jobs are children of the launcher's session
     uses_sbatch = False
+    label = "local"
 
     def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1,
                  poll_interval_s: float = 0.5, max_jobs: int = 2, warm_start: bool = True):
@@ -170,6 +171,65 @@ class LocalRunner:
                     os.kill(int(jid), signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+
+    def live(self, jobs: Sequence[tuple[Path, str]]) -> dict[str, str]:
+        return {jid: RUNNING for folder, jid in jobs if is_live_job(jid, folder)}
+
+    def kill(self, folder: Path, job_ids: Sequence[str]) -> list[str]:
+        """SIGKILL each job that still runs and every process under it (a submitit controller's task)."""
+        killed = [jid for jid in job_ids if is_live_job(jid, folder)]
+        for jid in killed:
+            kill_process_tree(int(jid))
+        return killed
+
+    def unrecorded_jobs(self, folders: Sequence[Path]) -> list[tuple[Path, str]]:
+        """Found in /proc by what is_live_job looks at (a launcher killed between starting a job and
+        recording it leaves one): a warm job's stdout is `<folder>/<pid>_0_log.out`, a submitit
+        local controller's command line names its folder."""
+        wanted = {Path(f).resolve() for f in folders}
+        by_name = {str(f): f for f in wanted}
+        me = str(os.getpid())
+        found = []
+        for pid in (p for p in os.listdir("/proc") if p.isdigit() and p != me):
+            try:
+                out = Path(os.readlink(f"/proc/{pid}/fd/1"))
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # ended, or not ours to look at
+                continue
+            # a warm job's stdout is named by its pid (a SLURM job's, in the same folder, by its job id)
+            candidates = [out.parent] if out.parent in wanted and out.name == f"{pid}_0_log.out" else []
+            if LOCAL_CONTROLLER in cmd:  # not submitit.core._submit: that is a SLURM job's process
+                candidates += [by_name[c] for c in cmd if c in by_name]
+            for folder in candidates:
+                if is_live_job(pid, folder):
+                    found.append((folder, pid))
+                    break
+        return found
+
+
+LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process under it."""
+    children: dict[int, list[int]] = {}
+    for p in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    tree, stack = [pid], [pid]
+    while stack:
+        kids = children.get(stack.pop(), [])
+        tree += kids
+        stack += kids
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class _InProcess:

@@ -27,7 +27,8 @@ from typing import Callable, Iterator, Sequence
 import submitit
 
 from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
-from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, JobStatus, SubmitError, status_from_result, tail
+from dp_hpc.coordinate.runners.base import (FAILED, LOST, RUNNING, JobStatus, QueryError, SubmitError, status_from_result,
+                                            tail)
 from dp_hpc.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class SlurmRunner:
     """The slurm executor (the `Runner` interface of base.py)."""
 
     kind = "slurm"
+    label = "SLURM"
     detached = True  # jobs survive logging out: a coordinator job drives the sweep
     uses_sbatch = True
 
@@ -309,7 +311,32 @@ class SlurmRunner:
             return None
         return state
 
-    def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+    def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:  # noqa: ARG002
+        ids = list(job_ids)
+        for i in range(0, len(ids), 500):
+            subprocess.run(["scancel", *ids[i : i + 500]], capture_output=True, timeout=120)
+
+    def live(self, jobs: Sequence[tuple[Path, str]]) -> dict[str, str]:
+        """From squeue (pending, running, completing; array tasks by their own ids, '12_3'), in
+        calls of 500 ids: jobs it does not know are simply not listed."""
+        out: dict[str, str] = {}
+        ids = sorted({jid for _, jid in jobs})
+        for i in range(0, len(ids), 500):
+            r = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids[i : i + 500]), "-o", "%i %T"],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise QueryError(f"squeue failed: {' '.join(r.stderr.split())[:300]}")
+            for line in r.stdout.splitlines():
+                if len(line.split()) == 2:
+                    jid, state = line.split()
+                    out[jid] = state
+        return out
+
+    def kill(self, folder: Path, job_ids: Sequence[str]) -> list[str]:  # noqa: ARG002
+        """Nothing: SLURM kills a cancelled job's processes itself after its KillWait."""
+        return []
+
+    def unrecorded_jobs(self, folders: Sequence[Path]) -> list[tuple[Path, str]]:  # noqa: ARG002
+        """None: a submission that was not recorded is found by its job name (find_submitted)."""
+        return []
 
