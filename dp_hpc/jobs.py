@@ -13,6 +13,7 @@ the job: it exits without a result (see `requeue_if_asked`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -25,19 +26,49 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
-from dp_hpc.layout import RunDir
+from dp_hpc.io import run_lock
+from dp_hpc.layout import GeneratorDir, RunDir
 from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
 
 def _setup(threads: int) -> None:
+    die_with_submitit_controller()
     import torch
 
     torch.set_num_threads(threads)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
+
+
+LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process
+
+
+def die_with_submitit_controller() -> None:
+    """In a job of submitit's LocalExecutor (`executor.warm_start: false`) the work runs in a worker
+    under a controller process, whose pid is the job id. A killed controller would leave the worker
+    running with no parent while a relaunch, finding the job gone, starts a second copy beside it.
+    So the kernel SIGKILLs the worker when the controller dies (Linux PR_SET_PDEATHSIG); its work
+    since its last save is redone, as after any crash. Warm jobs and SLURM jobs are left alone: a
+    warm job's parent only forks them (jobs outlive it by design), and SLURM kills a job's steps."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        if LOCAL_CONTROLLER.encode() not in Path(f"/proc/{parent}/cmdline").read_bytes():
+            return
+    except OSError:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this job outlives its controller", ctypes.get_errno())
+    elif os.getppid() != parent:  # the controller died before the call
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _on_slurm() -> bool:
@@ -60,11 +91,14 @@ def requeue_if_asked() -> None:
 
 
 def train_generator(generator_dir: str, threads: int = 1) -> dict:
-    """Train (or find cached) the sweep's diffusion model; see dp_hpc.generate.unet."""
+    """Train (or find cached) the sweep's diffusion model; see dp_hpc.generate.unet. Under the
+    folder's lock: diffusers writes the weights in place, so a duplicate job (a launcher killed
+    between starting this job and recording it) waits for the first, then finds the generator made."""
     _setup(threads)
     from dp_hpc.generate.cache import build_generator
 
-    return build_generator(Path(generator_dir))
+    with run_lock(GeneratorDir(generator_dir).lock):
+        return build_generator(Path(generator_dir))
 
 
 class GenerateShard(Checkpointable):

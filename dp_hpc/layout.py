@@ -6,7 +6,7 @@ every job use it.
 
     <out>/<sweep>/                    SweepDir
       sweep.yaml  manifest.json  launch.lock  launcher.json  coordinator.json  logs/  report/
-      generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.json
+      generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.lock  generator.json
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
         config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
@@ -33,6 +33,7 @@ REPORT = "report"  # written by analysis.report
 # -- a generator folder
 JOB_FILE = "job.json"  # the generator job's record
 GENERATOR_MARKER = "generator.json"  # written last, when the generator folder is finished
+GENERATOR_LOCK = "generator.lock"  # held (flock) by the one job making the generator
 UNET_DIR, SCHEDULER_DIR = "unet", "scheduler"  # digits_unet: the trained model (diffusers folders)
 GENERATOR_CHECKPOINT = "checkpoint.pt"  # digits_unet: training state, to resume
 TEXT_EMBEDDINGS = "text_embeddings.pt"  # stable-diffusion: each class prompt encoded once
@@ -194,6 +195,7 @@ class GeneratorDir(_Folder):
     job = property(lambda self: self.path / JOB_FILE)
     logs = property(lambda self: self.path / LOGS)
     marker = property(lambda self: self.path / GENERATOR_MARKER)
+    lock = property(lambda self: self.path / GENERATOR_LOCK)
     unet = property(lambda self: self.path / UNET_DIR)
     scheduler = property(lambda self: self.path / SCHEDULER_DIR)
     checkpoint = property(lambda self: self.path / GENERATOR_CHECKPOINT)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
@@ -155,3 +156,44 @@ def test_nearest_upsampling_round_trips_through_area_downsampling(splits):
     x = to_model_space(splits.test.images[:32], 16)  # (32, 1, 16, 16) in [-1, 1]
     assert x.shape == (32, 1, 16, 16)
     np.testing.assert_array_equal(to_storage(x, 8).numpy(), splits.test.images[:32])
+
+
+def test_a_duplicate_generator_job_waits_for_the_first_and_finds_the_generator_made(tmp_path):
+    """Two jobs on one generator folder (a launcher killed between starting the job and recording
+    it): the second waits on generator.lock while the first holds it, writes nothing meanwhile
+    (diffusers would write the weights in place), and then returns the first one's generator.json
+    without training anything."""
+    from dp_hpc.config import to_dict
+    from dp_hpc.data.config import DataConfig
+    from dp_hpc.generate.cache import build_generator
+    from dp_hpc.generate.config import SamplerConfig
+    from dp_hpc.io import try_lock
+    from dp_hpc.layout import GeneratorDir
+
+    g = GeneratorDir(tmp_path / "gen")
+    g.path.mkdir()
+    cfg = replace(TINY, quality_samples=0, quality_classifier_steps=20)
+    g.config.write_text(yaml.safe_dump({"data": to_dict(DataConfig()), "generator": to_dict(cfg),
+                                        "sampler": to_dict(SamplerConfig())}, sort_keys=False))
+    first = try_lock(g.lock)  # the first job holds the folder (here: this process)
+    assert first is not None
+    err = tmp_path / "duplicate.err"
+    code = "import json, sys; from dp_hpc.jobs import train_generator; print(json.dumps(train_generator(sys.argv[1])))"
+    with open(err, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(g.path)], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=err_file, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        while "held by another job" not in err.read_text():
+            assert proc.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the duplicate never reached the lock"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert sorted(p.name for p in g.path.iterdir()) == ["config.yaml", "generator.lock"], "the duplicate wrote"
+        made = build_generator(g.path)  # the first job's work, under its lock
+    finally:
+        first.close()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    assert json.loads(out.splitlines()[-1]) == made == json.loads(g.marker.read_text())
+    assert "generator done" not in err.read_text(), "the duplicate trained again"

@@ -126,3 +126,55 @@ def test_a_debug_job_counts_its_start_up_from_its_call(tmp_path):
     (jid,) = runner.submit(tmp_path, "t", lambda _: out.write_text(str(metrics.process_age_s())), [(None,)])
     assert runner.status(tmp_path, jid).state == SUCCEEDED, runner.status(tmp_path, jid)
     assert float(out.read_text()) < 0.3
+
+
+def sleep_as_a_job(pid_file: str, like_dp_hpc: bool) -> None:
+    """Say this worker's pid and sleep; `like_dp_hpc`: first what every dp_hpc job's set-up does
+    about its controller (dp_hpc.jobs.die_with_submitit_controller)."""
+    if like_dp_hpc:
+        from dp_hpc.jobs import die_with_submitit_controller
+
+        die_with_submitit_controller()
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_a_worker_of_submitits_local_executor_dies_with_its_controller(tmp_path):
+    """executor.warm_start: false runs each job as a submitit controller and its worker. SIGKILL the
+    controller mid-job: a dp_hpc job's worker is gone within seconds (the kernel kills it with its
+    parent), so a relaunch never runs a second copy beside it. A worker without that set-up
+    outlives its controller (the problem; so this test can fail)."""
+    import submitit
+
+    ex = submitit.LocalExecutor(folder=tmp_path / "logs")
+    ex.update_parameters(timeout_min=5)
+    pid_files = {name: tmp_path / f"{name}.pid" for name in ("dp_hpc", "plain")}
+    jobs = {name: ex.submit(sleep_as_a_job, str(pid_files[name]), name == "dp_hpc") for name in pid_files}
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    workers = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not all(p.exists() and p.read_text() for p in pid_files.values()):
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        workers = {name: int(p.read_text()) for name, p in pid_files.items()}
+        assert all(alive(pid) for pid in workers.values())
+        for job in jobs.values():
+            os.kill(int(job.job_id), signal.SIGKILL)  # the controller (job id = its pid)
+        deadline = time.monotonic() + 15
+        while alive(workers["dp_hpc"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(workers["dp_hpc"]), "a dp_hpc job's worker outlived its controller"
+        assert alive(workers["plain"]), "a plain worker died with its controller: the check above proves nothing"
+    finally:
+        for pid in workers.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

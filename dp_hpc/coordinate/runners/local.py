@@ -24,6 +24,7 @@ from submitit.core.utils import DelayedSubmission
 
 from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, SubmitError, status_from_result
 from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job
+from dp_hpc.jobs import LOCAL_CONTROLLER
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,6 @@ class LocalRunner:
                     found.append((folder, pid))
                     break
         return found
-
-
-LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process
 
 
 def kill_process_tree(pid: int) -> None:
