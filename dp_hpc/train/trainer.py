@@ -1,6 +1,6 @@
 """One training step of the classifier, in every rank: `Trainer` holds the model, its EMA and
-the optimizer, and does forward, backward, the gradient all-reduce across ranks, AdamW and the EMA
-update. No I/O: the round loop (dp_hpc.train.loop) feeds it batches and checkpoints its state;
+the optimizer, and does forward, backward (under DistributedDataParallel when there is a process
+group: the gradient all-reduce in buckets, overlapped with the backward), AdamW and the EMA update. No I/O: the round loop (dp_hpc.train.loop) feeds it batches and checkpoints its state;
 bench/gpu_check.py times it on a GPU.
 """
 
@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dp_hpc.config import RunConfig
 from dp_hpc.train.distributed import Dist
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class Trainer:
-    """Model, EMA copy and AdamW; one `step` = forward, backward, (all_reduce), update, EMA."""
+    """Model, EMA copy and AdamW; one `step` = forward, backward (DDP), update, EMA."""
 
     def __init__(self, cfg: RunConfig, d: Dist):
         self.cfg, self.d = cfg, d
@@ -46,34 +47,49 @@ class Trainer:
         self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
                          decay=[tc.decays_everything or decays(n, p) for n, p in named],
                          update_clipping=tc.update_clipping)
+        self.ddp = None
+        if dist.is_available() and dist.is_initialized():
+            # gradients averaged in buckets while the backward runs; BatchNorm statistics are
+            # averaged with the loss below instead of rank 0's broadcast
+            self.ddp = DistributedDataParallel(self.model, device_ids=[d.device] if d.device.type == "cuda" else None,
+                                               broadcast_buffers=False)
+        cuda = d.device.type == "cuda"
+        self._stop_host = torch.zeros(1, pin_memory=cuda)  # the previous step's "any rank's flag set"
+        self._stop_event = torch.cuda.Event() if cuda else None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
         """Sum of (global-batch mean) training losses since the last evaluation."""
         self.loss_count = 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, flag: "PreemptFlag") -> bool:
         """One update on images x (b, C, H, W) in [0, 1] and targets y: class indices (b,) or
-        Mixup/CutMix soft targets (b, K). Returns whether any rank's flag was set by the end of this
-        step (when distributed: before its all_reduce, so all ranks return the same answer)."""
+        Mixup/CutMix soft targets (b, K). Returns whether to stop: in one process, whether the flag
+        is set; when distributed, whether any rank's flag was set by the end of the *previous* step
+        (so every rank returns the same answer, and no step waits for the GPU to read it)."""
         self.opt.lr = lr
         with self.num.autocast():
-            logits = self.model(self.num.images(x))
+            logits = (self.ddp or self.model)(self.num.images(x))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
         self.opt.zero_grad()
-        loss.backward()
+        loss.backward()  # distributed: DDP averages the gradients in buckets, overlapped with the backward
         loss = loss.detach()
-        if self.d.world_size > 1:
-            # one collective per step: [grads..., float buffers..., loss, flag] summed over ranks
-            tensors = [p.grad for p in self.params] + [b for b in self.buffers if b.is_floating_point()]
-            flat = torch.cat([t.reshape(-1) for t in tensors]
-                             + [loss.view(1), torch.tensor([float(flag.set)], device=loss.device)])
-            dist.all_reduce(flat)
-            flat.div_(self.d.world_size)
+        stop = flag.set
+        if self.ddp is not None:
+            stop = self._stop_seen()
+            # one small collective per step: [float buffers..., loss, flag] averaged over ranks
+            # (stream-ordered like DDP's: the host does not wait for it)
+            floats = [b for b in self.buffers if b.is_floating_point()]
+            small = torch.cat([t.reshape(-1) for t in floats]
+                              + [loss.view(1).float(), torch.tensor([float(flag.set)], device=loss.device)])
+            dist.all_reduce(small)
+            small.div_(self.d.world_size)
             offset = 0
-            for t in tensors:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            for t in floats:
+                t.copy_(small[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
-            loss = flat[offset]
-            stop = bool(flat[offset + 1].item() > 0)  # host sync (free on CPU; on CUDA, one per step)
+            loss = small[offset]
+            self._stop_host.copy_(small[offset + 1 :], non_blocking=True)
+            if self._stop_event is not None:
+                self._stop_event.record()
         self.opt.step()
         with torch.no_grad():  # ema += rate * (param - ema)
             torch._foreach_lerp_(self.ema_params, self.params, self.cfg.train.ema)
@@ -81,7 +97,14 @@ class Trainer:
                 torch._foreach_copy_(self.ema_buffers, self.buffers)
         self.loss_sum += loss.double()
         self.loss_count += 1
-        return stop if self.d.world_size > 1 else flag.set
+        return stop
+
+    def _stop_seen(self) -> bool:
+        """Whether any rank's flag was set at the previous step: its all_reduced value, copied to
+        the host then; on CUDA this waits only for that copy, which the GPU has long passed."""
+        if self._stop_event is not None:
+            self._stop_event.synchronize()
+        return bool(self._stop_host.item() > 0)
 
     def pop_train_loss(self) -> torch.Tensor:
         """Mean training loss since the last call (a device scalar; no sync)."""
