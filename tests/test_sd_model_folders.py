@@ -1,7 +1,7 @@
 """Which model folders the stable-diffusion backend serves, on tiny random pipelines built here: a
 v-prediction UNet (SD 2.x 768-v's kind) samples as diffusers' pipeline does and is entropy-guided
 from the right x0_hat; SDXL and other pipeline classes, a `sample` prediction type and zero-terminal-SNR
-schedules are refused before anything is written; fp16-variant-only folders are read. ~2 s on 2 CPU cores."""
+schedules are refused before anything is written; fp16-variant-only folders are read. ~10 s alone on 2 CPU cores."""
 
 from __future__ import annotations
 
