@@ -55,11 +55,12 @@ def sd_dir(tmp_path_factory) -> Path:
     return save_tiny_sd(tmp_path_factory.mktemp("sd"))
 
 
-def save_tiny_sd(base: Path) -> Path:
-    """A random SD-1.5-shaped pipeline saved with save_pretrained into base/sd: VAE /4 (3 levels),
+def save_tiny_sd(base: Path, prediction_type: str = "epsilon", name: str = "sd") -> Path:
+    """A random SD-1.5-shaped pipeline saved with save_pretrained into base/name: VAE /4 (3 levels),
     UNet /2 with cross-attention at the 8x8 level only (self-attention over a 16x16 latent costs 10x
-    more on CPU), SD 1.5's scheduler config (a PNDMScheduler the backend turns into DDIM)."""
-    tokenizer = _tokenizer(base / "tokenizer_src")
+    more on CPU), SD 1.5's scheduler config (a PNDMScheduler the backend turns into DDIM) with
+    `prediction_type` (SD 2.x 768-v: v_prediction)."""
+    tokenizer = _tokenizer(base / f"{name}_tokenizer_src")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -72,15 +73,15 @@ def save_tiny_sd(base: Path) -> Path:
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
         max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                              steps_offset=1, set_alpha_to_one=False)
+                              steps_offset=1, set_alpha_to_one=False, prediction_type=prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(base / "sd")
-    return base / "sd"
+    pipe.save_pretrained(base / name)
+    return base / name
 
 
-def _cfg(sd_dir: Path, **kw) -> GeneratorConfig:
+def sd_cfg(sd_dir: Path, **kw) -> GeneratorConfig:
     kw = {"backend": "stable-diffusion", "model_dir": str(sd_dir), "generation_resolution": 64, **kw}
     return GeneratorConfig(**kw)
 
@@ -88,7 +89,7 @@ def _cfg(sd_dir: Path, **kw) -> GeneratorConfig:
 @pytest.fixture(scope="module")
 def generator_dir(sd_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("generator")
-    prepare_generator(_cfg(sd_dir, prompt_templates=("a photo of a {}", "{}")), CLASSES, out)
+    prepare_generator(sd_cfg(sd_dir, prompt_templates=("a photo of a {}", "{}")), CLASSES, out)
     return out
 
 
@@ -97,7 +98,7 @@ def generator(generator_dir):
     return load_sd_generator(generator_dir)
 
 
-class _Classifier(nn.Module):
+class TinyClassifier(nn.Module):
     """A random linear classifier on 8x8-pooled pixels at the stored 32x32 ([0, 1] in, logits out, as
     dp_hpc.train.model's contract), logits scaled so that its entropy on plain samples sits mid-range
     (0.83 of at most 1.10 nats), with room to rise. (A random CNN with global pooling sees almost the
@@ -114,7 +115,7 @@ class _Classifier(nn.Module):
 
 @pytest.fixture(scope="module")
 def classifier():
-    return _Classifier().eval().requires_grad_(False)
+    return TinyClassifier().eval().requires_grad_(False)
 
 
 def _inputs(n: int = N, seed0: int = 0) -> tuple[torch.Tensor, list[int]]:
@@ -136,9 +137,9 @@ def test_prepare_writes_embeddings_once_and_cycles_templates(sd_dir, generator_d
     assert torch.equal(cond[0], emb["cond"][2, 0]) and torch.equal(cond[1], emb["cond"][2, 1])
     # A finished folder is returned as it is (no model loading), another config is an error.
     monkeypatch.setattr("dp_hpc.generate.stable_diffusion.check_model_dir", None)
-    assert prepare_generator(_cfg(sd_dir, prompt_templates=("a photo of a {}", "{}")), CLASSES, generator_dir) == info
+    assert prepare_generator(sd_cfg(sd_dir, prompt_templates=("a photo of a {}", "{}")), CLASSES, generator_dir) == info
     with pytest.raises(ValueError, match="different config"):
-        prepare_generator(_cfg(sd_dir), CLASSES, generator_dir)
+        prepare_generator(sd_cfg(sd_dir), CLASSES, generator_dir)
 
 
 def test_guidance_through_the_vae_raises_entropy(generator, classifier):
@@ -186,24 +187,32 @@ def test_plain_sampling_matches_diffusers_own_pipeline(sd_dir, generator):
     guidance_scale = 1 + lambda), from the same x_T. Both run the two CFG branches as one batch of
     2B (LatentDiffusion.batches_cfg), so the stored bytes are equal (with two calls of B they
     differed in the last bits: up to 2 grey levels)."""
-    from dp_hpc.generate.sampler import initial_noise, store_images
-
     model, scheduler = generator
     labels, seeds = _inputs(6)
-    lam, steps = 2.0, 10
     ours = sample_images(model, scheduler, labels, seeds,
-                         SamplerConfig(omega=0.0, num_inference_steps=steps, cfg_lambda=lam, batch_size=6), STORED)
+                         SamplerConfig(omega=0.0, num_inference_steps=10, cfg_lambda=2.0, batch_size=6), STORED)
+    np.testing.assert_array_equal(ours.images, diffusers_reference(sd_dir, model, labels, seeds, 2.0, 10))
+
+
+def diffusers_reference(sd_dir: Path, model: LatentDiffusion, labels, seeds, lam: float, steps: int) -> np.ndarray:
+    """diffusers' StableDiffusionPipeline from `sd_dir`, with a DDIMScheduler made from the folder's
+    scheduler config as it is (its prediction_type; no clipping), prompted with our embeddings, from
+    our x_T: the stored uint8 images (B, 3, STORED, STORED)."""
+    from diffusers import DDIMScheduler
+
+    from dp_hpc.generate.sampler import initial_noise, store_images
+
     pipe = StableDiffusionPipeline.from_pretrained(sd_dir, local_files_only=True, safety_checker=None,
                                                    requires_safety_checker=False)
-    pipe.scheduler = scheduler  # the DDIM scheduler our loader builds from the folder (no clipping)
+    pipe.scheduler = DDIMScheduler.from_pretrained(sd_dir, subfolder="scheduler", clip_sample=False,
+                                                   thresholding=False)
     pipe.set_progress_bar_config(disable=True)
     x_t = initial_noise([torch.Generator().manual_seed(s) for s in seeds], model.latent_shape)
     cond = model.condition(labels, seeds)
     out = pipe(prompt_embeds=cond, negative_prompt_embeds=model.null_condition(cond), latents=x_t,
                num_inference_steps=steps, guidance_scale=1.0 + lam, eta=0.0, output_type="pt",
                height=64, width=64).images  # (B, 3, 64, 64) in [0, 1]
-    ref = store_images(out, STORED).numpy()
-    np.testing.assert_array_equal(ours.images, ref)
+    return store_images(out, STORED).numpy()
 
 
 def test_fg_blend_input_is_min_max_scaled_blend(generator):
@@ -238,7 +247,7 @@ def test_same_seeds_same_bytes(generator, classifier):
 
 
 def test_shard_loads_the_backend_of_the_config(sd_dir, generator_dir):
-    model, scheduler = load_sampling_model(generator_dir, _cfg(sd_dir))
+    model, scheduler = load_sampling_model(generator_dir, sd_cfg(sd_dir))
     assert isinstance(model, LatentDiffusion) and model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     # the folder's scheduler config does not say clip_sample (DDIM's default clips x0 to [-1, 1]):
     # latents must not be clipped
@@ -268,25 +277,25 @@ def test_incomplete_folder_names_every_missing_part(sd_dir, tmp_path):
         assert part in msg, msg
     for present in ("text_encoder", "scheduler", "unet/config.json"):
         assert present not in msg, msg
-    assert check_model_dir(sd_dir) == sd_dir.resolve()
+    assert check_model_dir(sd_dir).path == sd_dir.resolve()
 
 
 def test_validation_before_launch(sd_dir, tmp_path):
-    run = RunConfig(generator=_cfg(sd_dir))
+    run = RunConfig(generator=sd_cfg(sd_dir))
     with pytest.raises(ConfigError) as e:  # the digits pool stores 1x8x8
         validate_generator_inputs(run)
     assert e.value.key == "generator.backend" and "1" in e.value.message
     with pytest.raises(ConfigError) as e:
-        validate_generator_inputs(RunConfig(generator=_cfg(sd_dir / "nowhere")))
+        validate_generator_inputs(RunConfig(generator=sd_cfg(sd_dir / "nowhere")))
     assert e.value.key == "generator.model_dir"
     validate_generator_inputs(RunConfig())  # digits_unet needs nothing from outside
-    check_model_fits(_cfg(sd_dir), (3, STORED, STORED))
+    check_model_fits(sd_cfg(sd_dir), (3, STORED, STORED))
     deeper = tmp_path / "sd"  # only config.json files are read: a UNet with 4 levels, as SD 1.5's
     shutil.copytree(sd_dir, deeper)
     unet_cfg = json.loads((deeper / "unet" / "config.json").read_text())
     (deeper / "unet" / "config.json").write_text(json.dumps({**unet_cfg, "block_out_channels": [16, 32, 32, 32]}))
     with pytest.raises(ConfigError) as e:  # VAE /4 x UNet /8
-        check_model_fits(_cfg(deeper, generation_resolution=48), (3, STORED, STORED))
+        check_model_fits(sd_cfg(deeper, generation_resolution=48), (3, STORED, STORED))
     assert e.value.key == "generator.generation_resolution" and "multiple of 32" in e.value.message
 
 
@@ -309,7 +318,7 @@ def test_identity_keeps_digits_generators_and_names_sd_inputs(sd_dir):
     stable-diffusion fields; a stable-diffusion identity is made of its own fields only."""
     digits = GeneratorConfig().identity()
     assert not set(SD_FIELDS) & set(digits) and digits["block_out_channels"] == [16, 32]
-    sd = _cfg(sd_dir, prompt_templates=("{}", "a {}")).identity()
+    sd = sd_cfg(sd_dir, prompt_templates=("{}", "a {}")).identity()
     assert set(sd) == {"backend", *SD_FIELDS} and sd["prompt_templates"] == ["{}", "a {}"]
 
 
@@ -318,7 +327,7 @@ def test_weights_load_in_the_compute_dtype_and_compile_is_opt_in(sd_dir, tmp_pat
     plain sampling runs; `compile` wraps the UNet (compiled lazily at its first call, not here) and is
     not part of the generator's identity (same folder key with or without it)."""
     out = tmp_path / "gen"
-    cfg = _cfg(sd_dir, dtype="bf16")
+    cfg = sd_cfg(sd_dir, dtype="bf16")
     prepare_generator(cfg, CLASSES, out)
     model, scheduler = load_sd_generator(out)
     assert {p.dtype for p in model.unet.parameters()} == {torch.bfloat16}
@@ -328,4 +337,4 @@ def test_weights_load_in_the_compute_dtype_and_compile_is_opt_in(sd_dir, tmp_pat
     assert img.shape == (2, 3, STORED, STORED) and img.std() > 0
     compiled, _ = load_sd_generator(out, compile=True)
     assert type(compiled.unet).__name__ == "OptimizedModule"
-    assert _cfg(sd_dir, dtype="bf16", compile=True).identity() == cfg.identity()
+    assert sd_cfg(sd_dir, dtype="bf16", compile=True).identity() == cfg.identity()

@@ -76,8 +76,10 @@ class GeneratorConfig:
     model_dir: str = ""
     """stable-diffusion: local folder in the layout of diffusers' StableDiffusionPipeline.save_pretrained
     (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/). Read with local files only;
-    a safety_checker/ there is ignored. A relative path is resolved against the launcher's working
-    directory when the generator job prepares the folder (generator.json records the absolute path)."""
+    a safety_checker/ there is ignored. SD 1.x/2.x, epsilon or v-prediction, plain or fp16-variant
+    weights; SDXL and other pipeline classes are refused before launch (stable_diffusion.check_model_dir).
+    A relative path is resolved against the launcher's working directory when the generator job
+    prepares the folder (generator.json records the absolute path)."""
     prompt_templates: tuple[str, ...] = ("{}",)
     """stable-diffusion: prompts, "{}" standing for the class name (the paper prompts with the class name
     alone). With several templates they are cycled, not averaged: the sample with seed s is prompted with

@@ -117,7 +117,8 @@ class Denoiser(Protocol):
         """The unconditional pass's input for the same batch."""
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Predicted noise, float32 (B, *latent_shape); differentiable w.r.t. x."""
+        """Predicted noise, float32 (B, *latent_shape); differentiable w.r.t. x. A model that predicts
+        something else (v) converts here: x0_hat, CFG and both guidance forms are written for epsilon."""
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         """x (a predicted or final x_0) as an image, float (B, C_img, R, R), about [0, 1], unclamped;
@@ -162,6 +163,11 @@ class PixelUNet:
 def as_denoiser(model: UNet2DModel | Denoiser) -> Denoiser:
     """A digits UNet2DModel is wrapped; anything else already is a Denoiser."""
     return PixelUNet(model) if isinstance(model, UNet2DModel) else model
+
+
+def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """Step 4's x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), (B, *latent_shape), differentiable."""
+    return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
 def guidance_image(model: Denoiser, x0_hat: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor,
@@ -223,7 +229,7 @@ def entropy_guided_ddim_step(
             with torch.enable_grad():
                 x_req = x_t[part].detach().requires_grad_(True)
                 e = model.eps(x_req, t, cond[part])
-                x0_hat = (x_req - (1 - abar).sqrt() * e) / abar.sqrt()  # (b, *latent_shape)
+                x0_hat = predicted_x0(x_req, e, abar)  # (b, *latent_shape)
                 h = predictive_entropy(classifier(guidance_image(model, x0_hat, x_req, abar, cfg, storage_size)))
                 # Samples are independent, so the gradient of the sum is the per-sample gradient.
                 (g,) = torch.autograd.grad(h.sum(), x_req)  # (b, *latent_shape)
