@@ -22,7 +22,7 @@ from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
-from dp_hpc.preflight import check_existing_runs, check_run_inputs
+from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs
 
 # ----------------------------------------------------------------------------- the plan (pure)
 
@@ -172,9 +172,9 @@ def print_quietly(text: str) -> int:
 
 
 def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, foreground: bool) -> int:
-    """Print the plan, then run every check a launch runs (existing run folders, model and data
-    files, the cluster's `sbatch --test-only`): exit 2 with the problems where the launch would stop,
-    0 where it would go ahead. Writes nothing, submits nothing."""
+    """Print the plan, then run every check a launch runs (existing run folders and their damage,
+    model and data files, the cluster's `sbatch --test-only`): exit 2 with the problems where the
+    launch would stop, 0 where it would go ahead. Writes nothing, submits nothing."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         print_plan(sweep, runs, out)
@@ -182,8 +182,9 @@ def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, fo
             print_slurm_plan(sweep, runs)
     print_quietly(text.getvalue())
     problems = []
-    for check in (lambda: check_existing_runs(runs, out / sweep.name), lambda: check_run_inputs(runs),
-                  lambda: make_runner(kind, sweep, foreground)):
+    sweep_dir = out / sweep.name
+    for check in (lambda: check_existing_runs(runs, sweep_dir), lambda: check_run_folders(runs, sweep_dir),
+                  lambda: check_run_inputs(runs), lambda: make_runner(kind, sweep, foreground)):
         try:
             check()
         except (ConfigError, UsageError) as e:

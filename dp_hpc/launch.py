@@ -36,7 +36,7 @@ from dp_hpc.io import atomic_write_text
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
-from dp_hpc.preflight import check_existing_runs, check_run_inputs
+from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
             return dry_run(sweep, runs, out, kind, args.foreground)
         sweep_dir = out / sweep.name
         check_existing_runs(runs, sweep_dir)
+        check_run_folders(runs, sweep_dir)
         check_run_inputs(runs)
         runner = make_runner(kind, sweep, args.foreground)
     except (ConfigError, UsageError) as e:

@@ -139,6 +139,16 @@ class RunDir(_Folder):
             return set()
         return {int(p.name[6:12]) for p in d.glob("chunk_*.done")}
 
+    def marked_rounds(self) -> list[int]:
+        """Rounds with a markers folder (chunk markers or COMPLETE), in order."""
+        if not self.markers.is_dir():
+            return []
+        return sorted(_round_index(p.name) for p in self.markers.glob("round_*") if p.is_dir())
+
+    def pool_rounds(self) -> list[int]:
+        """Rounds whose zarr group exists in pool.zarr (a branch-out: its parent's), in order."""
+        return sorted(_round_index(p.parent.name) for p in self.pool.glob("round_*/zarr.json"))
+
     def complete_rounds(self) -> list[int]:
         """Rounds with a COMPLETE marker, in order."""
         if not self.markers.exists():
@@ -184,6 +194,11 @@ class RunDir(_Folder):
     @property
     def is_branch(self) -> bool:
         return self.path.parent.name == BRANCHES
+
+    @property
+    def pool_owner(self) -> RunDir:
+        """The run whose pool and chunk markers this one reads: a branch-out's parent, else itself."""
+        return RunDir(self.path.parent.parent) if self.is_branch else self
 
 
 class GeneratorDir(_Folder):

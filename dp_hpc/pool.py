@@ -236,6 +236,11 @@ class Pool:
     def done_chunks(self, round_index: int) -> set[int]:
         return self.layout.done_chunks(round_index)
 
+    def unmarked_chunks(self, round_index: int) -> set[int]:
+        """Chunks of a round without a marker (not written yet, or unmarked by dp_hpc.verify --repair)."""
+        a = self.round_attrs(round_index)
+        return set(range(-(-a["n"] // a["chunk_size"]))) - self.done_chunks(round_index)
+
     def chunk_inputs(self, round_index: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, seeds) of the samples of one chunk."""
         g = self.group(round_index)
@@ -269,7 +274,7 @@ class Pool:
         if self.is_complete(round_index):
             return
         a = self.round_attrs(round_index)
-        missing = set(range(-(-a["n"] // a["chunk_size"]))) - self.done_chunks(round_index)
+        missing = self.unmarked_chunks(round_index)
         if missing:
             raise RuntimeError(f"round {round_index} has {len(missing)} unwritten chunks")
         if keep is not None:

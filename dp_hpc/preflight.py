@@ -1,6 +1,7 @@
 """What a launch checks before it writes or submits anything (read only): that no run folder holds
-other settings, and that what the runs need from outside their config exists. `launch` stops at the
-first problem; `launch --dry-run` (dp_hpc.dry_run) lists them all."""
+other settings, that the run folders it resumes are what their markers and state files say (the
+cheap part of `python -m dp_hpc.verify`), and that what the runs need from outside their config
+exists. `launch` stops at the first problem; `launch --dry-run` (dp_hpc.dry_run) lists them all."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dp_hpc.config import PlannedRun, RunConfig, flatten, from_dict, to_dict
 from dp_hpc.data.eval_data import check_data_inputs
 from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.generate.cache import validate_generator_inputs
+from dp_hpc.integrity import check_run
 from dp_hpc.layout import SweepDir
 
 
@@ -24,6 +26,21 @@ def check_existing_runs(runs: list[PlannedRun], sweep_dir: Path) -> None:
             if changed:
                 raise UsageError(f"{existing} was written with other values of {', '.join(changed)}; use another "
                                  f"--out or sweep name (or delete that run folder) to change a run's settings")
+
+
+def check_run_folders(runs: list[PlannedRun], sweep_dir: Path) -> None:
+    """Before resuming: the cheap part of `python -m dp_hpc.verify` (dp_hpc.integrity, deep=False:
+    every marked pool chunk's files exist, state.json and the checkpoints' train_state.json parse)
+    on every run folder and branch-out. A purged chunk whose marker survived would read as zeros
+    (zarr's fill value) and be trained on: refuse, naming the first problem."""
+    sd = SweepDir(sweep_dir)
+    problems = [p for r in runs for run in [sd.run(r.name), *sd.run(r.name).branch_runs()]
+                for p in check_run(run, deep=False)]
+    if problems:
+        p, more = problems[0], f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        where = p.path.relative_to(sweep_dir) if p.path.is_relative_to(sweep_dir) else p.path
+        raise UsageError(f"run {p.run.path.relative_to(sweep_dir)}: {p.what} ({where}){more}; check and repair "
+                         f"with: python -m dp_hpc.verify {sweep_dir} --repair")
 
 
 def config_changes(path: Path, cfg: RunConfig) -> list[str]:

@@ -52,6 +52,7 @@ class Coordinator:
             save_state(self.run_dir, st)
         self.state = st
         self._local_reader: LocalRunner | None = None  # see _reader_of
+        self.gaps = self._pool_gaps(P.passed_rounds(st))  # what dp_hpc.verify --repair unmarked (see _mend)
         self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
 
     def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
@@ -68,7 +69,7 @@ class Coordinator:
         the jobs a failure cancels take a moment to end, and the launcher must not exit (nor a
         relaunch call the run finished) while state.json still says some job of it runs."""
         return (self.state.phase in ("done", "failed") and not self.state.running_jobs()
-                and all(b.finished for b in self.branches.values()))
+                and (self.state.phase == "failed" or not self.gaps) and all(b.finished for b in self.branches.values()))
 
     def running_jobs(self) -> int:
         return len(self.state.running_jobs()) + sum(b.running_jobs() for b in self.branches.values())
@@ -114,17 +115,48 @@ class Coordinator:
 
     # -- the loop body
     def advance(self, slots: Slots) -> None:
-        for b in self.branches.values():
+        mending = bool(self.gaps) and self.state.phase != "failed"
+        for b in self.branches.values() if not mending else ():  # they read this pool
             b.advance(slots)
         if self.state.pending is not None and not self._adopt_pending():
             return
         self._refresh_jobs()
+        if mending and self._mend(slots):
+            return
         for _ in range(100):  # bounded: each iteration changes state or returns
             if self.state.phase in ("done", "failed"):
                 return
             action = P.plan(self.state, self._observe(), self.cfg.method, self.cfg.pool)
             if isinstance(action, P.Wait) or not self._apply(action, slots):
                 return
+
+    def _pool_gaps(self, rounds) -> dict[int, frozenset[int]]:
+        """Of these passed rounds, those missing chunk markers or their COMPLETE marker: their chunks
+        without a marker. Branch-outs read their parent's pool: the parent mends it."""
+        if self.layout.is_branch:
+            return {}
+        out = {}
+        for r in rounds:
+            n_chunks = -(-self.state.rounds[r].generated // self.cfg.pool.chunk_size)
+            missing = frozenset(range(n_chunks)) - self.pool.done_chunks(r)
+            if missing or not self.pool.is_complete(r):
+                out[r] = missing
+        return out
+
+    def _mend(self, slots: Slots) -> bool:
+        """Regenerate what `dp_hpc.verify --repair` unmarked in passed rounds (`P.plan_mend`) before
+        anything else; True while some is left."""
+        for _ in range(100):  # bounded: each iteration submits, completes a round, or returns
+            self.gaps = self._pool_gaps(self.gaps)
+            action = P.plan_mend(self.state, self.gaps, self.cfg.method, self.cfg.pool)
+            if action is None:
+                log.info("%s: pool mended; continuing", self.name)
+                return False
+            if isinstance(action, P.CompleteRound):
+                self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
+            elif isinstance(action, P.Wait) or not self._apply(action, slots):
+                return True
+        return True
 
     def _observe(self) -> P.Observation:
         st = self.state
@@ -147,7 +179,7 @@ class Coordinator:
             job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
             if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
                 job.detail.update(status.usage)
-            if st.phase in ("done", "failed"):
+            if st.phase == "failed" or (st.phase == "done" and not self.gaps):
                 continue  # already ended: a late sibling's outcome changes nothing
             if status.state == SUCCEEDED:
                 st.lost_in_a_row = 0
@@ -173,7 +205,8 @@ class Coordinator:
             if self._reader_of(j) is not self.runner:  # a pid is no SLURM job id: never scancel it
                 self._reader_of(j).cancel(self.logs, [j.job_id])
 
-    def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots) -> bool:
+    def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots,
+                round_index: int | None = None) -> bool:
         """Submit up to slots.free tasks, record-then-submit (dp_hpc.coordinate.records): the intent
         is saved in state.json first, under a job name of its own, so that if this process dies
         between sbatch and recording the ids, the next coordinator finds the jobs by that name
@@ -184,7 +217,8 @@ class Coordinator:
         st = self.state
 
         def save_intent(name: str, submitted: float) -> None:
-            st.pending = {"name": name, "kind": kind, "round": st.round, "submitted": submitted,
+            st.pending = {"name": name, "kind": kind, "round": st.round if round_index is None else round_index,
+                          "submitted": submitted,
                           "details": details[:n], "executor": self.runner.kind}
             save_state(self.run_dir, st)
 
@@ -233,7 +267,7 @@ class Coordinator:
             args = [(run, action.round_index, a, b, str(self.generator_dir), step, threads)
                     for a, b in action.shards]
             details = [{"start": a, "stop": b} for a, b in action.shards]
-            return self._submit("generate", jobs.GenerateShard(), args, details, slots)
+            return self._submit("generate", jobs.GenerateShard(), args, details, slots, action.round_index)
         if isinstance(action, P.CompleteRound):
             self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
             st.rounds[action.round_index].stats = self.pool.round_stats(action.round_index)

@@ -118,6 +118,34 @@ def plan(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig)
     raise ValueError(f"unknown phase {st.phase!r}")
 
 
+def passed_rounds(st: RunState) -> list[int]:
+    """Rounds the run has finished generating: every one before the current round, and the current
+    one once the run (or the phase a failed run retries) is past generating it."""
+    phase = (st.failed_phase or "generate") if st.phase == "failed" else st.phase
+    return list(range(st.round + (phase != "generate")))
+
+
+def plan_mend(st: RunState, gaps: dict[int, frozenset[int]], method: MethodConfig, pool: PoolConfig) -> Action | None:
+    """Passed rounds (`passed_rounds`) whose markers are gone -- `dp_hpc.verify --repair` unmarks
+    a chunk whose files were purged -- come first: `gaps` maps each to its chunks without a marker
+    (empty: only its COMPLETE marker is gone). Their chunks are generated again (fixed seeds and
+    labels: the same bytes), then the round is completed again; None when nothing is to mend.
+    Nothing else of the run (training, its branch-outs) advances meanwhile."""
+    waiting = []
+    for r, missing in sorted(gaps.items()):
+        rec = st.rounds[r]
+        if not missing:
+            return CompleteRound(r, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
+        shards = shard_ranges(rec.generated, pool.chunk_size, pool.shard_size)
+        running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == r}
+        todo = tuple((s.start, s.stop) for s in shards if (s.start, s.stop) not in running
+                     and any(c in missing for c in range(s.start, s.stop)))
+        if todo:
+            return SubmitShards(r, todo)
+        waiting.append(r)
+    return Wait(f"regenerating purged chunks of round(s) {waiting}") if waiting else None
+
+
 def _plan_generate(st: RunState, obs: Observation, method: MethodConfig, pool: PoolConfig) -> Action:
     rec = st.rounds[st.round]
     if not obs.round_created:

@@ -98,6 +98,50 @@ def load_state(folder: str | os.PathLike, map_location: str | torch.device = "cp
     return torch.load(Path(folder) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
+def unreadable_train_states(run_dir: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(folder, why) of every step folder whose train_state.json exists but does not parse (a
+    truncated file): `latest_checkpoint` and the retention would stop with an error at it. Cheap."""
+    out = []
+    for _, p in _folders(run_dir):
+        try:
+            read_json(p / TRAIN_STATE_FILE)
+        except (ValueError, OSError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            out.append((p, f"{TRAIN_STATE_FILE} unreadable ({_first_line(e)})"))
+    return out
+
+
+def checkpoint_damage(folder: str | os.PathLike, train_state: dict) -> str | None:
+    """Why a complete checkpoint cannot be resumed from, or None: state.pt loads and holds the
+    step of its train_state.json, and a plateau checkpoint's classifier.pt (what guidance loads;
+    without it guidance loads state.pt) loads. Costs a full torch.load of both."""
+    import torch
+
+    folder = Path(folder)
+    try:
+        step = load_state(folder).get("step")
+    except Exception as e:  # a truncated or missing file: torch's or the OS's error
+        return f"{STATE_FILE} does not load ({_first_line(e)})"
+    if step != train_state.get("step"):
+        return f"{STATE_FILE} holds step {step}, {TRAIN_STATE_FILE} step {train_state.get('step')}"
+    if (folder / CLASSIFIER_FILE).exists():
+        try:
+            torch.load(folder / CLASSIFIER_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:
+            return f"{CLASSIFIER_FILE} does not load ({_first_line(e)})"
+    return None
+
+
+def unmark_checkpoint(folder: str | os.PathLike) -> None:
+    """Make a checkpoint incomplete (remove its train_state.json): resumption passes over it to the
+    next older one, and the next save's retention deletes it."""
+    (Path(folder) / TRAIN_STATE_FILE).unlink(missing_ok=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:120] if text else ''}"
+
+
 def retained(checkpoints: list[tuple[Path, dict]], keep: int) -> set[Path]:
     """Folders to keep: the newest `keep` complete ones and every plateau one. Pure."""
     keep_set = {p for p, _ in checkpoints[-keep:]} if keep > 0 else set()

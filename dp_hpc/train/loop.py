@@ -43,7 +43,7 @@ from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.io import run_lock, try_lock
 from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.data.spec import dataset_spec
-from dp_hpc.pool import PoolReader
+from dp_hpc.pool import Pool, PoolReader
 from dp_hpc.signals import PreemptFlag
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train import plateau as pl
@@ -165,6 +165,17 @@ def _agreed_latest(run_dir: Path, d: Dist) -> tuple[Path, dict] | None:
     return latest
 
 
+def _refuse_unmarked_chunks(run_dir: Path, rounds: list[int]) -> None:
+    """A complete round missing chunk markers had chunks purged (`dp_hpc.verify --repair` unmarks
+    them): they would read as zeros (zarr's fill value). The coordinator regenerates them before it
+    submits training; a training job started otherwise stops here. One directory listing per round."""
+    pool = Pool(layout.RunDir(run_dir).pool_owner.path)  # a branch-out reads its parent's pool
+    gaps = {r: sorted(c) for r in rounds if (c := pool.unmarked_chunks(r))}
+    if gaps:
+        raise RuntimeError(f"{run_dir}: complete pool rounds lack chunks {gaps} (round: chunks): rerun the "
+                           f"launch to regenerate them before training")
+
+
 @dataclass
 class _Progress:
     """What the loop carries from step to step besides the model (all of it in train_state)."""
@@ -187,6 +198,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
         return ts
     if not reader.rounds:
         raise RuntimeError(f"{run_dir}: the pool has no complete round to train on")
+    _refuse_unmarked_chunks(run_dir, reader.rounds)
     trainer, prog = _restore(run_dir, cfg, d, latest, action, max(reader.rounds))
     rlog.info("%s at step %d/%d on rounds %s (%d samples), patience %d/%d, world size %d",
               action, prog.step, tc.total_steps, reader.rounds, len(reader), prog.plateau.counter,
