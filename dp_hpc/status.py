@@ -29,7 +29,10 @@ def run_rows(sweep_dir: Path) -> list[dict]:
 
 def _run_row(run: RunDir) -> dict:
     cfg = yaml.safe_load(run.config.read_text()) or {}
-    st = read_json(run.state, {}) or {}
+    try:
+        st = read_json(run.state, {}) or {}
+    except ValueError:  # torn or truncated (a purged scratch file): said in the row, not a traceback
+        st = {"error": f"{run.state.name} is unreadable: check it with python -m dp_hpc.verify"}
     ck = latest_train_state(run.path) or {}
     ev = read_json(run.eval, {}) or {}
     done_rounds = set(Pool(run.path).complete_rounds())

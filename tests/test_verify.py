@@ -16,7 +16,7 @@ from dp_hpc.coordinate.consistency import read_state, state_from_disk
 from dp_hpc.coordinate.state import JobRecord, RoundRecord, RunState, save_state
 from dp_hpc.config import load_run_config
 from dp_hpc.integrity import check_run, repair_run
-from dp_hpc.layout import RunDir
+from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.pool_check import check_pool, repair_pool
 from dp_hpc.train.checkpoint import latest_checkpoint, save_checkpoint
@@ -209,3 +209,19 @@ def test_a_fallback_behind_the_end_of_training_sends_an_eval_phase_back_to_train
     assert [(p.part, o) for p, o in outcomes] == [("checkpoint", "repaired"), ("state", "repaired")]
     assert "phase eval, but the newest checkpoint" in outcomes[1][0].what
     assert read_state(run)[0].phase == "train" and check_run(run, deep=True) == []
+
+
+def test_status_names_an_unreadable_state_file_instead_of_a_traceback(tmp_path):
+    import io
+
+    from dp_hpc.status import print_table
+
+    sd = SweepDir(tmp_path / "sweep")
+    run = sd.run("static")
+    run.path.mkdir(parents=True)
+    sd.sweep_file.write_text("name: sweep\n")
+    run.config.write_text("method: {name: static}\n")
+    run.state.write_text('{"phase": "tra')  # truncated
+    out = io.StringIO()
+    print_table(sd.path, file=out)
+    assert "state.json is unreadable: check it with python -m dp_hpc.verify" in out.getvalue(), out.getvalue()
