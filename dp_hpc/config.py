@@ -26,7 +26,7 @@ from dp_hpc.data.config import DataConfig
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
 from dp_hpc.layout import RunDir
-from dp_hpc.train.config import TrainConfig
+from dp_hpc.train.config import TrackingConfig, TrainConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -86,6 +86,9 @@ class SweepConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Resources per kind of job when the executor is slurm (ignored otherwise)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Where the runs' curves go besides metrics.jsonl and TensorBoard. Not part of a run's config:
+    turning it on for an existing sweep is a relaunch away, and changes no result."""
 
 
 # ----------------------------------------------------------------------------- generic loading
@@ -121,6 +124,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
         return value
     if origin in (typing.Union, types.UnionType):
+        section = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if section and isinstance(value, dict):  # an optional section, given: its own errors name its keys
+            return _convert(section[0], value, key)
         for option in typing.get_args(tp):
             if option is type(None):
                 if value is None:
@@ -298,8 +304,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise fail("", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise fail("", "must be a mapping with keys name, base, grid, executor, slurm")
-    valid = {"name", "base", "grid", "executor", "slurm"}
+        raise fail("", "must be a mapping with keys name, base, grid, executor, slurm, tracking")
+    valid = {"name", "base", "grid", "executor", "slurm", "tracking"}
     for k in raw:
         if k not in valid:
             raise fail(str(k), f"unknown key; valid keys: {', '.join(sorted(valid))}")
@@ -310,6 +316,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         raise fail("base", "must be a mapping (a run config)")
     executor = raw.get("executor") or {}
     slurm = raw.get("slurm") or {}
+    tracking = raw.get("tracking") or {}
     grid = raw.get("grid") or [{}]
     if isinstance(grid, dict):
         grid = [grid]
@@ -327,6 +334,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
             set_dotted(executor, key[len("executor."):], value)
         elif key.startswith("slurm."):
             set_dotted(slurm, key[len("slurm."):], value)
+        elif key.startswith("tracking."):
+            set_dotted(tracking, key[len("tracking."):], value)
         else:
             set_dotted(base, key.removeprefix("base."), value)
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
@@ -342,8 +351,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         base_cfg = from_dict(RunConfig, base)
         executor_cfg = from_dict(ExecutorConfig, executor, "executor")
         slurm_cfg = from_dict(SlurmConfig, slurm, "slurm")
+        tracking_cfg = _convert(TrackingConfig, tracking, "tracking")  # checks it is a mapping
     except ConfigError as e:
-        prefix = "" if e.key.startswith(("executor", "slurm")) else "base."
+        prefix = "" if e.key.startswith(("executor", "slurm", "tracking")) else "base."
         raise fail(prefix + e.key, e.message) from None
 
     runs: list[PlannedRun] = []
@@ -362,7 +372,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
         except ConfigError as e:
             raise fail(f"grid ({name}): {e.key}", e.message) from None
         runs.append(PlannedRun(name=name, config=cfg, overrides=combo))
-    sweep = SweepConfig(name=raw["name"], base=base_cfg, grid=grid, executor=executor_cfg, slurm=slurm_cfg)
+    sweep = SweepConfig(name=raw["name"], base=base_cfg, grid=grid, executor=executor_cfg, slurm=slurm_cfg,
+                        tracking=tracking_cfg)
     return sweep, runs
 
 
@@ -377,6 +388,21 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = RunDir(run_dir).config
     try:
         return from_dict(RunConfig, yaml.safe_load(path.read_text()))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e.key}", e.message) from None
+
+
+def load_sweep_tracking(run_dir: str | Path) -> tuple[str, TrackingConfig] | None:
+    """The name and `tracking:` section of the sweep a run belongs to, for its jobs: read from
+    `<sweep>/sweep.yaml`, which every launch rewrites, so a relaunch that changes the section
+    reaches the next job of every run. None for a run folder outside a sweep."""
+    sweep = RunDir(run_dir).sweep
+    if not sweep.sweep_file.is_file():
+        return None
+    path = sweep.sweep_file
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return str(raw.get("name") or sweep.name), _convert(TrackingConfig, raw.get("tracking") or {}, "tracking")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.key}", e.message) from None
 

@@ -55,14 +55,22 @@ def describe(cls: type, defaults: Any = None, prefix: str = "") -> Iterator[KeyD
             value = f.default_factory()
         else:
             value = _REQUIRED
-        if dataclasses.is_dataclass(tp):
-            yield from describe(tp, None if value is _REQUIRED else value, f"{prefix}{f.name}.")
+        section = _section(tp)
+        if section is not None:  # walked into; an optional section (default null) lists its class's defaults
+            yield from describe(section, None if value is _REQUIRED else value, f"{prefix}{f.name}.")
             continue
         yield KeyDoc(prefix + f.name, _type_name(tp), value if value is _REQUIRED else to_dict(value),
                      docs.get(f.name, ""))
 
 
 _REQUIRED = "(required)"
+
+
+def _section(tp: Any) -> type | None:
+    """The dataclass of a nested section, optional (`X | None`) or not; None for a leaf."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
 
 
 def sweep_keys() -> list[KeyDoc]:

@@ -43,13 +43,15 @@ log = logging.getLogger("dp_hpc.launch")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dp_hpc.launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", help="sweep YAML file (name, base, grid, executor); required except with --list-keys")
+    p.add_argument("--sweep", help="sweep YAML file (name, base, grid, executor, slurm, tracking); required "
+                                   "except with --list-keys")
     p.add_argument("--out", default="runs", help="output root; the sweep lives in OUT/<sweep name>/ (default: runs)")
     p.add_argument("--executor", choices=["local", "debug", "slurm", "auto"], default=None,
                    help="where jobs run (default: the sweep's executor.kind, else local); "
                         "auto: slurm if sbatch is on PATH, else local")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base run-config key (e.g. train.total_steps=500) or executor.KEY; repeatable")
+                   help="override a base run-config key (e.g. train.total_steps=500), or executor.KEY, slurm.KEY, "
+                        "tracking.KEY; repeatable")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their planned rounds (on SLURM: "
                    "the sbatch options of every job and a GPU-hour estimate); write nothing")
     p.add_argument("--foreground", action="store_true",
@@ -72,7 +74,8 @@ def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) ->
     sd = SweepDir(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"name": sweep.name, "base": to_dict(sweep.base), "grid": sweep.grid,
-                           "executor": to_dict(sweep.executor), "slurm": to_dict(sweep.slurm)}, sort_keys=False)
+                           "executor": to_dict(sweep.executor), "slurm": to_dict(sweep.slurm),
+                           "tracking": to_dict(sweep.tracking)}, sort_keys=False)
     if not sd.sweep_file.exists() or sd.sweep_file.read_text() != text:
         atomic_write_text(sd.sweep_file, text)  # a grown grid adds runs to the same sweep
     for r in runs:

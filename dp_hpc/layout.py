@@ -11,6 +11,7 @@ every job use it.
       <run>/                          RunDir
         config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
         checkpoints/step_XXXXXXXX/{state.pt,classifier.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
+        wandb/{run_id,offline-run-*}
         logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
 """
@@ -53,6 +54,8 @@ METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.jsonl"  # one line per job attempt: start-up and model-compute seconds
 PAIRED_PLAIN = "paired_plain.json"  # in a round's markers: plain samples of a guided round's first seeds
 TENSORBOARD = "tensorboard"  # event files of the training curves (dp_hpc.train.tracking)
+WANDB_DIR = "wandb"  # the wandb run's local files, when the sweep's tracking.wandb asks for one (wandb names it)
+WANDB_ID_FILE = "run_id"  # in wandb/: the wandb run id, made by the run's first job, reused by every later one
 SAMPLE_GRID = "samples.png"  # in a round's markers: a few samples per class (guided: beside plain, same seeds)
 EVAL_FILE = "eval.json"  # the final held-out evaluation (written last: marks it done)
 RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
@@ -105,6 +108,8 @@ class RunDir(_Folder):
     compute = property(lambda self: self.path / COMPUTE_FILE)
     eval = property(lambda self: self.path / EVAL_FILE)
     tensorboard = property(lambda self: self.path / TENSORBOARD)
+    wandb = property(lambda self: self.path / WANDB_DIR)
+    wandb_id = property(lambda self: self.path / WANDB_DIR / WANDB_ID_FILE)
     lock = property(lambda self: self.path / RUN_LOCK)
     logs = property(lambda self: self.path / LOGS)
     branches = property(lambda self: self.path / BRANCHES)
@@ -199,6 +204,12 @@ class RunDir(_Folder):
     def pool_owner(self) -> RunDir:
         """The run whose pool and chunk markers this one reads: a branch-out's parent, else itself."""
         return RunDir(self.path.parent.parent) if self.is_branch else self
+
+    @property
+    def sweep(self) -> SweepDir:
+        """The sweep folder the run belongs to (a branch-out: its parent run's). A run folder
+        outside a sweep has none with a sweep.yaml."""
+        return SweepDir(self.path.parents[2] if self.is_branch else self.path.parent)
 
 
 class GeneratorDir(_Folder):

@@ -53,6 +53,11 @@ grid: {method.name: [static, dp], seed: [0, 1]}
     ("name: t\nbase: [1, 2\n", "", "not valid YAML"),
     ("name: t\nbase: {seed: 1, train: {lr: 0.1}, seed: 2}\n", "", "key 'seed' appears twice"),
     ("name: t\nbase: {train: {lr: 0.1, lr: 0.2}}\n", "", "key 'lr' appears twice"),
+    ("name: t\ntracking: {wandb: {project: p, mode: offlin}}\n", "tracking.wandb.mode", "'offline', 'online'"),
+    ("name: t\ntracking: {wandb: {mode: offline}}\n", "tracking.wandb.project", "required"),
+    ("name: t\ntracking: {wandb: {project: a/b}}\n", "tracking.wandb.project", "without /"),
+    ("name: t\ntracking: {wandb: {project: p, team: x}}\n", "tracking.wandb.team", "project, entity, mode"),
+    ("name: t\ntracking: {mlflow: {}}\n", "tracking.mlflow", "valid keys here: wandb"),
 ])
 def test_bad_sweeps_name_file_key_and_allowed_values(tmp_path, text, key, allowed):
     p = write(tmp_path, text)
@@ -60,6 +65,14 @@ def test_bad_sweeps_name_file_key_and_allowed_values(tmp_path, text, key, allowe
         load_sweep(p)
     msg = str(e.value)
     assert str(p) in msg and key in msg and allowed in msg, msg
+
+
+def test_tracking_is_a_sweep_section_off_by_default_and_set_like_the_others(tmp_path):
+    p = write(tmp_path, "name: t\n")
+    assert load_sweep(p)[0].tracking.wandb is None
+    sweep, runs = load_sweep(p, ["tracking.wandb.project=dp", "tracking.wandb.entity=lab"])
+    assert (sweep.tracking.wandb.project, sweep.tracking.wandb.entity, sweep.tracking.wandb.mode) == ("dp", "lab", "offline")
+    assert "tracking" not in to_dict(runs[0].config), "not a run's setting: turning it on changes no run"
 
 
 def test_shipped_sweeps_are_valid():
@@ -143,7 +156,8 @@ def test_list_keys_names_every_key_with_its_type_default_and_help():
     sweep = SweepConfig(name="x", base=RunConfig(), grid=[])
     own = {f"{section}.{k}" for section in ("executor", "slurm") for k in flatten(to_dict(getattr(sweep, section)))}
     empty_mappings = {f"slurm.{kind}.additional_parameters" for kind in ("generation", "training", "coordinator")}
-    assert run_keys | own | {"name", "grid"} | empty_mappings == set(keys)  # flatten() drops empty mappings
+    optional = {f"tracking.wandb.{k}" for k in ("project", "entity", "mode")}  # a section whose default is null
+    assert run_keys | own | {"name", "grid"} | empty_mappings | optional == set(keys)  # flatten() drops empty mappings
     assert not [k for k, d in keys.items() if not d.help], "a key without help text"
     assert keys["slurm.coordinator.time_min"].default == 1440, "a section's own defaults, not its class's"
     assert keys["train.total_steps"].default == RunConfig().train.total_steps

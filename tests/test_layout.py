@@ -48,7 +48,8 @@ def test_no_module_of_the_package_imports_itself_through_others():
 RUN_FOLDER_NAMES = {"sweep.yaml", "manifest.json", "launch.lock", "launcher.json", "coordinator.json", "logs",
                     "generators", "report", "job.json", "generator.json", "config.yaml", "state.json", "pool.zarr",
                     "pool_markers", "COMPLETE", "checkpoints", "metrics.jsonl", "eval.json", "train.lock", "generator.lock", "branches",
-                    "branch.json", "torchrun", "state.pt", "train_state.json", "checkpoint.pt", "text_embeddings.pt"}
+                    "branch.json", "torchrun", "state.pt", "train_state.json", "checkpoint.pt", "text_embeddings.pt",
+                    "tensorboard", "wandb", "run_id"}
 FOLDER_PREFIXES = {"step_", "round_", "chunk_", "round_*", "chunk_*.done", "*/config.yaml", "branches/round_*"}
 
 
@@ -66,3 +67,10 @@ def test_only_the_layout_module_spells_run_folder_names():
                 if node.value in RUN_FOLDER_NAMES or node.value.split("{")[0] in FOLDER_PREFIXES:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not offenders, "run-folder paths built outside dp_hpc/layout.py:\n" + "\n".join(offenders)
+
+
+def test_a_run_and_its_branch_outs_know_their_sweep_folder(tmp_path):
+    from dp_hpc.layout import RunDir, SweepDir
+
+    run = SweepDir(tmp_path / "out" / "s").run("dp-seed0")
+    assert run.sweep == run.branch(2).sweep == SweepDir(tmp_path / "out" / "s")

@@ -242,6 +242,24 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
     assert others and not any((c / "classifier.pt").exists() for c in others), "only plateau checkpoints have one"
 
 
+def test_each_jobs_tensorboard_file_sorts_after_the_ones_before(tmp_path):
+    """TensorBoard reads event files in name order, names start with the second a file was opened,
+    and within a second they sort by pid and a counter as text (".10" before ".9"): a job resuming
+    within a second of the last writer waits for the next second, so that a resume's purge is read
+    after the events it purges."""
+    from dp_hpc.config import load_run_config
+    from dp_hpc.train.tracking import Tracker
+
+    run = make_run(tmp_path / "run", rounds=())
+    names: list[str] = []
+    for step in (0, 10, 20):
+        with Tracker(run, load_run_config(run), step) as tracker:
+            tracker.log({"split": "val", "step": step + 10, "acc": 0.5})
+        names += sorted({p.name for p in (run / "tensorboard").iterdir()} - set(names))
+    seconds = [int(n.split(".")[3]) for n in names]
+    assert len(names) == 3 and seconds == sorted(set(seconds)), names
+
+
 def test_no_plateau_exit_trains_through(tmp_path):
     patience = {"initial": 1, "increment": 0, "max": 1, "min_delta": 1.0}  # never improves after eval 1
     run = make_run(tmp_path / "run", train={"total_steps": 60, "warmup_steps": 6, "cooldown_steps": 12,

@@ -172,3 +172,32 @@ class TrainConfig:
     def decay_start(self) -> int:
         """First step of the cool-down: no plateau exits (and so no new data) from here on."""
         return self.total_steps - self.cooldown_steps
+
+
+@dataclass(kw_only=True, slots=True)
+class WandbConfig:
+    """One Weights & Biases run per run (dp_hpc.train.wandb_run); the section's presence turns it on."""
+
+    project: str
+    """wandb project (required in a `tracking.wandb` section; without the section, wandb is never imported)."""
+    entity: str | None = None
+    """wandb team or user; null: the logged-in user's default entity."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline: the runs are written under `<run>/wandb/` and nothing touches the network (upload them
+    later with `wandb sync`). online: streamed to the wandb server as they train (needs network and
+    `wandb login` on the nodes)."""
+
+    def __post_init__(self) -> None:
+        bad = [c for c in "/\\#?%:" if c in self.project]
+        if not self.project.strip() or bad:
+            raise ConfigError("project", f"must be a non-empty wandb project name without / \\ # ? % :, "
+                                         f"got {self.project!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrackingConfig:
+    """Dashboards beyond metrics.jsonl and TensorBoard (train.tensorboard): a sweep-level section, read
+    by every training and evaluation job from `<sweep>/sweep.yaml`."""
+
+    wandb: WandbConfig | None = None
+    """Weights & Biases (null: off). Grouped by sweep, named by run, resumed by every later job of the run."""

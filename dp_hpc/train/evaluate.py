@@ -8,7 +8,8 @@ test is the real train set, 1.28M images on IN-1k), else the CPU.
     from dp_hpc.train.evaluate import evaluate_final; evaluate_final(run_dir)
 
 Writes `<run>/eval.json` (atomically, last: it marks the evaluation done) and one
-`{"split": "test", ...}` line in metrics.jsonl. Idempotent: an existing eval.json is returned
+`{"split": "test", ...}` line in metrics.jsonl (and test/acc, test/loss on the run's dashboards,
+dp_hpc.train.tracking). Idempotent: an existing eval.json is returned
 as is; a crash between the two writes is repaired by dropping old test lines before appending.
 """
 
@@ -33,6 +34,7 @@ from dp_hpc.layout import EVAL_FILE, RunDir  # noqa: F401 (re-exported)
 from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
 from dp_hpc.train.distributed import Dist
 from dp_hpc.train.model import Numerics
+from dp_hpc.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -142,5 +144,8 @@ def _evaluate_final(run_dir: Path) -> dict:
     metrics.drop_split(run_dir, "test")
     metrics.append_metric(run_dir, {"split": "test", **result})
     atomic_write_json(RunDir(run_dir).eval, result)
+    # test/acc beside the run's curves; after eval.json: a dashboard slow to start delays no result
+    with Tracker(run_dir, cfg, ts["step"], job_type="eval") as tracker:
+        tracker.log({"split": "test", **result})
     log.info("%s: test acc %.4f loss %.4f (step %d, pool %d)", run_dir.name, acc, loss, ts["step"], ts["pool_size"])
     return result

@@ -203,12 +203,9 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
     rlog.info("%s at step %d/%d on rounds %s (%d samples), patience %d/%d, world size %d",
               action, prog.step, tc.total_steps, reader.rounds, len(reader), prog.plateau.counter,
               prog.plateau.limit, d.world_size)
-    tracker = Tracker(run_dir, prog.step, previous_pool=latest[1].get("pool_size") if latest else None,
-                      enabled=d.is_main and tc.tensorboard)
-    try:
+    with Tracker(run_dir, cfg, prog.step, previous_pool=latest[1].get("pool_size") if latest else None,
+                 enabled=d.is_main) as tracker:
         return _train_loop(run_dir, cfg, d, plateau_exit, max_steps, flag, rlog, reader, trainer, prog, tracker)
-    finally:
-        tracker.close()
 
 
 def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps: int | None,
@@ -280,7 +277,7 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] |
 
 def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: EvalBatches, pool_info: dict,
                       lr: float, clock: list, d: Dist, rlog: logging.LoggerAdapter, tracker: Tracker) -> None:
-    """EMA model on real val, plateau update, one metrics line and its TensorBoard scalars (rank 0),
+    """EMA model on real val, plateau update, one metrics line and its dashboard scalars (rank 0),
     one log line."""
     acc, loss = evaluate(trainer.ema, val, d, trainer.num, trainer.cfg.train.eval_crop_fraction)
     train_loss = float(trainer.pop_train_loss())  # sync point (once per evaluation)
