@@ -70,7 +70,7 @@ def test_only_the_layout_module_spells_run_folder_names():
 
 
 def test_a_run_and_its_branch_outs_know_their_sweep_folder(tmp_path):
-    from dp_hpc.layout import RunDir, SweepDir
+    from dp_hpc.layout import SweepDir
 
     run = SweepDir(tmp_path / "out" / "s").run("dp-seed0")
     assert run.sweep == run.branch(2).sweep == SweepDir(tmp_path / "out" / "s")
