@@ -41,6 +41,7 @@ def _setup(threads: int) -> None:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
+    log.info("dp_hpc from %s", Path(__file__).resolve().parent)  # SLURM: the sweep's code snapshot
 
 
 LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process

@@ -2,15 +2,17 @@
 one coordinator per run until every run is done.
 
     python -m dp_hpc.launch --sweep sweeps/digits.yaml [--out runs] [--executor local|debug|slurm|auto]
-                            [--set key=value ...] [--dry-run] [--foreground] [--print-config]
+                            [--set key=value ...] [--dry-run] [--foreground] [--update-code] [--print-config]
     python -m dp_hpc.launch --list-keys
 
 With `--executor slurm` the launcher checks the request against the cluster, then submits the
 coordinator itself as a small CPU job and returns (`--foreground`: drive the sweep from this
 process instead). Rerunning the same command continues where it stopped: all state is in
-`<out>/<sweep>/`. This module only parses, checks, prepares and hands over: the sweep loop is
-dp_hpc.coordinate.sweep, the plan that `--dry-run` prints dp_hpc.dry_run. Every launch past the
-checks (not `--dry-run`) appends what it runs to `<sweep>/manifest.json` (dp_hpc.manifest);
+`<out>/<sweep>/`. SLURM jobs run from a copy of the package made at the first launch
+(`<sweep>/code/`, dp_hpc.code_snapshot; `--update-code` makes a new one). This module only
+parses, checks, prepares and hands over: the sweep loop is dp_hpc.coordinate.sweep, the plan
+that `--dry-run` prints dp_hpc.dry_run. Every launch past the checks (not `--dry-run`) appends
+what it runs to `<sweep>/manifest.json` (dp_hpc.manifest);
 `python -m dp_hpc.cancel <sweep dir>` stops it and the sweep's jobs (dp_hpc.cancel).
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 from submitit.helpers import Checkpointable
 
+from dp_hpc import code_snapshot
 from dp_hpc.config import PlannedRun, SweepConfig, dump_run_config, load_sweep, to_dict
 from dp_hpc.coordinate.runners import make_runner, resolve_kind
 from dp_hpc.coordinate.runners.base import Runner
@@ -56,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the sbatch options of every job and a GPU-hour estimate); write nothing")
     p.add_argument("--foreground", action="store_true",
                    help="slurm: drive the sweep from this process instead of a coordinator job")
+    p.add_argument("--update-code", action="store_true",
+                   help="slurm: copy this checkout's dp_hpc to a new code snapshot; jobs submitted from now on run it "
+                        "(default: keep the sweep's recorded snapshot)")
     p.add_argument("--print-config", action="store_true",
                    help="print every run's resolved config (as written to its config.yaml); write nothing")
     p.add_argument("--list-keys", action="store_true",
@@ -83,6 +89,18 @@ def prepare_dirs(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path) ->
         if not run.config.exists():
             atomic_write_text(run.config, dump_run_config(r.config))
         run.logs.mkdir(exist_ok=True)
+
+
+def use_code_snapshot(runner: Runner, sweep_dir: Path, update: bool) -> dict | None:
+    """SLURM: point the runner's jobs at the sweep's code snapshot, reused or made (one line says
+    which, and whether the checkout differs); what the manifest records (None: local jobs run from
+    the checkout). The coordinator job calls it too: it reads the snapshot its launch recorded."""
+    if not runner.runs_from_snapshot:
+        return None
+    snapshot = code_snapshot.choose(sweep_dir, update=update)
+    print(snapshot.summary(), flush=True)
+    runner.env.update(snapshot.job_env())
+    return snapshot.manifest_entry(sweep_dir)
 
 
 def submit_coordinator(runner: Runner, sweep: SweepConfig, sweep_dir: Path, args: argparse.Namespace) -> str:
@@ -136,11 +154,19 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         check_run_folders(runs, sweep_dir)
         check_run_inputs(runs)
         runner = make_runner(kind, sweep, args.foreground)
+        if args.update_code and not runner.runs_from_snapshot:
+            raise UsageError(f"--update-code: {kind} jobs run from the checkout itself, not from a code snapshot; "
+                             "it is for --executor slurm")
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     submit_job = runner.detached and not args.foreground
     if submit_job and (active := active_coordinator(runner, sweep_dir)):
+        if args.update_code:
+            print(f"error: --update-code: the sweep's coordinator, SLURM job {active[0]} ({active[1]}), runs its "
+                  f"snapshot and submits every job from it; stop it first with `scancel {active[0]}` (its jobs "
+                  "keep running, the relaunch re-attaches to them)", file=sys.stderr)
+            return 2
         print(f"sweep {sweep.name!r}: its coordinator is already SLURM job {active[0]} ({active[1]}); "
               f"watch it with: python -m dp_hpc.status {sweep_dir}")
         return 0
@@ -149,7 +175,8 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
         return 2
     prepare_dirs(sweep, runs, sweep_dir)
-    record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv])
+    record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv],
+                  code_snapshot=use_code_snapshot(runner, sweep_dir, args.update_code))
     if submit_job:
         submit_coordinator(runner, sweep, sweep_dir, args)
         return 0

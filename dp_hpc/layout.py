@@ -6,6 +6,7 @@ every job use it.
 
     <out>/<sweep>/                    SweepDir
       sweep.yaml  manifest.json  launch.lock  launcher.json  coordinator.json  logs/  report/
+      code/current  code/<hash>/dp_hpc/  slurm: the code snapshots the sweep's jobs run from
       generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.lock  generator.json
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
@@ -30,6 +31,8 @@ COORDINATOR_FILE = "coordinator.json"  # slurm: the coordinator job's record
 LOGS = "logs"  # submitit pickles and job logs (sweep: the coordinator job's; run: its jobs')
 GENERATORS = "generators"
 REPORT = "report"  # written by analysis.report
+CODE = "code"  # slurm: snapshots of the dp_hpc package, code/<hash>/dp_hpc/ (dp_hpc.code_snapshot)
+CODE_CURRENT = "current"  # in code/: the hash of the snapshot that jobs submitted from now on run
 
 # -- a generator folder
 JOB_FILE = "job.json"  # the generator job's record
@@ -242,6 +245,12 @@ class SweepDir(_Folder):
     logs = property(lambda self: self.path / LOGS)
     report = property(lambda self: self.path / REPORT)
     generators = property(lambda self: self.path / GENERATORS)
+    code = property(lambda self: self.path / CODE)
+    code_current = property(lambda self: self.path / CODE / CODE_CURRENT)
+
+    def code_snapshot(self, digest: str) -> Path:
+        """code/<hash>/: the folder to put first on a job's PYTHONPATH (it holds dp_hpc/)."""
+        return self.code / digest
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.path / name)

@@ -20,6 +20,11 @@ An entry:
     host          socket.gethostname()
     gpus          GPU models of this host (`nvidia-smi`; [] without it), gpu_count their number
     slurm_job_id  the SLURM job the launch runs in (the coordinator job), else null
+    code_snapshot slurm: the snapshot the sweep's jobs run from (dp_hpc.code_snapshot): hash, path,
+                  made (copied by this launch), checkout_differs (reused though this process's
+                  package differs), previous (the snapshot replaced by --update-code) and then
+                  from: per run, the round and number of jobs in its state.json at the switch
+                  (its later jobs run this snapshot); null for the local executors
 
 Each job attempt records its own host and GPU in `<run>/compute.jsonl` (dp_hpc.metrics.append_compute).
 """
@@ -125,16 +130,18 @@ def read_manifest(sweep_dir: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {"launches": []}
 
 
-def record_launch(sweep_dir: str | os.PathLike, argv: list[str] | None = None) -> dict | None:
+def record_launch(sweep_dir: str | os.PathLike, argv: list[str] | None = None,
+                  code_snapshot: dict | None = None) -> dict | None:
     """Append this launch to `<sweep>/manifest.json` (atomic rewrite); the entry written. Never
-    raises: a manifest that cannot be written is a warning, not a failed launch (None)."""
+    raises: a manifest that cannot be written is a warning, not a failed launch (None).
+    `code_snapshot`: Snapshot.manifest_entry of the launch (SLURM), else None."""
     path = SweepDir(sweep_dir).manifest
     try:
         manifest = read_manifest(sweep_dir)
         launches = manifest.get("launches")
         if not isinstance(launches, list):
             raise ValueError("its 'launches' is not a list")
-        entry = collect(argv)
+        entry = {**collect(argv), "code_snapshot": code_snapshot}
         atomic_write_json(path, {**manifest, "launches": [*launches, entry]})
         return entry
     except Exception as e:  # noqa: BLE001 (see the docstring)

@@ -468,3 +468,74 @@ def test_a_request_the_cluster_cannot_satisfy_fails_before_any_submission(cluste
     assert section in r.stderr and words in r.stderr.lower(), r.stderr
     assert not (tmp_path / "smoke").exists(), "nothing may be written"
     assert not [row for row in sacct("-X", "-S", since, "-o", "JobID,JobName%100") if row[1].startswith("smoke/")]
+
+
+def test_jobs_run_the_code_snapshot_not_the_checkout_edited_after_the_launch(cluster, smoke, tmp_path):
+    """The launch copies dp_hpc to <sweep>/code/<hash>/ and every job, the coordinator job first, runs
+    from it: the checkout (a copy of this one) edited once the coordinator has submitted a job changes
+    nothing the next job runs. `--update-code` is refused while the coordinator runs; after `scancel`
+    of it, it makes a second snapshot, recorded in manifest.json, that the new coordinator and its
+    later jobs run, while the training job in flight keeps the first."""
+    smoke_dir, _ = smoke
+    name = unique("code")
+    sweep = slurm_sweep(tmp_path, name, {"method.name": ["static"]})
+    out, checkout, marks = tmp_path / "out", tmp_path / "checkout", tmp_path / "edited"
+    reuse_generators(smoke_dir, out / name)
+    shutil.copytree(ROOT / "dp_hpc", checkout / "dp_hpc", ignore=shutil.ignore_patterns("__pycache__"))
+    marks.mkdir()
+
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(launch_cmd(sweep, out, "--executor", "slurm", *extra), cwd=checkout,
+                              capture_output=True, text=True, timeout=600)
+
+    def recorded_job(kind: str) -> dict:
+        def find():
+            return next((j for j in (read_json(out / name / "static" / "state.json") or {"jobs": []})["jobs"]
+                         if j["kind"] == kind), None)
+        return wait_for(find, 300, 0.05, f"a {kind} job")
+
+    def code_of(job_id: str) -> set[str]:
+        logs = (out / name / "static" / "logs").glob(f"{job_id}_*log.err")
+        return set(re.findall(r"dp_hpc from (\S+)", "".join(p.read_text() for p in logs)))
+
+    r = launch()
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = read_json(out / name / "coordinator.json")["job_id"]
+    snap1 = out / name / "code" / (out / name / "code" / "current").read_text().strip()
+    assert f"code: copied {checkout / 'dp_hpc'} to {snap1}" in r.stdout, r.stdout
+    gen = recorded_job("generate")
+    edited_at = time.time()
+    with open(checkout / "dp_hpc" / "__init__.py", "a") as f:  # a process of a SLURM job importing this leaves a mark
+        f.write(f"import os as _os, pathlib as _p\nif 'SLURM_JOB_ID' in _os.environ:\n"
+                f"    (_p.Path({str(marks)!r}) / _os.environ['SLURM_JOB_ID']).touch()\n")
+    refused = launch("--update-code")
+    assert refused.returncode == 2 and f"scancel {first}" in refused.stderr, refused.stdout + refused.stderr
+    train = recorded_job("train")
+    assert train["submitted"] > edited_at, "the training job was submitted before the edit: the test proves nothing"
+    subprocess.run(["scancel", first], check=True)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
+             60, 0.2, "the coordinator job to be gone")
+
+    r = launch("--update-code")
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = read_json(out / name / "coordinator.json")["job_id"]
+    snap2 = out / name / "code" / (out / name / "code" / "current").read_text().strip()
+    assert snap2 != snap1 and f"was {snap1.name}" in r.stdout, r.stdout
+    wait_for(lambda: slurm_state(second) == "COMPLETED", 600, 1.0, "the second coordinator to finish")
+
+    st = read_json(out / name / "static" / "state.json")
+    assert st["phase"] == "done", st.get("error")
+    (ev,) = [j for j in st["jobs"] if j["kind"] == "eval"]
+    assert code_of(gen["job_id"]) == code_of(train["job_id"]) == {str(snap1 / "dp_hpc")}
+    assert code_of(ev["job_id"]) == {str(snap2 / "dp_hpc")}
+    assert sorted(p.name for p in marks.iterdir()) == sorted([second, ev["job_id"]]), "the edit ran in another job"
+    assert "SLURM_JOB_ID" not in (snap1 / "dp_hpc" / "__init__.py").read_text()
+    assert sorted(p.name for p in (out / name / "code").iterdir()) == sorted(["current", snap1.name, snap2.name])
+    launches = read_json(out / name / "manifest.json")["launches"]
+    assert [(e["slurm_job_id"], e["code_path"], e["code_snapshot"]["hash"], e["code_snapshot"]["previous"])
+            for e in launches] == [(None, str(checkout / "dp_hpc"), snap1.name, None),
+                                   (first, str(snap1 / "dp_hpc"), snap1.name, None),
+                                   (None, str(checkout / "dp_hpc"), snap2.name, snap1.name),
+                                   (second, str(snap2 / "dp_hpc"), snap2.name, None)], launches
+    switch = launches[2]["code_snapshot"]["from"]["static"]
+    assert switch["jobs"] == len(st["jobs"]) - 1, switch  # every job but the eval was submitted before it

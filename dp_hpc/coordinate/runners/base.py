@@ -58,6 +58,12 @@ class Runner(Protocol):
     """Jobs are sbatch jobs: `--dry-run` shows their sbatch options and a GPU-hour estimate."""
     label: str
     """How messages name its jobs ("SLURM job 12", "local job 4711")."""
+    runs_from_snapshot: bool
+    """Jobs run from the sweep's code snapshot (dp_hpc.code_snapshot: SLURM jobs start later, on
+    other machines), not from the checkout the launcher imported."""
+    env: dict[str, str]
+    """Variables every job gets on top of the submitter's environment (the launcher adds the
+    snapshot's PYTHONPATH here)."""
 
     def check(self, kinds: Sequence[str]) -> None:
         """Fail early (UsageError) if the executor would refuse these kinds of job."""

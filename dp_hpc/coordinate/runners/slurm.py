@@ -154,6 +154,7 @@ class SlurmRunner:
     label = "SLURM"
     detached = True  # jobs survive logging out: a coordinator job drives the sweep
     uses_sbatch = True
+    runs_from_snapshot = True
 
     def __init__(self, cfg: SlurmConfig, env: dict[str, str] | None = None, sweep_name: str = "dp_hpc"):
         self.cfg = cfg
