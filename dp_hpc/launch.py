@@ -32,7 +32,7 @@ from dp_hpc.config_keys import format_keys, sweep_keys
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError
-from dp_hpc.io import atomic_write_text
+from dp_hpc.io import DiskFull, atomic_write_text, disk_full, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
@@ -115,8 +115,9 @@ class CoordinatorJob(Checkpointable):
 
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
-    another launcher, 3 the generator failed, 143 stopped by SIGTERM/SIGUSR2 (rerun to continue),
-    130 Ctrl-C. `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
+    another launcher, 3 the generator failed, 4 a write of this process found the disk full (free
+    space, rerun to continue), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
+    `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     if args.list_keys:
         return print_quietly(format_keys(sweep_keys()))
@@ -144,16 +145,23 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         print(f"sweep {sweep.name!r}: its coordinator is already SLURM job {active[0]} ({active[1]}); "
               f"watch it with: python -m dp_hpc.status {sweep_dir}")
         return 0
-    lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
-    if lock is None:
-        print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
-        return 2
-    prepare_dirs(sweep, runs, sweep_dir)
-    record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv])
-    if submit_job:
-        submit_coordinator(runner, sweep, sweep_dir, args)
-        return 0
-    return run_sweep(sweep, runs, sweep_dir, runner, retry_failed)
+    try:
+        lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
+        if lock is None:
+            print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
+            return 2
+        prepare_dirs(sweep, runs, sweep_dir)
+        record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv])
+        if submit_job:
+            submit_coordinator(runner, sweep, sweep_dir, args)
+            return 0
+        return run_sweep(sweep, runs, sweep_dir, runner, retry_failed)
+    except OSError as e:  # a write of this process refused for lack of room: like a crash at that line,
+        if not is_disk_full(e):  # which a relaunch continues from; jobs already started run on
+            raise
+        named = e if isinstance(e, DiskFull) else disk_full(e.filename or sweep_dir, e)  # zarr's, submitit's
+        print(f"error: {named}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":
