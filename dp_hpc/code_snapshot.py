@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dp_hpc.errors import UsageError
 from dp_hpc.io import atomic_write_text, read_json
 from dp_hpc.layout import SweepDir
 
@@ -156,3 +157,17 @@ def choose(sweep_dir: str | os.PathLike, update: bool = False, package: Path = P
     if path.name != old:
         atomic_write_text(sd.code_current, path.name + "\n")
     return Snapshot(path, package, made=made, previous=old if old != path.name else None, checkout_differs=False)
+
+
+def check_update_request(runner, update: bool) -> None:
+    """--update-code is for jobs that run from a snapshot (SLURM): UsageError for the others."""
+    if update and not runner.runs_from_snapshot:
+        raise UsageError(f"--update-code: {runner.kind} jobs run from the checkout itself, not from a code snapshot; "
+                         "it is for --executor slurm")
+
+
+def busy_coordinator_message(job_id: str, state: str) -> str:
+    """Why --update-code waits for the coordinator job to be stopped."""
+    return (f"--update-code: the sweep's coordinator, SLURM job {job_id} ({state}), runs its snapshot and submits "
+            f"every job from it; stop it first with `scancel {job_id}` (its jobs keep running, the relaunch "
+            f"re-attaches to them)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -10,23 +11,66 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""errnos of a write refused for lack of room: the device is full, or the user's quota (scratch
+file systems) is spent."""
+
+
+class DiskFull(OSError):
+    """A write refused for lack of room (`DISK_FULL`), naming the path that was being written. The
+    launcher turns it into one line on stderr (dp_hpc.launch); in a job it is the job's error."""
+
+
+def disk_full(path: str | os.PathLike, e: OSError) -> DiskFull:
+    """The DiskFull that names `path` for the disk-full OSError `e` (whose own message names no file:
+    `[Errno 28] No space left on device`)."""
+    what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded on the file system"
+    return DiskFull(e.errno, f"{what} holding {path}: free some space, then rerun the same launch command "
+                             f"(it continues where it stopped)")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def as_disk_full(e: OSError, fallback: str | os.PathLike) -> DiskFull:
+    """A disk-full OSError as a DiskFull naming its file (zarr's and submitit's carry it in
+    `filename`, or name none: then `fallback`)."""
+    return e if isinstance(e, DiskFull) else disk_full(e.filename or fallback, e)
+
+
+@contextlib.contextmanager
+def naming_full_disk(path: str | os.PathLike):
+    """Inside the block, a disk-full OSError becomes a `DiskFull` naming `path` (raised from it)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        yield
+    except DiskFull:
         raise
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise disk_full(path, e) from e
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old or the new file, never half. On a
+    full disk: `DiskFull` naming `path`, the old file untouched, no temporary file left."""
+    path = Path(path)
+    with naming_full_disk(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -45,11 +89,24 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line. A crash can at worst leave a torn last line, which readers skip."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line. A crash can at worst leave a torn last line, which readers skip; a write
+    refused for lack of room (`DiskFull`, naming `path`) takes back what it wrote of its line, so the
+    next append does not glue its line to a torn one."""
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with naming_full_disk(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start, written = os.fstat(fd).st_size, 0
+            try:
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except OSError:
+                if written and os.fstat(fd).st_size == start + written:  # nobody appended since
+                    os.ftruncate(fd, start)  # (generation tasks share compute.jsonl)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

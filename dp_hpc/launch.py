@@ -35,7 +35,7 @@ from dp_hpc.config_keys import format_keys, sweep_keys
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError
-from dp_hpc.io import atomic_write_text
+from dp_hpc.io import as_disk_full, atomic_write_text, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
@@ -133,8 +133,9 @@ class CoordinatorJob(Checkpointable):
 
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
-    another launcher, 3 the generator failed, 143 stopped by SIGTERM/SIGUSR2 (rerun to continue),
-    130 Ctrl-C. `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
+    another launcher, 3 the generator failed, 4 a write of this process found the disk full (free
+    space, rerun to continue), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
+    `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     if args.list_keys:
         return print_quietly(format_keys(sweep_keys()))
@@ -154,33 +155,35 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         check_run_folders(runs, sweep_dir)
         check_run_inputs(runs)
         runner = make_runner(kind, sweep, args.foreground)
-        if args.update_code and not runner.runs_from_snapshot:
-            raise UsageError(f"--update-code: {kind} jobs run from the checkout itself, not from a code snapshot; "
-                             "it is for --executor slurm")
+        code_snapshot.check_update_request(runner, args.update_code)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     submit_job = runner.detached and not args.foreground
     if submit_job and (active := active_coordinator(runner, sweep_dir)):
         if args.update_code:
-            print(f"error: --update-code: the sweep's coordinator, SLURM job {active[0]} ({active[1]}), runs its "
-                  f"snapshot and submits every job from it; stop it first with `scancel {active[0]}` (its jobs "
-                  "keep running, the relaunch re-attaches to them)", file=sys.stderr)
+            print(f"error: {code_snapshot.busy_coordinator_message(*active)}", file=sys.stderr)
             return 2
         print(f"sweep {sweep.name!r}: its coordinator is already SLURM job {active[0]} ({active[1]}); "
               f"watch it with: python -m dp_hpc.status {sweep_dir}")
         return 0
-    lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
-    if lock is None:
-        print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
-        return 2
-    prepare_dirs(sweep, runs, sweep_dir)
-    record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv],
-                  code_snapshot=use_code_snapshot(runner, sweep_dir, args.update_code))
-    if submit_job:
-        submit_coordinator(runner, sweep, sweep_dir, args)
-        return 0
-    return run_sweep(sweep, runs, sweep_dir, runner, retry_failed)
+    try:
+        lock = acquire_sweep_lock(sweep_dir)  # held until this process exits
+        if lock is None:
+            print(f"error: another launcher is driving {sweep_dir}; wait for it or stop it first", file=sys.stderr)
+            return 2
+        prepare_dirs(sweep, runs, sweep_dir)
+        record_launch(sweep_dir, sys.argv if argv is None else [sys.executable, "-m", "dp_hpc.launch", *argv],
+                      code_snapshot=use_code_snapshot(runner, sweep_dir, args.update_code))
+        if submit_job:
+            submit_coordinator(runner, sweep, sweep_dir, args)
+            return 0
+        return run_sweep(sweep, runs, sweep_dir, runner, retry_failed)
+    except OSError as e:  # a write of this process refused for lack of room: like a crash at that line,
+        if not is_disk_full(e):  # which a relaunch continues from; jobs already started run on
+            raise
+        print(f"error: {as_disk_full(e, sweep_dir)}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dp_hpc.io import read_json
+from dp_hpc.io import naming_full_disk, read_json
 from dp_hpc.layout import COMPLETE, MARKER_DIR, POOL_DIR, RunDir, round_name  # noqa: F401 (re-exported)
 from dp_hpc.pool_jpeg import (  # noqa: F401
     JpegCodec,
@@ -186,8 +186,17 @@ class Pool:
         final = self.layout.pool_round(spec.round_index)
         if (final / "zarr.json").exists():
             return
-        zarr.open_group(self.root, mode="a")  # the root group, once
         tmp = final.with_name(f"_tmp_{final.name}")
+        try:
+            with naming_full_disk(final):  # being made in tmp, beside it
+                self._create_round(spec, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give its room back at once
+            raise
+        os.replace(tmp, final)
+
+    def _create_round(self, spec: RoundSpec, tmp: Path) -> None:
+        zarr.open_group(self.root, mode="a")  # the root group, once
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash during creation
         g = zarr.open_group(tmp, mode="w")
         g.attrs.update(
@@ -208,7 +217,6 @@ class Pool:
         seeds = g.create_array("seeds", shape=(spec.n,), chunks=(c,), dtype="int64", fill_value=-1)
         labels[:] = balanced_labels(spec.run_seed, spec.round_index, spec.n, spec.num_classes)
         seeds[:] = sample_seeds(spec.run_seed, spec.round_index, spec.n)
-        os.replace(tmp, final)
 
     def has_round(self, round_index: int) -> bool:
         return (self.layout.pool_round(round_index) / "zarr.json").exists()
@@ -251,15 +259,19 @@ class Pool:
                     oracle_label: np.ndarray | None = None) -> None:
         """Write one whole chunk (a whole shard for JPEG rounds), then its marker (the marker is the
         commit point). JPEG rounds store a lossy copy; `entropy` is that of the images given;
-        `oracle_label`: the label-fidelity judge's reading of each image (None: no judge)."""
+        `oracle_label`: the label-fidelity judge's reading of each image (None: no judge). On a full
+        disk: `DiskFull` naming the array, and no marker (zarr writes each chunk file to a temporary
+        file and renames it, so no half chunk file is left either)."""
         g = self.group(round_index, mode="r+")
         a, b = self.chunk_bounds(round_index, chunk)
         if images.shape[0] != b - a or entropy.shape != (b - a,):
             raise ValueError(f"chunk {chunk} of round {round_index} holds {b - a} samples, got {images.shape[0]}")
-        g["images"][a:b] = images
-        g["entropy"][a:b] = entropy.astype(np.float32)
+        arrays = [("images", images), ("entropy", entropy.astype(np.float32))]
         if oracle_label is not None and "oracle_label" in g:  # pools made before the array existed lack it
-            g["oracle_label"][a:b] = oracle_label.astype(np.int64)
+            arrays.append(("oracle_label", oracle_label.astype(np.int64)))
+        for name, values in arrays:
+            with naming_full_disk(self.layout.pool_round(round_index) / name):
+                g[name][a:b] = values
         marker = self.chunk_marker(round_index, chunk)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -282,7 +294,8 @@ class Pool:
             sel = top_entropy(g["entropy"][:], g["labels"][:], keep, per_class, int(a["num_classes"]))
             if "selected" in g:
                 del g["selected"]
-            g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
+            with naming_full_disk(self.layout.pool_round(round_index) / "selected"):
+                g.create_array("selected", shape=sel.shape, chunks=(max(1, len(sel)),), dtype="int64")[:] = sel
         marker = self.layout.complete_marker(round_index)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 MAX_LOST_IN_A_ROW = 3  # jobs that die without a result (killed, OOM) are retried this often
 
 
+def error_line(error: str) -> str:
+    """A recorded error (which job, then the end of its traceback) as one line for the launcher's
+    log: its first line and its last, the exception; state.json and the job's log keep the rest."""
+    lines = error.strip().splitlines()
+    return lines[0] if len(lines) < 2 else f"{lines[0]}: {lines[-1]}"
+
+
 @dataclass
 class Slots:
     """Jobs that may still start now, shared by all coordinators of a sweep."""
@@ -107,7 +114,7 @@ class Coordinator:
             st.lost_in_a_row = 0
             save_state(self.run_dir, st)
         if st.phase == "failed":
-            log.info("%s: retrying after failure: %s", self.name, st.error)
+            log.info("%s: retrying after failure: %s", self.name, error_line(st.error))
             st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
             save_state(self.run_dir, st)
         for b in self.branches.values():
@@ -198,7 +205,7 @@ class Coordinator:
         st = self.state
         st.failed_phase, st.phase = st.phase, "failed"
         st.error = f"{what}: {job.kind} job {job.job_id} (log: {job.log_path})\n{job.error or ''}".strip()
-        log.error("%s: %s", self.name, st.error)
+        log.error("%s: %s", self.name, error_line(st.error))
         running = st.running_jobs()
         self.runner.cancel(self.logs, [j.job_id for j in running if self._reader_of(j) is self.runner])
         for j in running:

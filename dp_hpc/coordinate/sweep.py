@@ -22,7 +22,7 @@ from dp_hpc.coordinate.coordinator import Coordinator, Slots
 from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, generator_dir_for
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
-from dp_hpc.io import atomic_write_json, try_lock
+from dp_hpc.io import atomic_write_json, is_disk_full, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
 from dp_hpc.signals import PreemptFlag, sleep_unless, stopping
@@ -44,6 +44,9 @@ def acquire_sweep_lock(sweep_dir: Path):
             atomic_write_json(sd.launcher, {"pid": os.getpid(), "host": socket.gethostname(),
                                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "since": time.time()})
         except OSError as e:  # the launch goes on; only dp_hpc.cancel will not find this process
+            if is_disk_full(e):  # unless the disk is full: nothing else would be written either
+                lock.close()
+                raise
             log.warning("could not write %s: %s", sd.launcher, e)
     return lock
 

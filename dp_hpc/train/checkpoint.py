@@ -75,7 +75,8 @@ def latest_train_state(run_dir: Path) -> dict | None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:
-    """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last."""
+    """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last: a save that
+    fails (a full disk: `DiskFull` naming the file) leaves the folder incomplete, never marked."""
     import torch
 
     folder = checkpoint_dir(run_dir, train_state["step"])
