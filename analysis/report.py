@@ -1292,7 +1292,8 @@ def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
     if len(guided):
         harder = int((ent[guided.index] > guided["plain_entropy_mean"]).sum())
         fid = guided[fidel[guided.index].notna() & guided["plain_label_fidelity"].notna()]
-        close = int(((fidel[fid.index] - fid["plain_label_fidelity"]).abs() <= 0.05).sum())
+        # fidelities are recorded to 4 decimals: 2 of 40 samples (0.95 vs 1.0) is 5 points, not 5.0000001
+        close = int(((fidel[fid.index] - fid["plain_label_fidelity"]).abs() <= 0.05 + 1e-9).sum())
         parts += [f"- Guided rounds (omega > 0) with a higher mean entropy than plain samples of the same seeds: "
                   f"{harder} of {len(guided)}; with label fidelity within 5 points of plain: {close} of {len(fid)}.",
                   ""]

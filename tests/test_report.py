@@ -579,6 +579,20 @@ def test_generation_statistics_table_and_skip(tmp_path):
     assert "No per-round generation statistics" in R.generation_stats_text(rounds.iloc[:0], pd.DataFrame())
 
 
+def test_label_fidelity_exactly_5_points_under_plain_counts_as_within_5_points(tmp_path):
+    """2 of 40 samples (0.95 vs 1.0) is 5 points: within; 0.9297 vs 0.9844 (5.47 points) is not."""
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    for seed, (fid, plain) in enumerate(((0.95, 1.0), (0.9297, 0.9844))):
+        rounds = [{"index": 0, "kind": "plain", "kept": 40, "generated": 40, "classifier_step": None},
+                  {"index": 1, "kind": "guided", "kept": 40, "generated": 40, "classifier_step": 40,
+                   "entropy_mean": 0.9, "plain_entropy_mean": 0.4, "label_fidelity": fid, "plain_label_fidelity": plain}]
+        make_run(sweep, f"dp-{seed}", "dp", 80, seed, test_acc=0.8, rounds=rounds)
+    rounds = R.rounds_frame(R.read_sweep(sweep)[1])
+    text = R.generation_stats_text(rounds, R.per_run(R.collect(sweep)))
+    assert "with label fidelity within 5 points of plain: 1 of 2" in text, text
+
+
 def test_model_compute_seconds_when_jobs_record_them(tmp_path):
     sweep = tmp_path / "s"
     sweep.mkdir()
