@@ -138,12 +138,14 @@ class Coordinator:
                 return
 
     def _pool_gaps(self, rounds) -> dict[int, frozenset[int]]:
-        """Of these passed rounds, those missing chunk markers or their COMPLETE marker: their chunks
-        without a marker. Branch-outs read their parent's pool: the parent mends it."""
+        """Of these passed rounds whose arrays exist, those missing chunk markers or their COMPLETE
+        marker: their chunks without a marker. Branch-outs read their parent's pool: the parent mends it."""
         if self.layout.is_branch:
             return {}
         out = {}
         for r in rounds:
+            if not self.pool.has_round(r):  # no arrays to write into: verify reports it, nothing to mend
+                continue
             n_chunks = -(-self.state.rounds[r].generated // self.cfg.pool.chunk_size)
             missing = frozenset(range(n_chunks)) - self.pool.done_chunks(r)
             if missing or not self.pool.is_complete(r):
