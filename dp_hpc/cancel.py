@@ -172,7 +172,7 @@ class Cancel:
         """Every job of the sweep that is still running, by the records (and for intents without
         ids, by their job names), and jobs running in the sweep's folders that nothing records."""
         found: list[Target] = []
-        for run in all_runs(self.sd):
+        for run in self.sd.runs_and_branches():
             st = load_state(run.path)
             if st is None:
                 continue
@@ -203,7 +203,7 @@ class Cancel:
             if rec:
                 found.append(Target(f"generator {g.name}: job {rec['job_id']}", reader.kind, rec["job_id"], g.logs))
         known = {(t.job_id, t.logs.resolve()) for t in found}
-        names = {run.logs.resolve(): run.path.relative_to(self.sd.path).as_posix() for run in all_runs(self.sd)}
+        names = {run.logs.resolve(): run.path.relative_to(self.sd.path).as_posix() for run in self.sd.runs_and_branches()}
         names.update({GeneratorDir(p).logs.resolve(): f"generator {p.name}"
                       for p in self.sd.generators.glob("*") if p.is_dir()})
         for kind, reader in self.readers.items():
@@ -312,16 +312,6 @@ class Cancel:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def all_runs(sd: SweepDir) -> list[RunDir]:
-    """Every run folder of the sweep and, after each, its branch-outs (and theirs)."""
-    out, stack = [], list(reversed(sd.runs()))
-    while stack:
-        run = stack.pop()
-        out.append(run)
-        stack += reversed(run.branch_runs())
-    return out
 
 
 def launcher_command(pid: int) -> str | None:

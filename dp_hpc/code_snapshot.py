@@ -137,7 +137,7 @@ def runs_so_far(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     """{run (branch-outs as <run>/branches/round_XXX): {round, jobs}} from each run's state.json."""
     sd = SweepDir(sweep_dir)
     out = {}
-    for run in (r for top in sd.runs() for r in (top, *top.branch_runs())):
+    for run in sd.runs_and_branches():
         st = read_json(run.state)
         if isinstance(st, dict):
             out[run.path.relative_to(sd.path).as_posix()] = {"round": st.get("round"), "jobs": len(st.get("jobs", []))}

@@ -263,6 +263,16 @@ class SweepDir(_Folder):
         deeper), without their branch-outs (`RunDir.branch_runs`)."""
         return [RunDir(p.parent) for p in sorted(self.path.glob(f"*/{CONFIG_FILE}"))]
 
+    def runs_and_branches(self) -> list[RunDir]:
+        """Every run folder and, after each, its branch-outs (and theirs): all that status, verify,
+        cancel and the code snapshot's record look at."""
+        out, stack = [], list(reversed(self.runs()))
+        while stack:
+            run = stack.pop()
+            out.append(run)
+            stack += reversed(run.branch_runs())
+        return out
+
     def generator_log_dirs(self) -> list[Path]:
         """generators/<key>/logs/ of every generator."""
         return sorted(self.generators.glob(f"*/{LOGS}"))

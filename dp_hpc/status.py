@@ -24,7 +24,7 @@ from dp_hpc.train.checkpoint import latest_train_state
 
 
 def run_rows(sweep_dir: Path) -> list[dict]:
-    return [_run_row(r) for run in SweepDir(sweep_dir).runs() for r in [run, *run.branch_runs()]]
+    return [_run_row(run) for run in SweepDir(sweep_dir).runs_and_branches()]
 
 
 def _run_row(run: RunDir) -> dict:

@@ -28,10 +28,6 @@ from dp_hpc.io import try_lock
 from dp_hpc.layout import RunDir, SweepDir
 
 
-def all_runs(sweep_dir: Path) -> list[RunDir]:
-    return [r for run in SweepDir(sweep_dir).runs() for r in [run, *run.branch_runs()]]
-
-
 def print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
     for r in [header, *rows]:
@@ -49,7 +45,7 @@ HEADER = ["run", "part", "where", "problem", "repair"]
 
 
 def verify(sweep_dir: Path, repair: bool, deep: bool) -> int:
-    runs = all_runs(sweep_dir)
+    runs = SweepDir(sweep_dir).runs_and_branches()
     problems = {run: check_run(run, deep) for run in runs}
     rows = []
     if repair:
