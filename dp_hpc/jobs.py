@@ -159,7 +159,9 @@ def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node:
     log_dir = RunDir(run_dir).torchrun_logs(env.job_id, env.node)
     cmd = torchrun_command(run_dir, plateau_exit, threads, procs_per_node, env.num_nodes, env.hostnames[0],
                            str(env.job_id), log_dir)
-    log.info("node %d/%d: %s", env.node, env.num_nodes, " ".join(cmd))
+    # the node's name as SLURM knows it (what `sacct`/`squeue` show): several slurmd may share a host
+    log.info("node %d/%d on %s: %s", env.node, env.num_nodes, os.environ.get("SLURMD_NODENAME", env.hostname),
+             " ".join(cmd))
     agent = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
     with signals.forward_as_sigterm(agent):
         code = agent.wait()

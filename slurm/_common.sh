@@ -20,6 +20,16 @@ DBD_DIR=$DIR/slurmdbd
 CTLD_DIR=$DIR/slurmctld
 SLURMD_DIR=$DIR/slurmd
 ENV_FILE=$DIR/env.sh
+# /etc/hosts lines naming the cluster's nodes (127.0.0.1) end with this; stop_cluster.sh removes them
+HOSTS_MARK="# dp_hpc local SLURM cluster $DIR"
+
+# The compute nodes (one slurmd each, `slurmd -N <node>`): "slurmd@<node>" is the daemon's name
+# below. Read from the generated slurm.conf, so that stop_cluster.sh stops what start_cluster.sh
+# started whatever DP_HPC_SLURM_NODES says now.
+cluster_nodes() {
+  [[ -f $SLURM_CONF_FILE ]] || return 0
+  sed -n 's/^NodeName=\([^ ]*\) .*/\1/p' "$SLURM_CONF_FILE"
+}
 
 # daemon name -> pidfile / log (the daemons write their own pidfiles)
 pidfile_of() {
@@ -28,7 +38,8 @@ pidfile_of() {
     mariadbd)  echo "$DB_DIR/mariadbd.pid" ;;
     slurmdbd)  echo "$DBD_DIR/slurmdbd.pid" ;;
     slurmctld) echo "$CTLD_DIR/slurmctld.pid" ;;
-    slurmd)    echo "$SLURMD_DIR/slurmd.pid" ;;
+    slurmd)    echo "$SLURMD_DIR/slurmd.pid" ;;  # the single slurmd of an older layout
+    slurmd@*)  echo "$SLURMD_DIR/${1#slurmd@}/slurmd.pid" ;;
     *) return 1 ;;
   esac
 }
@@ -39,16 +50,17 @@ logfile_of() {
     slurmdbd)  echo "$DBD_DIR/slurmdbd.log" ;;
     slurmctld) echo "$CTLD_DIR/slurmctld.log" ;;
     slurmd)    echo "$SLURMD_DIR/slurmd.log" ;;
+    slurmd@*)  echo "$SLURMD_DIR/${1#slurmd@}/slurmd.log" ;;
     *) return 1 ;;
   esac
 }
 
-# Print the pid of daemon $1 if its pidfile names a live (non-zombie) process whose
-# executable is that daemon AND whose command line or environment mentions our state
+# Print the pid of daemon $1 (slurmd@<node>: that node's slurmd) if its pidfile names a live
+# (non-zombie) process whose executable is that daemon AND whose command line or environment mentions our state
 # dir -- so a recycled pid or someone else's daemon is never taken for ours.
 ours_pid() {
-  local name=$1 pf pid exe state
-  pf=$(pidfile_of "$name") || return 1
+  local name=${1%%@*} pf pid exe state
+  pf=$(pidfile_of "$1") || return 1
   [[ -s $pf ]] || return 1
   read -r pid < "$pf" || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1

@@ -3,6 +3,7 @@
 #   1. a 2-task sbatch array (--array=0-1) writing files; both tasks COMPLETED in sacct
 #   2. 'scontrol requeue' of a running job: it runs again and completes (timed)
 #   3. 'scancel --batch --signal=USR2' reaches a batch script that traps USR2 (timed)
+#   4. with several nodes: a job with one task per node runs on every node (timed)
 # Exits non-zero on the first failure. Prints timings.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -111,6 +112,25 @@ t_sig=$(elapsed "$t")
 grep -q 'got USR2' "$W/usr2.txt" || fail "job $jid: $(cat "$W/usr2.txt")"
 wait_until 60 "USR2 job $jid COMPLETED in sacct" all_completed "$jid" 1
 echo "[ok] 'scancel --batch --signal=USR2 $jid' reached the trap after ${t_sig} s; job COMPLETED in sacct after $(elapsed "$t") s"
+
+# ---------------------------------------------------------------- 4. a job on every node
+nodes=$(sinfo -h -N -o %N | sort -u)
+n_nodes=$(grep -c . <<<"$nodes")
+if ((n_nodes >= 2)); then
+  t=$(now)
+  # one task per node: each writes the node it ran on, and the first node's name must resolve
+  # (multi-node jobs meet at a rendezvous on it)
+  jid=$(sbatch --parsable -N "$n_nodes" --ntasks-per-node=1 -J chk_nodes -D "$W" -o "$W/nodes.out" \
+    --wrap 'srun bash -c "echo \$SLURMD_NODENAME > node_\$SLURM_NODEID.txt"; getent hosts $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) > first_node.txt')
+  JOBS+=("$jid")
+  wait_until 90 "$n_nodes-node job $jid COMPLETED in sacct" all_completed "$jid" 1
+  ran=$(cat "$W"/node_*.txt 2>/dev/null | sort -u)
+  [[ $ran == "$nodes" ]] || fail "$n_nodes-node job $jid ran on '$(echo $ran)', not on every node ($(echo $nodes))"
+  [[ $(awk '{print $1}' "$W/first_node.txt" 2>/dev/null) == 127.* ]] || fail "the first node's name does not resolve to loopback"
+  echo "[ok] $n_nodes-node job $jid: one task on each of $(echo $nodes); COMPLETED in sacct after $(elapsed "$t") s"
+else
+  echo "[--] one node only: no multi-node check"
+fi
 
 JOBS=()
 echo "== all checks passed in $(elapsed "$T0") s"

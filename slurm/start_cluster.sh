@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Start a private, single-machine SLURM cluster (munged, MariaDB, slurmdbd, slurmctld,
-# slurmd) as root, without systemd, talking over loopback only. Idempotent: daemons
-# that are already running (per their pidfiles) are left alone.
+# Start a private, single-machine SLURM cluster (munged, MariaDB, slurmdbd, slurmctld, and
+# one slurmd per compute node: $DP_HPC_SLURM_NODES of them, default 2, named dphpc-n1, dphpc-n2,
+# ...) as root, without systemd, talking over loopback only. Idempotent: daemons that are
+# already running (per their pidfiles) are left alone.
 #
 #   sudo slurm/start_cluster.sh && source /tmp/dp_hpc_slurm/env.sh
 #
@@ -75,30 +76,43 @@ done
 exec 9> "$DIR/.lock"
 flock -w 120 9 || fail "could not lock $DIR/.lock"
 
-mkdir -p "$ETC" "$MUNGE_DIR" "$DB_DIR" "$DBD_DIR" "$CTLD_DIR/state" "$SLURMD_DIR/spool"
-chmod 755 "$ETC" "$MUNGE_DIR" "$DBD_DIR" "$CTLD_DIR" "$SLURMD_DIR" "$SLURMD_DIR/spool"
+# Compute nodes: several slurmd daemons on this one machine (`slurmd -N <node>`, each with its own
+# port, spool, pid and log file: SLURM's multiple-slurmd mode), so that multi-node jobs really
+# span nodes: srun starts a task per node, SLURM_NODEID and SLURMD_NODENAME differ.
+NODES=${DP_HPC_SLURM_NODES:-2}
+[[ $NODES =~ ^[1-8]$ ]] || fail "DP_HPC_SLURM_NODES must be 1-8, got '$NODES'"
+NODE_NAMES=()
+for i in $(seq 1 "$NODES"); do NODE_NAMES+=("$CLUSTER-n$i"); done
+DAEMONS=(munged mariadbd slurmdbd slurmctld)
+for n in "${NODE_NAMES[@]}"; do DAEMONS+=("slurmd@$n"); done
+
+mkdir -p "$ETC" "$MUNGE_DIR" "$DB_DIR" "$DBD_DIR" "$CTLD_DIR/state" "$SLURMD_DIR"
+chmod 755 "$ETC" "$MUNGE_DIR" "$DBD_DIR" "$CTLD_DIR" "$SLURMD_DIR"
+for n in "${NODE_NAMES[@]}"; do mkdir -p "$SLURMD_DIR/$n/spool"; chmod 755 "$SLURMD_DIR/$n" "$SLURMD_DIR/$n/spool"; done
 chown slurm:slurm "$DBD_DIR" "$CTLD_DIR" "$CTLD_DIR/state"
 chmod 700 "$CTLD_DIR/state"
 chown mysql:mysql "$DB_DIR"; chmod 750 "$DB_DIR"
 
 declare -A PID
 running=0
-for d in munged mariadbd slurmdbd slurmctld slurmd; do
+for d in "${DAEMONS[@]}"; do
   if p=$(ours_pid "$d"); then PID[$d]=$p; running=$((running + 1)); fi
 done
-if ((running == 5)); then
-  log "all 5 daemons already running (pids: ${PID[*]})"
+if ((running == ${#DAEMONS[@]})); then
+  log "all ${#DAEMONS[@]} daemons already running (pids: ${PID[*]})"
 fi
+ours_pid slurmd >/dev/null && fail "a slurmd of the older one-node layout is running; run stop_cluster.sh first"
 
 # ---------------------------------------------------------------- ports
 listening_ports() { ss -Hltn 2>/dev/null | awk '{n=split($4,a,":"); print a[n]}' | sort -un; }
 port_free() { ! listening_ports | grep -qx "$1"; }
-pick_ports() { # 4 consecutive free ports in 20000-32767 (below the ephemeral range)
+N_PORTS=$((3 + NODES))  # mariadb, slurmdbd, slurmctld, then one slurmd per node
+pick_ports() { # N_PORTS consecutive free ports in 20000-32767 (below the ephemeral range)
   local base i ok try
   for try in $(seq 1 200); do
     base=$((20000 + (RANDOM % 1276) * 10))
     ok=1
-    for i in 0 1 2 3; do port_free $((base + i)) || { ok=0; break; }; done
+    for i in $(seq 0 $((N_PORTS - 1))); do port_free $((base + i)) || { ok=0; break; }; done
     if ((ok)); then
       MYSQL_PORT=$base DBD_PORT=$((base + 1)) CTLD_PORT=$((base + 2)) SLURMD_PORT=$((base + 3))
       return 0
@@ -113,13 +127,14 @@ else
   reuse=0
   if [[ -n ${MYSQL_PORT:-} ]]; then
     reuse=1
-    for pt in "$MYSQL_PORT" "$DBD_PORT" "$CTLD_PORT" "$SLURMD_PORT"; do port_free "$pt" || reuse=0; done
+    for i in $(seq 0 $((N_PORTS - 1))); do port_free $((MYSQL_PORT + i)) || reuse=0; done
+    ((DBD_PORT == MYSQL_PORT + 1 && CTLD_PORT == MYSQL_PORT + 2 && SLURMD_PORT == MYSQL_PORT + 3)) || reuse=0
   fi
   ((reuse)) || pick_ports || fail "no free ports found"
   printf 'MYSQL_PORT=%s\nDBD_PORT=%s\nCTLD_PORT=%s\nSLURMD_PORT=%s\n' \
     "$MYSQL_PORT" "$DBD_PORT" "$CTLD_PORT" "$SLURMD_PORT" > "$PORTS_FILE"
 fi
-log "ports: mariadb=$MYSQL_PORT slurmdbd=$DBD_PORT slurmctld=$CTLD_PORT slurmd=$SLURMD_PORT"
+log "ports: mariadb=$MYSQL_PORT slurmdbd=$DBD_PORT slurmctld=$CTLD_PORT slurmd=$SLURMD_PORT-$((SLURMD_PORT + NODES - 1))"
 
 # ---------------------------------------------------------------- config files
 NODE=$(hostname -s)
@@ -181,11 +196,11 @@ CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCK,cred_expire=$CRED_EXPIRE
 $COMM_LINE
 StateSaveLocation=$CTLD_DIR/state
-SlurmdSpoolDir=$SLURMD_DIR/spool
+SlurmdSpoolDir=$SLURMD_DIR/%n/spool
 SlurmctldPidFile=$(pidfile_of slurmctld)
-SlurmdPidFile=$(pidfile_of slurmd)
+SlurmdPidFile=$SLURMD_DIR/%n/slurmd.pid
 SlurmctldLogFile=$(logfile_of slurmctld)
-SlurmdLogFile=$(logfile_of slurmd)
+SlurmdLogFile=$SLURMD_DIR/%n/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$ETC/plugstack.conf
@@ -207,7 +222,9 @@ ReturnToService=2
 JobRequeue=1
 KillWait=5
 $OVERRIDES_LINE
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE $HW State=UNKNOWN
+$(for i in "${!NODE_NAMES[@]}"; do
+  echo "NodeName=${NODE_NAMES[$i]} NodeAddr=127.0.0.1 NodeHostname=$NODE Port=$((SLURMD_PORT + i)) $HW State=UNKNOWN"
+done)
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 chmod 644 "$SLURM_CONF_FILE"
@@ -321,30 +338,50 @@ if [[ -z ${PID[slurmctld]:-} ]]; then
 fi
 wait_for 60 slurmctld sh -c 'scontrol ping | grep -q UP' || fail "slurmctld not answering" slurmctld
 
-# ---------------------------------------------------------------- slurmd
-SLURMD_T=0
-if [[ -z ${PID[slurmd]:-} ]]; then
-  rm -f "$(pidfile_of slurmd)"
-  SLURMD_T=$(date +%s)
-  setsid slurmd -f "$SLURM_CONF_FILE" -N "$NODE" </dev/null 9>&- >> "$(logfile_of slurmd)" 2>&1 \
-    || fail "slurmd did not start" slurmd
+# ---------------------------------------------------------------- node names
+# Multi-node jobs find their nodes by name (the job's node list: the torchrun rendezvous is on the
+# first one), so the names must resolve: to 127.0.0.1, through a line appended to /etc/hosts that
+# ends with $HOSTS_MARK (stop_cluster.sh removes it).
+unresolved=()
+for n in "${NODE_NAMES[@]}"; do getent ahostsv4 "$n" >/dev/null 2>&1 || unresolved+=("$n"); done
+if ((${#unresolved[@]})); then
+  printf '127.0.0.1 %s %s\n' "${unresolved[*]}" "$HOSTS_MARK" >> /etc/hosts \
+    || fail "cannot add the node names ${unresolved[*]} to /etc/hosts"
+  log "added ${unresolved[*]} (127.0.0.1) to /etc/hosts"
 fi
+for n in "${NODE_NAMES[@]}"; do
+  [[ $(getent ahostsv4 "$n" | awk 'NR==1{print $1}') == 127.* ]] || fail "node name $n does not resolve to loopback"
+done
+
+# ---------------------------------------------------------------- slurmd, one per node
+declare -A SLURMD_T
+for n in "${NODE_NAMES[@]}"; do
+  SLURMD_T[$n]=0
+  if [[ -z ${PID[slurmd@$n]:-} ]]; then
+    rm -f "$(pidfile_of "slurmd@$n")"
+    SLURMD_T[$n]=$(date +%s)
+    setsid slurmd -f "$SLURM_CONF_FILE" -N "$n" </dev/null 9>&- >> "$(logfile_of "slurmd@$n")" 2>&1 \
+      || fail "slurmd of $n did not start" "slurmd@$n"
+  fi
+done
 # idle, and registered by the slurmd we just started (slurmctld restores the node's old
 # state from StateSaveLocation, so "idle" alone can predate the new slurmd)
 node_idle() {
   local info st
-  info=$(scontrol -o show node "$NODE") || return 1
+  info=$(scontrol -o show node "$1") || return 1
   [[ $info =~ \ State=([A-Z_+]+) ]] && [[ ${BASH_REMATCH[1]} == IDLE ]] || return 1
   [[ $info =~ SlurmdStartTime=([0-9T:-]+) ]] || return 1
   st=$(date -d "${BASH_REMATCH[1]}" +%s) || return 1
-  ((st >= SLURMD_T - 1))
+  ((st >= SLURMD_T[$1] - 1))
 }
-wait_for 60 "node $NODE idle" node_idle \
-  || { sinfo -N -l >&2 || true; fail "node $NODE not idle" slurmd slurmctld; }
+for n in "${NODE_NAMES[@]}"; do
+  wait_for 60 "node $n idle" node_idle "$n" \
+    || { sinfo -N -l >&2 || true; fail "node $n not idle" "slurmd@$n" slurmctld; }
+done
 wait_for 30 sacct sacct -n -X -a -S now-1hour -o JobID \
   || fail "sacct not answering" slurmdbd slurmctld
 
-for d in munged mariadbd slurmdbd slurmctld slurmd; do
+for d in "${DAEMONS[@]}"; do
   ours_pid "$d" >/dev/null || fail "$d has no valid pidfile $(pidfile_of "$d")" "$d"
 done
-log "cluster $CLUSTER up in $(elapsed "$T0") s (state dir $DIR; source $ENV_FILE)"
+log "cluster $CLUSTER up in $(elapsed "$T0") s: nodes ${NODE_NAMES[*]} (state dir $DIR; source $ENV_FILE)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the private SLURM cluster started by start_cluster.sh: cancel all jobs, then stop
-# exactly the daemons named in its pidfiles (slurmd, slurmctld, slurmdbd, mariadbd, munged,
-# in that order) and wait for them to exit. Other processes are left alone. Idempotent.
+# exactly the daemons named in its pidfiles (every node's slurmd, slurmctld, slurmdbd, mariadbd,
+# munged, in that order) and wait for them to exit, and remove the node names it added to
+# /etc/hosts. Other processes are left alone. Idempotent.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=slurm/_common.sh
@@ -71,6 +72,8 @@ while [[ -n $(our_stepds) ]]; do
   awk -v a="$t" -v b="$(now)" 'BEGIN{exit !(b-a>15)}' && break
   sleep 0.2
 done
+# one slurmd per node of the generated slurm.conf, and the single slurmd of the older layout
+for n in $(cluster_nodes); do stop_daemon "slurmd@$n" 30; done
 stop_daemon slurmd 30
 for p in $(our_stepds); do
   log "WARNING: killing leftover slurmstepd $p"; kill -KILL "$p" 2>/dev/null || true; rc=1
@@ -80,6 +83,13 @@ stop_daemon slurmdbd 30
 stop_daemon mariadbd 60
 stop_daemon munged 15
 rm -f "$MUNGE_SOCK" "$MUNGE_SOCK.lock"
+
+# the node names start_cluster.sh added to /etc/hosts (rewritten in place, not replaced: in a
+# container /etc/hosts is often a bind mount)
+if grep -qF -- "$HOSTS_MARK" /etc/hosts 2>/dev/null; then
+  kept=$(grep -vF -- "$HOSTS_MARK" /etc/hosts)
+  printf '%s\n' "$kept" > /etc/hosts && log "node names removed from /etc/hosts" || rc=1
+fi
 
 log "cluster stopped in $(elapsed "$T0") s"
 exit $rc
