@@ -221,3 +221,13 @@ def test_update_clipping_with_weight_decay_but_no_decayed_parameter():
     p.grad = torch.ones(8)
     opt.step()  # must not build an empty foreach list
     assert torch.allclose(p.detach(), torch.full((8,), 0.9))  # first Adam step: -lr * sign(g), no decay
+
+
+def test_the_trainer_builds_adamw_with_the_configured_beta2():
+    from dp_hpc.config import RunConfig
+    from dp_hpc.train.distributed import Dist
+    from dp_hpc.train.trainer import Trainer
+
+    cfg = RunConfig()
+    cfg.train.adam_beta2 = 0.95
+    assert Trainer(cfg, Dist()).opt.betas == (0.9, 0.95)

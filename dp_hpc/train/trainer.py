@@ -44,7 +44,7 @@ class Trainer:
         # averaged by the EMA but copied to it, and averaged over ranks with the gradients.
         self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
         # torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
-        self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
+        self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
                          decay=[tc.decays_everything or decays(n, p) for n, p in named],
                          update_clipping=tc.update_clipping)
         self.ddp = None
