@@ -96,6 +96,34 @@ def test_a_warm_job_writes_submitits_files_and_outlives_its_coordinator(runner, 
     fresh.close()
 
 
+def test_a_submission_an_earlier_launcher_never_handed_over_is_removed(runner, tmp_path):
+    """A launcher SIGKILLed between writing a job's submission pickle and handing it to its warm
+    parent (or together with the parent) left `.submission-*.pkl` in the logs for good (found by
+    tests/test_chaos.py, DP_HPC_CHAOS_SEED=4). The next runner removes it at its first look at the
+    folder; one whose parent still runs may yet become a job and stays."""
+    import subprocess
+
+    from dp_hpc.coordinate.runners.warm import submission_path
+
+    logs, flag = tmp_path / "logs", tmp_path / "go"
+    (jid,) = runner.submit(logs, "t", wait_then_answer, [(str(flag), 1)])  # starts the runner's parent
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = submission_path(logs, dead.pid)
+    waiting = submission_path(logs, runner._warm._proc.pid)
+    old_unnamed, new_unnamed = logs / f".submission-{'0' * 32}.pkl", logs / f".submission-{'1' * 32}.pkl"
+    for p in (left, waiting, old_unnamed, new_unnamed):
+        p.write_bytes(b"a submission")
+    os.utime(old_unnamed, (time.time() - 7200, time.time() - 7200))
+    fresh = LocalRunner("local")
+    assert fresh.status(logs, jid).state == RUNNING  # its first look at the folder
+    assert not left.exists() and not old_unnamed.exists()
+    assert waiting.exists() and new_unnamed.exists()
+    flag.touch()
+    assert result(fresh, logs, jid).state == SUCCEEDED
+    fresh.close()
+
+
 def test_failed_and_lost_warm_jobs_are_told_apart(runner, tmp_path):
     logs = tmp_path / "logs"
     failing, lost = runner.submit(logs, "t", fail, [()]) + runner.submit(logs, "t", os._exit, [(3,)])

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +22,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, SubmitError, status_from_result
-from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job
+from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job, stale_submissions
 from dp_hpc.jobs import LOCAL_CONTROLLER
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,7 @@ class LocalRunner:
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> submitit jobs submitted by this process
         self._warm = WarmParent(self.env) if kind == "local" and warm_start else None
         self._finished: dict[tuple[str, str], JobStatus] = {}  # (folder, id): pids are reused across runs
+        self._looked_at: set[str] = set()  # folders cleared of stale submission pickles (_first_look)
 
     def check(self, kinds: Sequence[str] = ()) -> None:
         """Nothing to ask: this machine runs whatever it is given."""
@@ -83,6 +83,7 @@ class LocalRunner:
         """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
         folder.mkdir(parents=True, exist_ok=True)
         if self._warm is not None:
+            self._first_look(folder)
             ids: list[str] = []
             for args in args_list:
                 try:
@@ -123,15 +124,19 @@ class LocalRunner:
         return ids
 
     def _start_warm(self, folder: Path, fn: Callable, args: tuple) -> str:
-        submission = folder / f".submission-{uuid.uuid4().hex}.pkl"  # the job renames it <pid>_submitted.pkl
-        DelayedSubmission(fn, *args).dump(submission)
-        try:
-            jid = self._warm.start(folder, submission, self.timeout_min * 60)
-        except BaseException:
-            submission.unlink(missing_ok=True)
-            raise
+        jid = self._warm.start(folder, DelayedSubmission(fn, *args), self.timeout_min * 60)
         self._finished.pop((str(folder), jid), None)  # a reused pid is a new job
         return jid
+
+    def _first_look(self, folder: Path) -> None:
+        """Once per folder and launcher: remove the submission pickles an earlier launcher left
+        there when it was killed while handing one to its warm parent (warm.stale_submissions)."""
+        if str(folder) in self._looked_at:
+            return
+        self._looked_at.add(str(folder))
+        for path in stale_submissions(folder):
+            path.unlink(missing_ok=True)
+            log.info("removed %s: a job submission that an earlier launcher never handed over", path)
 
     def close(self) -> None:
         """Let go of the warm parent (running jobs go on)."""
@@ -144,6 +149,8 @@ class LocalRunner:
         key = (str(folder), job_id)
         if key in self._finished:
             return self._finished[key]
+        if self._warm is not None:
+            self._first_look(folder)
         paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         job = self._jobs.get(key)
         if job is not None:

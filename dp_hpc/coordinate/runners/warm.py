@@ -7,10 +7,11 @@ A digits generation task of 64 samples spends ~0.4 s sampling and ~5 s starting 
 and the job leaves through `os._exit` once its result and logs are written.
 
     parent = WarmParent(env)                      # in the coordinator: one per runner
-    pid = parent.start(folder, submission_pickle, timeout_s)
+    pid = parent.start(folder, DelayedSubmission(fn, *args), timeout_s)
 
 The job is submitit's own: the parent forks, the child takes job id = its pid, moves the
-submission pickle to `<folder>/<pid>_submitted.pkl`, points stdout/stderr at `<pid>_0_log.out/err`,
+submission pickle (`<folder>/.submission-<parent pid>-<nonce>.pkl` until then) to
+`<folder>/<pid>_submitted.pkl`, points stdout/stderr at `<pid>_0_log.out/err`,
 and runs `submitit.core.submission.process_job`, which writes `<pid>_0_result.pkl` as a submitit
 local job does. So logs, results and status (`status_from_result`) are the same files as before,
 and a later coordinator re-attaches to a running job by its pid (`is_live_job`: its stdout is a
@@ -31,10 +32,13 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,17 +62,20 @@ class WarmParent:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def start(self, folder: Path, submission: Path, timeout_s: float) -> str:
-        """Fork one job that runs the submitit submission pickled at `submission`; its pid."""
-        request = {"folder": str(Path(folder).resolve()), "submission": str(Path(submission).resolve()),
-                   "timeout_s": int(timeout_s), "env": self.env}
+    def start(self, folder: Path, submission, timeout_s: float) -> str:
+        """Fork one job that runs `submission` (a submitit DelayedSubmission); its pid."""
         with self._lock:
             for attempt in (1, 2):  # a parent that died since the last job is started again once
                 proc = self._running()
+                pickled = submission_path(folder, proc.pid)
+                submission.dump(pickled)
+                request = {"folder": str(Path(folder).resolve()), "submission": str(pickled.resolve()),
+                           "timeout_s": int(timeout_s), "env": self.env}
                 try:
                     proc.stdin.write(json.dumps(request) + "\n")
                     proc.stdin.flush()
                 except (BrokenPipeError, OSError):  # it was gone before it got the request
+                    pickled.unlink(missing_ok=True)
                     self.close()
                     if attempt == 2:
                         raise RuntimeError("the warm job parent exited before it took the job "
@@ -76,11 +83,12 @@ class WarmParent:
                     continue
                 reply = proc.stdout.readline()
                 if not reply:  # it died with the request: a job may have started; never start a second
-                    self.close()
+                    self.close()  # (a pickle no job took is removed by the next `remove_stale_submissions`)
                     raise RuntimeError("the warm job parent exited while starting a job "
                                        "(its errors are on the launcher's stderr)")
                 answer = json.loads(reply)
-                if "error" in answer:
+                if "error" in answer:  # nothing was forked
+                    pickled.unlink(missing_ok=True)
                     raise RuntimeError(f"the warm job parent could not start a job: {answer['error']}")
                 return str(answer["pid"])
         raise AssertionError("unreachable")
@@ -113,6 +121,64 @@ class WarmParent:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+
+SUBMISSION_NAME = re.compile(r"^\.submission-(?:(\d+)-)?[0-9a-f]{32}\.pkl$")
+"""A submission pickle waiting for its job; group 1: the warm parent's pid (absent in names written
+before 2026-11-29)."""
+
+UNNAMED_SUBMISSION_STALE_S = 3600.0
+"""A submission pickle without a parent pid in its name is left behind once it is this old (a parent
+forks within milliseconds of the request)."""
+
+
+def submission_path(folder: Path, parent_pid: int) -> Path:
+    """Where a submission waits for warm parent `parent_pid` to fork its job, which renames it to
+    `<pid>_submitted.pkl`. The pid tells one still on its way from one left behind
+    (`stale_submissions`)."""
+    return Path(folder) / f".submission-{parent_pid}-{uuid.uuid4().hex}.pkl"
+
+
+def is_warm_parent(pid: int) -> bool:
+    """Is `pid` a running (not zombie) warm job parent (`main` below)? Its jobs have its command
+    line too, but their stdout is a log file; the parent's is the pipe to its coordinator."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        if f"from {__name__} import main" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return False
+        return os.readlink(f"/proc/{pid}/fd/1").startswith("pipe:")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process: not ours to tell apart; keep what it may take
+        return True
+
+
+def stale_submissions(folder: Path) -> list[Path]:
+    """Submission pickles in `folder` that no job will ever take: their warm parent is gone. A
+    launcher killed after writing one and before the parent forked its job leaves one (the work is
+    planned again: an unrecorded local job is never adopted, see LocalRunner.find_submitted); so does
+    a whole process group killed at that moment. Each costs a listing of `folder`."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".submission-")]
+    except FileNotFoundError:
+        return []
+    stale = []
+    for name in names:
+        m = SUBMISSION_NAME.match(name)
+        if m is None:
+            continue
+        path = Path(folder) / name
+        if m.group(1) is not None:
+            gone = not is_warm_parent(int(m.group(1)))
+        else:
+            try:
+                gone = time.time() - path.stat().st_mtime > UNNAMED_SUBMISSION_STALE_S
+            except FileNotFoundError:  # taken just now
+                continue
+        if gone:
+            stale.append(path)
+    return stale
 
 
 def is_live_job(job_id: str, folder: Path) -> bool:
