@@ -4,7 +4,7 @@
   generator-preparation and final-evaluation jobs are single tasks. Resources per kind of job
   come from the sweep's `slurm:` section (`SlurmJobConfig`).
 - Job states: ONE batched `sacct` per poll for every job of the sweep (`poll`), so that hundreds
-  of runs do not hammer slurmctld; `status` answers from that snapshot. Jobs submitted by an
+  of runs do not hammer slurmctld, naming arrays by their id (`query_ids`); `status` answers from that snapshot. Jobs submitted by an
   earlier coordinator are re-attached simply by asking about their recorded ids.
 - A job that ends is judged by its submitit result file: success, an exception (failed, with the
   traceback), or none (cancelled, node failure: lost, redone from what is on disk).
@@ -91,6 +91,14 @@ def expand_job_ids(field: str) -> list[str]:
 
 
 SACCT_FIELDS = "JobID,State,ElapsedRaw,AllocTRES"
+
+
+def query_ids(job_ids: Sequence[str]) -> list[str]:
+    """The ids to ask sacct / squeue about for these jobs: an array's tasks by the array's id
+    ('12_0', '12_1' -> '12', which both answer with every task of array 12), so that the command
+    line grows with the number of arrays, not of tasks (a 100k-task sweep's ids would pass the
+    kernel's 128 KiB limit on one argument)."""
+    return sorted({j.split("_", 1)[0] for j in job_ids}, key=lambda j: (len(j), j))
 
 
 def parse_sacct(text: str) -> dict[str, str]:
@@ -255,7 +263,7 @@ class SlurmRunner:
             return
         self.polls += 1
         try:
-            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(ids)],
+            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(query_ids(ids))],
                                capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             r = None
@@ -266,9 +274,9 @@ class SlurmRunner:
         self._usage.update(parse_sacct_usage(r.stdout))
         maybe_requeued = [j for j in ids if self._states.get(j) in REQUEUED_BY_SLURM]
         if maybe_requeued:
-            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(maybe_requeued)],
+            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(query_ids(maybe_requeued))],
                                capture_output=True, text=True, timeout=120)
-            self._queued = set(q.stdout.split()) if q.returncode == 0 else set(maybe_requeued)
+            self._queued = set(q.stdout.split()) & set(maybe_requeued) if q.returncode == 0 else set(maybe_requeued)
 
     def slurm_state(self, job_id: str) -> str | None:
         return self._states.get(job_id)
