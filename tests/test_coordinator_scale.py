@@ -5,6 +5,8 @@ in state.json does not grow with the number of tasks in flight. Simulated time: 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -15,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from coordinator_scale import simulate  # noqa: E402
 from slurm_sim import Faults  # noqa: E402
 
-from dp_hpc.coordinate.state import JobRecord, RunState, compact_jobs, load_state, parse_ranges, ranges_text, save_state  # noqa: E402
+from dp_hpc.coordinate.state import (JobRecord, RunState, compact_jobs, full_state_json, load_state,  # noqa: E402
+                                     parse_ranges, ranges_text, save_state)
 
 
 def test_the_in1k_plan_under_seeded_faults_loses_nothing_and_submits_nothing_twice(tmp_path):
@@ -61,3 +64,56 @@ def test_an_old_state_json_with_every_job_inline_loads_and_moves_ended_jobs_out(
     assert sorted((j.job_id, j.status, j.detail["start"]) for j in again.jobs) == sorted(
         (j.job_id, j.status, j.detail["start"]) for j in st.jobs)
     assert (tmp_path / "jobs.jsonl").read_text().count("\n") == 2
+
+
+def _array_state(n: int = 4) -> RunState:
+    st = RunState()
+    st.jobs = [JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
+                         detail={"start": i, "stop": i + 1}) for i in range(n)]
+    st.jobs.append(JobRecord(job_id="8", kind="train", round=0, submitted=2.0, executor="slurm"))
+    return st
+
+
+def test_full_state_json_gives_every_job_as_state_json_used_to(tmp_path):
+    st = _array_state()
+    save_state(tmp_path, st)
+    st.jobs[0].status, st.jobs[4].status, st.jobs[4].error = "succeeded", "failed", "boom"
+    save_state(tmp_path, st)
+    full = full_state_json(tmp_path)
+    assert "job_arrays" not in full and full["phase"] == "generate"
+    assert full["jobs"] == st.to_json()["jobs"]  # the ended ones from jobs.jsonl, the running ones from the ranges
+    assert [j["job_id"] for j in json.loads((tmp_path / "state.json").read_text())["jobs"]] == []
+    assert full_state_json(tmp_path / "nothing") is None
+
+
+def test_a_torn_last_line_of_jobs_jsonl_is_skipped_and_the_next_append_is_whole(tmp_path):
+    st = _array_state()
+    save_state(tmp_path, st)
+    st.jobs[0].status = "succeeded"
+    save_state(tmp_path, st)
+    st.jobs[1].status = "lost"
+    with open(tmp_path / "jobs.jsonl", "a") as f:  # a crash while appending 7_1's end: state.json still says running
+        f.write(json.dumps(dataclasses.asdict(st.jobs[1]))[:40])
+    again = load_state(tmp_path)
+    assert [(j.job_id, j.status) for j in again.jobs[:2]] == [("7_0", "succeeded"), ("7_1", "running")]
+    again.jobs[1].status = "lost"  # the coordinator asks about it again
+    save_state(tmp_path, again)
+    assert [(j.job_id, j.status) for j in load_state(tmp_path).jobs[:2]] == [("7_0", "succeeded"), ("7_1", "lost")]
+    assert len((tmp_path / "jobs.jsonl").read_text().splitlines()) == 3  # the torn line stays a line of its own
+
+
+def test_a_verify_repair_does_not_append_ended_jobs_again(tmp_path):
+    from dp_hpc.coordinate.consistency import state_from_disk
+    from dp_hpc.layout import RunDir
+
+    st = _array_state()
+    st.jobs[0].status = "succeeded"
+    save_state(tmp_path, st)
+    old = load_state(tmp_path)
+    from dp_hpc.config import RunConfig
+
+    new = state_from_disk(RunDir(tmp_path), RunConfig(), old)
+    save_state(tmp_path, new)
+    lines = (tmp_path / "jobs.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["job_id"] for x in lines) == ["7_0", "7_1", "7_2", "7_3", "8"]  # 7_0 once, the rest lost
+    assert {j.status for j in load_state(tmp_path).jobs} == {"succeeded", "lost"}

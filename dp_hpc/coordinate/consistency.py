@@ -92,6 +92,7 @@ def state_from_disk(run: RunDir, cfg: RunConfig, old: RunState | None = None) ->
     if old is not None:
         st.jobs = [dataclasses.replace(j, status="lost", error="forgotten by dp_hpc.verify --repair")
                    if j.status == "running" else j for j in old.jobs]
+        st._saved = old._saved  # the ended records jobs.jsonl already holds are not appended again
     return st
 
 

@@ -92,31 +92,67 @@ class RunState:
         """From state.json's content; with `run_dir`, also the records kept beside it (jobs.jsonl,
         jobs/<array>.json: see the module's docstring)."""
         d = dict(d)
-        arrays = d.pop("job_arrays", [])
+        jobs, details, ended = all_jobs(d, run_dir)
+        d.pop("job_arrays", None)
         d["rounds"] = [RoundRecord(**r) for r in d.get("rounds", [])]
-        jobs = [JobRecord(**j) for j in d.get("jobs", [])]
-        details: dict[str, dict] = {}
-        for a in arrays:
-            known = details.setdefault(a["array"], {} if run_dir is None else
-                                       read_json(_details_file(run_dir, a["array"]), {}) or {})
-            for t in parse_ranges(a["tasks"]):
-                jid = f"{a['array']}_{t}"
-                jobs.append(JobRecord(job_id=jid, kind=a["kind"], round=a["round"], submitted=a["submitted"],
-                                      detail=dict(known.get(jid, {})), executor=a["executor"]))
-        d["jobs"] = jobs
-        pending = d.get("pending")
-        if pending and pending.get("details_file") and run_dir is not None:
-            d["pending"] = {k: v for k, v in pending.items() if k != "details_file"}
-            d["pending"]["details"] = read_json(RunDir(run_dir).path / JOB_DETAILS / pending["details_file"], [])
+        d["jobs"] = [JobRecord(**j) for j in jobs]
+        d["pending"] = resolve_pending(d.get("pending"), run_dir)
         st = cls(**d)
-        st._saved["details"] = {a: set(v) for a, v in details.items()}
-        if run_dir is not None:
-            ended = read_ended(run_dir)
-            if ended:
-                st.jobs = [j for j in st.jobs if (j.job_id, j.submitted) not in ended] + list(ended.values())
-                st.jobs.sort(key=lambda j: j.submitted)  # stable: submission order within an array
-                st._saved["ended"] = {id(j) for j in ended.values()}
+        st._saved["details"] = details
+        st._saved["ended"] = {id(j) for j in st.jobs if (j.job_id, j.submitted) in ended}
         return st
+
+
+def all_jobs(d: dict[str, Any], run_dir: Path | None) -> tuple[list[dict], dict[str, set], set[tuple[str, float]]]:
+    """Every job's whole record, as plain dicts in submission order, from state.json's content `d`
+    (its `jobs` and `job_arrays`) and, with `run_dir`, jobs/<array>.json and jobs.jsonl (an ended
+    record there wins over a running one in state.json). Also: per array, the job ids whose details
+    jobs/<array>.json holds; the (job id, submitted) keys that came from jobs.jsonl."""
+    jobs = [dict(j) for j in d.get("jobs", [])]
+    details: dict[str, dict] = {}
+    for a in d.get("job_arrays", []):
+        known = details.setdefault(a["array"], {} if run_dir is None else
+                                   read_json(_details_file(run_dir, a["array"]), {}) or {})
+        for t in parse_ranges(a["tasks"]):
+            jid = f"{a['array']}_{t}"
+            jobs.append(dataclasses.asdict(JobRecord(job_id=jid, kind=a["kind"], round=a["round"], submitted=a["submitted"],
+                                                     detail=dict(known.get(jid, {})), executor=a["executor"])))
+    ended = read_ended(run_dir) if run_dir is not None else {}
+    if ended:
+        jobs = [j for j in jobs if (j.get("job_id"), j.get("submitted")) not in ended] + list(ended.values())
+        jobs.sort(key=_submission_order)
+    return jobs, {a: set(v) for a, v in details.items()}, set(ended)
+
+
+def _submission_order(j: dict) -> tuple[float, int]:
+    """By submission time, an array's tasks by index (the order they were recorded in)."""
+    m = ARRAY_TASK.fullmatch(str(j.get("job_id")))
+    return (j.get("submitted") or 0.0, int(m.group(2)) if m else -1)
+
+
+def resolve_pending(pending: dict | None, run_dir: Path | None) -> dict | None:
+    """A submission intent whose task details state.json keeps in jobs/pending-<name>.json, whole."""
+    if pending and pending.get("details_file") and run_dir is not None:
+        pending = {k: v for k, v in pending.items() if k != "details_file"}
+        pending["details"] = read_json(RunDir(run_dir).path / JOB_DETAILS / pending["details_file"], [])
+    return pending
+
+
+def full_state_json(run_dir: Path, d: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A run's state as one dict in the format of older state.json files: every job's whole record
+    in `jobs` (ended ones from jobs.jsonl, running array tasks from `job_arrays` and
+    jobs/<array>.json), the pending intent with its details. `d`: state.json's content if already
+    read. None without a state.json. What readers of the job history (the report, the tests) use:
+    state.json alone no longer holds it. Tolerant of records that are not the coordinator's own
+    (hand-written states keep their extra fields)."""
+    if d is None:
+        d = read_json(RunDir(run_dir).state)
+        if d is None:
+            return None
+    out = {k: v for k, v in d.items() if k != "job_arrays"}
+    out["jobs"] = all_jobs(d, run_dir)[0]
+    out["pending"] = resolve_pending(d.get("pending"), run_dir)
+    return out
 
 
 PENDING_INLINE = 100  # a submission intent with more task details keeps them in jobs/pending-<name>.json
@@ -172,20 +208,23 @@ def _details_file(run_dir: Path, array: str) -> Path:
     return RunDir(run_dir).job_details(array)
 
 
-def read_ended(run_dir: Path) -> dict[tuple[str, float], JobRecord]:
-    """{(job id, submitted): record} of jobs.jsonl; the last line of a job wins, a torn line is skipped."""
+def read_ended(run_dir: Path) -> dict[tuple[str, float], dict]:
+    """{(job id, submitted): record} of jobs.jsonl; the last line of a job wins, a line that is no
+    job record (a torn last line, from a crash while appending) is skipped: the job is still running
+    in state.json, so the coordinator asks about it again and appends its end anew."""
     path = RunDir(run_dir).jobs_log
-    out: dict[tuple[str, float], JobRecord] = {}
+    out: dict[tuple[str, float], dict] = {}
     try:
         text = path.read_text()
     except FileNotFoundError:
         return out
     for line in text.splitlines():
         try:
-            j = JobRecord(**json.loads(line))
+            j = json.loads(line)
+            JobRecord(**j)  # a whole record
         except (ValueError, TypeError):
             continue
-        out[(j.job_id, j.submitted)] = j
+        out[(j["job_id"], j["submitted"])] = j
     return out
 
 
@@ -212,8 +251,13 @@ def save_state(run_dir: Path, st: RunState) -> None:
         saved["details"][array] = set(merged)
     ended = [j for j in st.jobs if j.status != "running" and id(j) not in saved["ended"]]
     if ended:
-        with rd.jobs_log.open("a") as f:
-            f.write("".join(json.dumps(dataclasses.asdict(j), sort_keys=True) + "\n" for j in ended))
+        with rd.jobs_log.open("ab+") as f:
+            lines = "".join(json.dumps(dataclasses.asdict(j), sort_keys=True) + "\n" for j in ended)
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a torn last line (a crash while appending): it stays a line of its own
+                    lines = "\n" + lines
+            f.write(lines.encode())
             f.flush()
             os.fsync(f.fileno())
         saved["ended"].update(id(j) for j in ended)
