@@ -23,6 +23,15 @@ arrays with its labels and seeds, and computing round statistics, is the pool's 
 coordinator's, and would swamp the measurement on a 2-core machine. Each generation task covers
 one chunk (chunk_size = shard_size), so a round of N tasks is N marker files. No wall-clock time:
 a tick of the simulated cluster is one poll.
+
+Measured (2 shared cores, other test suites running beside it, so upper bounds), `--sizes 1000
+10000 100000 --polls 4`: CPU of a poll that submits nothing 0.002 / 0.063 / 0.94 s (at 100k over
+the few polls of 4 that wrote no state); the worst poll, which submits the first round (submitit
+pickles each task), 0.57 / 5.8 / 26 s; state.json at most 5.7 / 5.0 / 38 KB; sacct's -j argument
+83 / 123 / 573 characters; nothing submitted twice, nothing missing at 1k run to the end. Before
+SlurmRunner.status kept its answer for a running job (it built submitit's JobPaths for every
+running task at every poll), the same 10k measurement, under a profiler, was 0.21 s a poll, 0.06 s
+after.
 """
 
 from __future__ import annotations

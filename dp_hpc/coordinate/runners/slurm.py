@@ -177,6 +177,7 @@ class SlurmRunner:
         self._queued: set[str] = set()  # of the jobs sacct calls ended-by-preemption: still in squeue
         self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}
+        self._running: dict[tuple[str, str], JobStatus] = {}  # the answer for a job still queued or running
         self.polls = 0  # sacct calls made (tests check there is one per poll)
 
     def job_name(self, name: str) -> str:
@@ -285,19 +286,18 @@ class SlurmRunner:
         key = (str(folder), job_id)
         if key in self._finished:
             return self._finished[key]
-        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         state = self._states.get(job_id)
-        running = JobStatus(RUNNING, log_path=str(paths.stderr))
         if state is None or state not in ENDED:  # unknown to sacct yet (just submitted), queued, running
-            return running
+            return self._still_running(folder, key)
         if state in REQUEUED_BY_SLURM and job_id in self._queued:
-            return running  # preempted or its node failed, and SLURM has requeued it
+            return self._still_running(folder, key)  # preempted or its node failed, and SLURM has requeued it
+        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         st = status_from_result(paths, submitted)
         if st.state == LOST and state == "COMPLETED":
             # a shared file system may show the result file late (submitit waits for it too)
             first = self._no_result_since.setdefault(job_id, time.time())
             if time.time() - first < RESULT_GRACE_S:
-                return running
+                return self._still_running(folder, key)
         if st.state == LOST and state == "CANCELLED":
             st = JobStatus(FAILED, "cancelled (scancel) before it finished; relaunch to retry the run",
                            str(paths.stderr))
@@ -307,7 +307,17 @@ class SlurmRunner:
             st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{tail(paths.stderr)}".strip(), str(paths.stderr))
         st = dataclasses.replace(st, usage=self._usage.get(job_id))
         self._finished[key] = st
+        self._running.pop(key, None)
         return st
+
+    def _still_running(self, folder: Path, key: tuple[str, str]) -> JobStatus:
+        """RUNNING with the job's log, built once per job: at 100k tasks in flight, building submitit's
+        JobPaths for each one at every poll was most of a poll's CPU (bench/coordinator_scale.py)."""
+        running = self._running.get(key)
+        if running is None:
+            paths = submitit.core.utils.JobPaths(folder, job_id=key[1], task_id=0)
+            running = self._running[key] = JobStatus(RUNNING, log_path=str(paths.stderr))
+        return running
 
     def active_state(self, folder: Path, job_id: str) -> str | None:  # noqa: ARG002
         """The SLURM state of a job that is queued or running, None once it has ended."""
