@@ -57,6 +57,7 @@ import pandas as pd
 import yaml
 
 from dp_hpc.config import flatten
+from dp_hpc.coordinate.state import full_state_json
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
@@ -153,7 +154,7 @@ def glob_escape(s: str) -> str:
 def read_run(run_dir: Path) -> dict:
     """Everything the report needs from one run folder, as plain data."""
     run_dir, run = Path(run_dir), RunDir(run_dir)
-    state = read_json(run.state) or {}
+    state = full_state_json(run_dir) or {}  # every job: state.json keeps only the running ones
     jobs = []
     for job in state.get("jobs", []):
         lp = job.get("log_path")

@@ -134,9 +134,13 @@ def generation_speed(s: Scale, device: torch.device) -> None:
                            guidance_every=s.guidance_every, batch_size=s.batch, guidance_batch_size=max(s.guidance_batches))
     for weights in (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32,):
         model, scheduler = latent_diffusion(s, device, weights)
-        name = ("fp32 weights under bf16 autocast (the old loading)" if device.type == "cuda" else "fp32") \
-            if weights == torch.float32 else "bf16 weights (as load_sd_generator loads them)"
-        run = lambda cfg: sample_images(model, scheduler, labels, seeds, cfg, s.storage, classifier=clf)  # noqa: E731
+        if weights != torch.float32:
+            name = "bf16 weights (as load_sd_generator loads them)"
+        else:
+            name = "fp32 weights under bf16 autocast (the old loading)" if device.type == "cuda" else "fp32"
+
+        def run(cfg, model=model, scheduler=scheduler):
+            return sample_images(model, scheduler, labels, seeds, cfg, s.storage, classifier=clf)
         run(plain)  # warm-up: kernels, allocator
         t_plain = timed(lambda: run(plain), device)
         t_guided = timed(lambda: run(guided), device)

@@ -140,7 +140,10 @@ def runs_so_far(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     for run in sd.runs_and_branches():
         st = read_json(run.state)
         if isinstance(st, dict):
-            out[run.path.relative_to(sd.path).as_posix()] = {"round": st.get("round"), "jobs": len(st.get("jobs", []))}
+            from dp_hpc.coordinate.state import full_state_json  # jobs.jsonl and job_arrays count too
+
+            n = len(full_state_json(run.path, st)["jobs"])
+            out[run.path.relative_to(sd.path).as_posix()] = {"round": st.get("round"), "jobs": n}
     return out
 
 

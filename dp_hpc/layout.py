@@ -10,7 +10,7 @@ every job use it.
       generators/<key>/               GeneratorDir: config.yaml  job.json  logs/  generator.lock  generator.json
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
-        config.yaml  state.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
+        config.yaml  state.json  jobs.jsonl  jobs/<array id>.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
         checkpoints/step_XXXXXXXX/{state.pt,classifier.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
         wandb/{run_id,offline-run-*}
         logs/[torchrun/<job>-node<n>/]
@@ -46,6 +46,8 @@ ORACLE = "oracle.pt"  # digits_unet: the label-fidelity judge (a classifier trai
 # -- a run folder
 CONFIG_FILE = "config.yaml"  # resolved, frozen config (written before any work)
 STATE_FILE = "state.json"  # the coordinator's state
+JOBS_LOG = "jobs.jsonl"  # the whole record of every ended job, one line each (dp_hpc.coordinate.state)
+JOB_DETAILS = "jobs"  # <array id>.json: each array task's details, written once (dp_hpc.coordinate.state)
 POOL_DIR = "pool.zarr"
 MARKER_DIR = "pool_markers"
 COMPLETE = "COMPLETE"  # a round usable for training
@@ -104,6 +106,7 @@ class RunDir(_Folder):
 
     config = property(lambda self: self.path / CONFIG_FILE)
     state = property(lambda self: self.path / STATE_FILE)
+    jobs_log = property(lambda self: self.path / JOBS_LOG)
     pool = property(lambda self: self.path / POOL_DIR)
     markers = property(lambda self: self.path / MARKER_DIR)
     checkpoints = property(lambda self: self.path / CHECKPOINT_DIR)
@@ -119,6 +122,9 @@ class RunDir(_Folder):
     branch_file = property(lambda self: self.path / BRANCH_FILE)
 
     # -- the pool
+    def job_details(self, array_id: str) -> Path:
+        return self.path / JOB_DETAILS / f"{array_id}.json"
+
     def pool_round(self, round_index: int) -> Path:
         """pool.zarr/round_XXX: the round's zarr group."""
         return self.pool / round_name(round_index)

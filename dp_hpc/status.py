@@ -17,6 +17,7 @@ import yaml
 from dp_hpc.coordinate.records import recorded_executor
 from dp_hpc.coordinate.runners import record_readers
 from dp_hpc.coordinate.runners.base import QueryError
+from dp_hpc.coordinate.state import running_jobs_in
 from dp_hpc.io import read_json
 from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
@@ -47,8 +48,7 @@ def _run_row(run: RunDir) -> dict:
         "best_val_acc": ck.get("best_val_acc"),
         "test_acc": ev.get("acc"),
         "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
-        "jobs": [(j["kind"], j["job_id"], j.get("executor", "local"), run.logs) for j in st.get("jobs", [])
-                 if j.get("status") == "running"],
+        "jobs": [(kind, jid, ex, run.logs) for kind, jid, ex in running_jobs_in(st)],
     }
 
 

@@ -67,3 +67,11 @@ def kill(pid: int, sig=signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_state(run_dir: Path) -> dict | None:
+    """A run's state.json with every job's whole record in `jobs` (state.json itself keeps only the
+    running ones: dp_hpc.coordinate.state.full_state_json); None without a state.json."""
+    from dp_hpc.coordinate.state import full_state_json
+
+    return full_state_json(Path(run_dir))

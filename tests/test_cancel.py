@@ -15,7 +15,7 @@ import pytest
 from dp_hpc.coordinate.runners.warm import is_live_job
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train.checkpoint import latest_train_state
-from e2e_helpers import ROOT, kill, launch_cmd, pool_digest, reuse_generators, run_launch, smoke_variant, wait_for
+from e2e_helpers import ROOT, kill, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, smoke_variant, wait_for
 
 LONG = 1000  # training steps of the cancelled run (the smoke sweep's 240 end too soon to be caught)
 
@@ -104,7 +104,7 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
                             text=True)
     try:
         def training():
-            st = read_json(run / "state.json") or {"jobs": []}
+            st = run_state(run) or {"jobs": []}
             job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
             ts = latest_train_state(run) if job else None
             return job if ts and 0 < ts["step"] < LONG // 2 else None
@@ -121,14 +121,14 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
     assert f"stopped static: train job {train['job_id']} (local, running)" in lines, r.stdout
     assert "stopped the launcher and 1 job (1 local)" in r.stdout, r.stdout
     assert proc.returncode == 143, launcher_err[-3000:]
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert not [j["job_id"] for j in st["jobs"] if is_live_job(j["job_id"], run / "logs")], "a job still runs"
     stopped_at = latest_train_state(run)
     assert stopped_at["stop_reason"] == "preempted" and 0 < stopped_at["step"] < LONG, stopped_at
 
     again = run_launch(sweep, out, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done"
     assert pool_digest(run) == pool_digest(smoke_dir / "static"), "pool differs from the uninterrupted run"
     generate = [j for j in st["jobs"] if j["kind"] == "generate"]

@@ -14,7 +14,7 @@ from submitit.core.utils import pickle_load
 
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.pool import Pool
-from e2e_helpers import (ROOT, SMOKE, kill, launch_cmd, pool_digest, reuse_generators, run_launch,
+from e2e_helpers import (ROOT, SMOKE, kill, launch_cmd, pool_digest, reuse_generators, run_launch, run_state,
                                smoke_variant, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def test_smoke_sweep_runs_every_method_to_done(smoke):
     assert gen["quality"]["generated"]["accuracy"] > 0.5, gen["quality"]  # a real-trained classifier reads them
     for name, method in [("dp", "dp"), ("static", "static"), ("prune", "prune")]:
         run = sweep_dir / name
-        st = read_json(run / "state.json")
+        st = run_state(run)
         assert st["phase"] == "done", st
         for f in ("config.yaml", "pool.zarr/zarr.json", "metrics.jsonl", "eval.json"):
             assert (run / f).exists(), f
@@ -56,7 +56,7 @@ def test_smoke_sweep_runs_every_method_to_done(smoke):
             assert g["selected"].shape == (128,) and g["images"].shape[0] == 256
         if method != "static":  # the smoke sweep branches dp and prune out after round 0
             branch = run / "branches" / "round_000"
-            bst = read_json(branch / "state.json")
+            bst = run_state(branch)
             info = read_json(branch / "branch.json")
             assert bst["phase"] == "done" and [r["index"] for r in bst["rounds"]] == [0]
             assert info["generated"] == 128 and info["checkpoint_step"] == rounds[1]["classifier_step"]
@@ -87,7 +87,7 @@ def test_rounds_record_entropy_and_label_fidelity_and_prune_is_class_balanced(sm
     from analysis.samples import main as samples_main
 
     sweep_dir, _ = smoke
-    dp = read_json(sweep_dir / "dp" / "state.json")["rounds"]
+    dp = run_state(sweep_dir / "dp")["rounds"]
     assert dp[0]["stats"]["entropy_mean"] is None  # round 0: no classifier yet
     assert 0.5 < dp[0]["stats"]["label_fidelity"] <= 1.0  # the generator folder's oracle judged it
     guided = dp[1]["stats"]
@@ -95,7 +95,7 @@ def test_rounds_record_entropy_and_label_fidelity_and_prune_is_class_balanced(sm
                 "paired_entropy_mean", "paired_label_fidelity"):
         assert guided[key] is not None, (key, guided)
     assert guided["plain_n"] == 32  # paired plain samples: the first chunk's seeds (chunk_size 32)
-    prune_rounds = read_json(sweep_dir / "prune" / "state.json")["rounds"]
+    prune_rounds = run_state(sweep_dir / "prune")["rounds"]
     assert prune_rounds[1]["stats"]["entropy_mean"] >= prune_rounds[1]["stats"]["plain_entropy_mean"]
     g = Pool(sweep_dir / "prune").group(1)
     kept = np.bincount(g["labels"][:][g["selected"][:]], minlength=10)
@@ -109,7 +109,7 @@ def test_rounds_record_entropy_and_label_fidelity_and_prune_is_class_balanced(sm
     from dp_hpc.layout import RunDir
 
     for run in ("dp", "static", "prune"):
-        for r in range(len(read_json(sweep_dir / run / "state.json")["rounds"])):
+        for r in range(len(run_state(sweep_dir / run)["rounds"])):
             assert RunDir(sweep_dir / run).sample_grid(r).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (run, r)
     plain_w, _ = Image.open(RunDir(sweep_dir / "dp").sample_grid(0)).size
     guided_w, _ = Image.open(RunDir(sweep_dir / "dp").sample_grid(1)).size
@@ -169,7 +169,7 @@ def test_killed_coordinator_reattaches_and_finishes_without_redoing_work(smoke, 
     proc = subprocess.Popen(launch_cmd(sweep, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def training_round_1():
-        st = read_json(run / "state.json") or {}
+        st = run_state(run) or {}
         return any(j["kind"] == "train" and j["round"] == 1 and j["status"] == "running" for j in st.get("jobs", []))
 
     wait_for(training_round_1, timeout=300, what="the round-1 training job")
@@ -179,7 +179,7 @@ def test_killed_coordinator_reattaches_and_finishes_without_redoing_work(smoke, 
     proc.wait()
     r = run_launch(sweep, out)
     assert r.returncode == 0, r.stderr[-3000:]
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done"
     jobs = [(j["kind"], j["round"], tuple(sorted(j["detail"].items()))) for j in st["jobs"]]
     assert len(jobs) == len(set(jobs)), f"a job was submitted twice: {jobs}"
@@ -208,7 +208,7 @@ def test_shard_task_killed_mid_shard_is_redone_from_its_last_chunk(smoke, tmp_pa
 
     done = wait_for(first_marker, timeout=300, interval=0.005, what="a first chunk marker")
     chunk = int(done[0].name[6:12])
-    st = read_json(run / "state.json")
+    st = run_state(run)
     job = next(j for j in st["jobs"] if j["kind"] == "generate" and j["detail"]["start"] <= chunk < j["detail"]["stop"])
     kill(int(job["job_id"]), signal.SIGKILL)  # a warm local job: the job's process is the task
     before = {p.name: p.stat().st_mtime_ns for p in markers.glob("chunk_*.done")}
@@ -217,7 +217,7 @@ def test_shard_task_killed_mid_shard_is_redone_from_its_last_chunk(smoke, tmp_pa
         "the task finished its shard before it could be killed; the test proves nothing"
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done"
     assert [j["status"] for j in st["jobs"] if j["job_id"] == job["job_id"]] == ["lost"]
     after = {p.name: p.stat().st_mtime_ns for p in markers.glob("chunk_*.done")}

@@ -23,7 +23,7 @@ import yaml
 
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train import checkpoint as ckpt
-from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, wait_for
+from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -130,6 +130,15 @@ def final_weights(run: Path) -> dict:
     return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
 
 
+def train_job_with_checkpoint(run: Path) -> dict | None:
+    """The run's running training job once it has saved a checkpoint in its first round (the
+    moment to preempt it mid-round), else None."""
+    st = run_state(run) or {"jobs": []}
+    jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
+    latest = ckpt.latest_checkpoint(run) if jobs else None
+    return jobs[0] if latest and 0 < latest[1]["step"] < 200 else None
+
+
 def chunks_written(run: Path, round_index: int) -> list[int]:
     """Chunk numbers of every 'chunk generated' log line of the run's jobs (all attempts: SLURM
     logs are opened in append mode, so a requeued task adds to the same file)."""
@@ -156,24 +165,24 @@ def test_smoke_sweep_through_slurm_gives_the_local_results(cluster, smoke, tmp_p
     assert r.returncode == 0, r.stderr[-4000:]
     runs = ["dp", "static", "prune", "dp/branches/round_000", "prune/branches/round_000"]
     for run in runs:
-        assert read_json(out / "smoke" / run / "state.json")["phase"] == "done", run
+        assert run_state(out / "smoke" / run)["phase"] == "done", run
         mine, ref = final_weights(out / "smoke" / run), final_weights(smoke_dir / run)
         assert all(torch.equal(mine[k], ref[k]) for k in ref), f"{run}: weights differ from the local run"
         assert read_json(out / "smoke" / run / "eval.json")["acc"] == read_json(smoke_dir / run / "eval.json")["acc"]
     for run in ("dp", "static", "prune"):
         assert pool_digest(out / "smoke" / run) == pool_digest(smoke_dir / run), run
-    recorded = sorted(j["job_id"] for run in runs for j in read_json(out / "smoke" / run / "state.json")["jobs"])
+    recorded = sorted(j["job_id"] for run in runs for j in run_state(out / "smoke" / run)["jobs"])
     jobs = jobs_by_id(recorded)  # by id: see the accounting check of the coordinator test
     assert sorted(jid for jid, _, _ in jobs) == recorded
     assert {jid for jid, _, _ in accounted_jobs("smoke", since)} <= set(recorded), "a job no run recorded"
     generate = [(jid, n) for jid, n, _ in jobs if n.endswith("-generate")]
-    states = read_json(out / "smoke" / "dp" / "state.json")["rounds"]
+    states = run_state(out / "smoke" / "dp")["rounds"]
     assert generate and all("_" in jid for jid, _ in generate), "generation rounds are job arrays"
     # dp: 2 rounds of 128 samples in shards of 64 -> 4 array tasks
     assert len([1 for _, n in generate if n == "smoke/dp-generate"]) == sum(r["generated"] // 64 for r in states) == 4
     assert {state for _, _, state in jobs} == {"COMPLETED"}
     # the coordinator recorded each ended job's accounting (the report's GPU-hours): no GPUs on this cluster
-    ended = [j for run in runs for j in read_json(out / "smoke" / run / "state.json")["jobs"]]
+    ended = [j for run in runs for j in run_state(out / "smoke" / run)["jobs"]]
     assert ended and all(j["detail"]["gpus"] == 0 and j["detail"]["elapsed_s"] >= 0 for j in ended), ended
 
 
@@ -193,25 +202,18 @@ def test_preempted_shard_and_training_job_resume_to_the_uninterrupted_result(clu
     try:
         markers = run / "pool_markers" / "round_000"
         wait_for(lambda: markers.exists() and any(markers.glob("chunk_*.done")), 300, 0.01, "a first chunk")
-        shard = next(j for j in read_json(run / "state.json")["jobs"] if j["kind"] == "generate")
+        shard = next(j for j in run_state(run)["jobs"] if j["kind"] == "generate")
         subprocess.run(["scancel", "--signal=USR2", shard["job_id"]], check=True)
         done_at_signal = len(list(markers.glob("chunk_*.done")))
         assert done_at_signal < 8, "the shard finished before the signal; the test proves nothing"
-
-        def train_job_with_checkpoint():
-            st = read_json(run / "state.json")
-            jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
-            latest = ckpt.latest_checkpoint(run)
-            return jobs[0] if jobs and latest and 0 < latest[1]["step"] < 200 else None
-
-        train = wait_for(train_job_with_checkpoint, 300, 0.05, "a training checkpoint")
+        train = wait_for(lambda: train_job_with_checkpoint(run), 300, 0.05, "a training checkpoint")
         subprocess.run(["scontrol", "requeue", train["job_id"]], check=True)
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-4000:]
 
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done"
     # the same job ids ran again: nothing resubmitted, nothing lost
     assert [j["job_id"] for j in st["jobs"] if j["kind"] == "generate"] == [shard["job_id"]]
@@ -246,7 +248,7 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     dp = out / name / "dp"
 
     def dp_training():
-        st = read_json(dp / "state.json") or {"jobs": []}
+        st = run_state(dp) or {"jobs": []}
         return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
 
     train = wait_for(dp_training, 300, 0.05, "dp's first training job")
@@ -267,7 +269,7 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     assert again.returncode == 0 and f"already SLURM job {second}" in again.stdout, again.stdout + again.stderr
     wait_for(lambda: slurm_state(second) == "COMPLETED", 600, 1.0, "the second coordinator to finish")
 
-    st_dp, st_static = read_json(dp / "state.json"), read_json(out / name / "static" / "state.json")
+    st_dp, st_static = run_state(dp), run_state(out / name / "static")
     assert st_dp["phase"] == "done" and len(st_dp["rounds"]) == 2
     assert st_static["phase"] == "failed" and st_static["failed_phase"] == "train"
     assert "divisible by the world size" in st_static["error"]
@@ -323,7 +325,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     first = read_json(out / name / "coordinator.json")["job_id"]
 
     def training():
-        st = read_json(run / "state.json") or {"jobs": []}
+        st = run_state(run) or {"jobs": []}
         job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
         ts = ckpt.latest_train_state(run) if job else None
         return job if ts and 0 < ts["step"] < steps // 2 else None
@@ -341,7 +343,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
     assert not [n for n in queued if n.startswith(name + "/")], f"jobs of the sweep still queued: {queued}"
     wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", 60, 0.5, "accounting")
-    rec = next(j for j in read_json(run / "state.json")["jobs"] if j["job_id"] == train["job_id"])
+    rec = next(j for j in run_state(run)["jobs"] if j["job_id"] == train["job_id"])
     assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
     stopped_at = ckpt.latest_train_state(run)["step"]
     assert 0 < stopped_at < steps, said
@@ -351,7 +353,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     second = read_json(out / name / "coordinator.json")["job_id"]
     assert second != first
     wait_for(lambda: slurm_state(second) == "COMPLETED", 300, 1.0, "the second coordinator to finish")
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done", st.get("error")
     assert pool_digest(run) == pool_digest(smoke_dir / "static"), "pool differs from the uninterrupted run"
     kinds = Counter(j["kind"] for j in st["jobs"])
@@ -422,7 +424,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
     try:
         again = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
         again.advance(Slots(free=5))
-        st = read_json(tmp_path / "run" / "state.json")
+        st = run_state(tmp_path / "run")
         assert st["pending"] is None
         assert [(j["job_id"], j["kind"], j["detail"]) for j in st["jobs"]] == [(jid, "train", {"plateau_exit": True})]
         queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
@@ -435,7 +437,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
                             "details": [{"plateau_exit": True}]}
         save_state(c2.run_dir, c2.state)
         c2.advance(Slots(free=0))  # no slot: nothing new may start
-        st2 = read_json(tmp_path / "run2" / "state.json")
+        st2 = run_state(tmp_path / "run2")
         assert st2["pending"] is None and st2["jobs"] == []
     finally:
         subprocess.run(["scancel", jid])
@@ -490,7 +492,7 @@ def test_jobs_run_the_code_snapshot_not_the_checkout_edited_after_the_launch(clu
 
     def recorded_job(kind: str) -> dict:
         def find():
-            return next((j for j in (read_json(out / name / "static" / "state.json") or {"jobs": []})["jobs"]
+            return next((j for j in (run_state(out / name / "static") or {"jobs": []})["jobs"]
                          if j["kind"] == kind), None)
         return wait_for(find, 300, 0.05, f"a {kind} job")
 
@@ -523,7 +525,7 @@ def test_jobs_run_the_code_snapshot_not_the_checkout_edited_after_the_launch(clu
     assert snap2 != snap1 and f"was {snap1.name}" in r.stdout, r.stdout
     wait_for(lambda: slurm_state(second) == "COMPLETED", 600, 1.0, "the second coordinator to finish")
 
-    st = read_json(out / name / "static" / "state.json")
+    st = run_state(out / name / "static")
     assert st["phase"] == "done", st.get("error")
     (ev,) = [j for j in st["jobs"] if j["kind"] == "eval"]
     assert code_of(gen["job_id"]) == code_of(train["job_id"]) == {str(snap1 / "dp_hpc")}
@@ -596,7 +598,7 @@ def two_node_run(cluster, smoke, tmp_path_factory):
     r = run_launch(two_node_sweep(tmp, name), out, "--executor", "slurm", "--foreground", timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     run = out / name / "static"
-    trains = [j["job_id"] for j in read_json(run / "state.json")["jobs"] if j["kind"] == "train"]
+    trains = [j["job_id"] for j in run_state(run)["jobs"] if j["kind"] == "train"]
     assert len(trains) == 1, trains
     return run, trains[0]
 
@@ -638,19 +640,13 @@ def test_a_requeued_two_node_training_job_resumes_on_both_nodes_to_the_uninterru
     proc = subprocess.Popen(launch_cmd(two_node_sweep(tmp_path, name), out, "--executor", "slurm", "--foreground"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        def train_job_with_checkpoint():
-            st = read_json(run / "state.json") if (run / "state.json").exists() else {"jobs": []}
-            jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
-            latest = ckpt.latest_checkpoint(run) if jobs else None
-            return jobs[0] if latest and 0 < latest[1]["step"] < 200 else None
-
-        train = wait_for(train_job_with_checkpoint, 600, 0.05, "a checkpoint of the 2-node training job")
+        train = wait_for(lambda: train_job_with_checkpoint(run), 600, 0.05, "a checkpoint of the 2-node training job")
         subprocess.run(["scontrol", "requeue", train["job_id"]], check=True)
         _, stderr = proc.communicate(timeout=900)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-4000:]
-    st = read_json(run / "state.json")
+    st = run_state(run)
     assert st["phase"] == "done"
     assert [j["job_id"] for j in st["jobs"] if j["kind"] == "train"] == [train["job_id"]], "resubmitted"
     attempts = job_attempts(train["job_id"])

@@ -27,7 +27,7 @@ def read_state(run: RunDir) -> tuple[RunState | None, str | None]:
     """(state, None); (None, None) without a state.json; (None, why) when it does not parse."""
     try:
         d = read_json(run.state)
-        return (None if d is None else RunState.from_json(d)), None
+        return (None if d is None else RunState.from_json(d, run.path)), None
     except (ValueError, TypeError, KeyError, OSError) as e:  # truncated JSON, missing or unknown fields
         return None, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
 
@@ -92,6 +92,7 @@ def state_from_disk(run: RunDir, cfg: RunConfig, old: RunState | None = None) ->
     if old is not None:
         st.jobs = [dataclasses.replace(j, status="lost", error="forgotten by dp_hpc.verify --repair")
                    if j.status == "running" else j for j in old.jobs]
+        st._saved = old._saved  # the ended records jobs.jsonl already holds are not appended again
     return st
 
 

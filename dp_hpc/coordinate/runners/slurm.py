@@ -4,7 +4,7 @@
   generator-preparation and final-evaluation jobs are single tasks. Resources per kind of job
   come from the sweep's `slurm:` section (`SlurmJobConfig`).
 - Job states: ONE batched `sacct` per poll for every job of the sweep (`poll`), so that hundreds
-  of runs do not hammer slurmctld; `status` answers from that snapshot. Jobs submitted by an
+  of runs do not hammer slurmctld, naming arrays by their id (`query_ids`); `status` answers from that snapshot. Jobs submitted by an
   earlier coordinator are re-attached simply by asking about their recorded ids.
 - A job that ends is judged by its submitit result file: success, an exception (failed, with the
   traceback), or none (cancelled, node failure: lost, redone from what is on disk).
@@ -93,6 +93,14 @@ def expand_job_ids(field: str) -> list[str]:
 SACCT_FIELDS = "JobID,State,ElapsedRaw,AllocTRES"
 
 
+def query_ids(job_ids: Sequence[str]) -> list[str]:
+    """The ids to ask sacct / squeue about for these jobs: an array's tasks by the array's id
+    ('12_0', '12_1' -> '12', which both answer with every task of array 12), so that the command
+    line grows with the number of arrays, not of tasks (a 100k-task sweep's ids would pass the
+    kernel's 128 KiB limit on one argument)."""
+    return sorted({j.split("_", 1)[0] for j in job_ids}, key=lambda j: (len(j), j))
+
+
 def parse_sacct(text: str) -> dict[str, str]:
     """`sacct -X -n -P -o JobID,State[,...]` output -> {job id: state word} ('CANCELLED by 0' -> 'CANCELLED')."""
     states = {}
@@ -169,6 +177,7 @@ class SlurmRunner:
         self._queued: set[str] = set()  # of the jobs sacct calls ended-by-preemption: still in squeue
         self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}
+        self._running: dict[tuple[str, str], JobStatus] = {}  # the answer for a job still queued or running
         self.polls = 0  # sacct calls made (tests check there is one per poll)
 
     def job_name(self, name: str) -> str:
@@ -255,7 +264,7 @@ class SlurmRunner:
             return
         self.polls += 1
         try:
-            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(ids)],
+            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(query_ids(ids))],
                                capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             r = None
@@ -266,9 +275,9 @@ class SlurmRunner:
         self._usage.update(parse_sacct_usage(r.stdout))
         maybe_requeued = [j for j in ids if self._states.get(j) in REQUEUED_BY_SLURM]
         if maybe_requeued:
-            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(maybe_requeued)],
+            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(query_ids(maybe_requeued))],
                                capture_output=True, text=True, timeout=120)
-            self._queued = set(q.stdout.split()) if q.returncode == 0 else set(maybe_requeued)
+            self._queued = set(q.stdout.split()) & set(maybe_requeued) if q.returncode == 0 else set(maybe_requeued)
 
     def slurm_state(self, job_id: str) -> str | None:
         return self._states.get(job_id)
@@ -277,19 +286,18 @@ class SlurmRunner:
         key = (str(folder), job_id)
         if key in self._finished:
             return self._finished[key]
-        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         state = self._states.get(job_id)
-        running = JobStatus(RUNNING, log_path=str(paths.stderr))
         if state is None or state not in ENDED:  # unknown to sacct yet (just submitted), queued, running
-            return running
+            return self._still_running(folder, key)
         if state in REQUEUED_BY_SLURM and job_id in self._queued:
-            return running  # preempted or its node failed, and SLURM has requeued it
+            return self._still_running(folder, key)  # preempted or its node failed, and SLURM has requeued it
+        paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
         st = status_from_result(paths, submitted)
         if st.state == LOST and state == "COMPLETED":
             # a shared file system may show the result file late (submitit waits for it too)
             first = self._no_result_since.setdefault(job_id, time.time())
             if time.time() - first < RESULT_GRACE_S:
-                return running
+                return self._still_running(folder, key)
         if st.state == LOST and state == "CANCELLED":
             st = JobStatus(FAILED, "cancelled (scancel) before it finished; relaunch to retry the run",
                            str(paths.stderr))
@@ -299,7 +307,17 @@ class SlurmRunner:
             st = JobStatus(FAILED, f"SLURM state {state}{hint}\n{tail(paths.stderr)}".strip(), str(paths.stderr))
         st = dataclasses.replace(st, usage=self._usage.get(job_id))
         self._finished[key] = st
+        self._running.pop(key, None)
         return st
+
+    def _still_running(self, folder: Path, key: tuple[str, str]) -> JobStatus:
+        """RUNNING with the job's log, built once per job: at 100k tasks in flight, building submitit's
+        JobPaths for each one at every poll was most of a poll's CPU (bench/coordinator_scale.py)."""
+        running = self._running.get(key)
+        if running is None:
+            paths = submitit.core.utils.JobPaths(folder, job_id=key[1], task_id=0)
+            running = self._running[key] = JobStatus(RUNNING, log_path=str(paths.stderr))
+        return running
 
     def active_state(self, folder: Path, job_id: str) -> str | None:  # noqa: ARG002
         """The SLURM state of a job that is queued or running, None once it has ended."""
