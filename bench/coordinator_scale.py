@@ -109,7 +109,7 @@ class StateWrites:
         return lambda: setattr(state_mod, "atomic_write_json", real)
 
 
-def sweep_runs(tasks: int, max_jobs: int):
+def sweep_runs(tasks: int, max_jobs: int, per_poll: int | None = None):
     """The in1k sweep's runs, with shard_size (= chunk_size) chosen so that the sweep's first round is
     about `tasks` array tasks."""
     from dp_hpc.config import load_sweep
@@ -122,19 +122,22 @@ def sweep_runs(tasks: int, max_jobs: int):
         pool = dataclasses.replace(r.config.pool, chunk_size=shard, shard_size=shard)
         out.append(dataclasses.replace(r, config=dataclasses.replace(r.config, pool=pool)))
     slurm = dataclasses.replace(sweep.slurm, max_queued_jobs=max_jobs)
+    if per_poll is not None:
+        slurm = dataclasses.replace(slurm, max_submitted_per_poll=per_poll)
     return sweep, slurm, out
 
 
 def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = None, max_polls: int = 10**6,
-             restart_every: int = 7) -> dict:
+             restart_every: int = 7, per_poll: int | None = None, task_ticks: tuple[int, int] = (1, 3)) -> dict:
     """Drive the in1k sweep at this size; the measurements and the checks' outcome."""
     import dp_hpc.coordinate.coordinator as coord_mod
     from dp_hpc.coordinate.coordinator import Coordinator
     from dp_hpc.coordinate.runners.slurm import SlurmRunner
     from dp_hpc.coordinate.sweep import step_sweep
 
-    faults = faults or Faults(preempt=0.01, node_fail_requeue=0.005, lost=0.0005, sacct_fail=0.05, sacct_lag=1)
-    sweep, slurm, runs = sweep_runs(tasks, max_jobs=4 * tasks)
+    faults = faults or Faults(preempt=0.01, node_fail_requeue=0.005, lost=0.0005, sacct_fail=0.05, sacct_lag=1,
+                              min_ticks=task_ticks[0], max_ticks=task_ticks[1])
+    sweep, slurm, runs = sweep_runs(tasks, max_jobs=4 * tasks, per_poll=per_poll)
     sim = SimCluster(workdir / "cluster", seed=seed, faults=faults)
     writes = StateWrites()
     restore = writes.install()
@@ -146,6 +149,7 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
         return runner, [Coordinator(sweep_dir / r.name, r.config, runner, sweep_dir / "gen") for r in runs]
 
     cpu, polls, sacct_before, error = [], 0, 0, None
+    per_poll_submitted = []  # array tasks each poll submitted (the cluster takes them in at its tick)
     try:
         with sim.on_path():
             runner, coords = build()
@@ -161,7 +165,9 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
                     break
                 cpu.append((time.process_time() - t0, len(writes.sizes) > n_writes, runner.polls > sacct_before))
                 sacct_before = runner.polls
+                known = sum(len(a["tasks"]) for a in sim.arrays.values())
                 sim.tick()
+                per_poll_submitted.append(sum(len(a["tasks"]) for a in sim.arrays.values()) - known)
                 polls += 1
             finished = all(c.finished for c in coords)
             phases = Counter(c.state.phase for c in coords)
@@ -182,12 +188,16 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
         for rec in _rounds(rd):
             missing += len(set(range(rec["n_chunks"])) - rd.done_chunks(rec["index"]))
     steady = [c for c, wrote, _ in cpu if not wrote] or [0.0]
+    last = cpu[-min(10, len(cpu)):] if cpu else [(0.0, False, False)]  # the last polls: most in flight
     return {"tasks": tasks, "polls": polls, "finished": finished, "phases": dict(phases),
             "first_round_tasks": len([s for s in sim.submitted_shards if s[1] == 0]),
             "submitted": sum(submitted.values()), "completed": sum(done.values()),
             "lost": sim.lost_tasks, "requeued": sim.requeued_tasks, "submitted_twice": twice, "error": error,
             "duplicate_completions": sum(n - 1 for n in done.values() if n > 1), "missing_chunks": missing if finished else "n/a",
+            "most_submitted_in_a_poll": max(per_poll_submitted or [0]),
             "cpu_median_s": statistics.median(steady), "cpu_max_s": max(c for c, _, _ in cpu) if cpu else 0.0,
+            "cpu_last_polls_max_s": max(c for c, _, _ in last), "in_flight_at_end": sum(submitted.values()) - sum(done.values())
+            - sim.lost_tasks,
             "state_max_bytes": max(writes.sizes or [0]), "state_max_write_s": max(writes.seconds or [0.0]),
             "state_writes": len(writes.sizes), "details_max_bytes": max(writes.once or [0]),
             "sacct_max_arg": max((c["arg_len"] for c in calls), default=0),
@@ -211,24 +221,33 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="every size to the end of the plan (slow at 100k)")
     ap.add_argument("--polls", type=int, default=12, help="polls per size without --full (sizes >= 5k)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task-ticks", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"),
+                    help="polls a task runs (default 1 3; e.g. 80 100 keeps a whole round in flight)")
+    ap.add_argument("--max-submitted-per-poll", type=int, nargs="+", default=[None],
+                    help="slurm.max_submitted_per_poll, one column each (default: the config's; 0: no limit, as "
+                         "before it existed)")
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # the coordinator's warnings about simulated faults
     rows = []
     for n in args.sizes:
-        with tempfile.TemporaryDirectory(prefix=f"dp_scale_{n}_") as tmp:
-            limit = 10**6 if args.full or n < 5000 else args.polls
-            t0 = time.perf_counter()
-            row = simulate(n, Path(tmp), seed=args.seed, max_polls=limit)
-            row["wall_s"] = time.perf_counter() - t0
-            rows.append(row)
-            print(row, flush=True)
+        for cap in args.max_submitted_per_poll:
+            with tempfile.TemporaryDirectory(prefix=f"dp_scale_{n}_") as tmp:
+                limit = 10**6 if args.full or n < 5000 else args.polls
+                t0 = time.perf_counter()
+                per_poll = None if cap is None else (cap or 10**9)
+                row = simulate(n, Path(tmp), seed=args.seed, max_polls=limit, per_poll=per_poll,
+                               task_ticks=tuple(args.task_ticks))
+                row["wall_s"] = time.perf_counter() - t0
+                row["label"] = f"{n:,}" + ("" if cap is None else f" cap {cap or 'none'}")
+                rows.append(row)
+                print(row, flush=True)
     keys = ["error", "first_round_tasks", "polls", "finished", "submitted", "lost", "requeued", "submitted_twice",
-            "missing_chunks", "cpu_median_s", "cpu_max_s", "state_max_bytes", "state_max_write_s", "details_max_bytes", "sacct_max_arg",
+            "missing_chunks", "in_flight_at_end", "most_submitted_in_a_poll", "cpu_median_s", "cpu_max_s", "cpu_last_polls_max_s", "state_max_bytes", "state_max_write_s", "details_max_bytes", "sacct_max_arg",
             "sacct_max_ids", "wall_s"]
-    print(f"\n{'':22}" + "".join(f"{r['tasks']:>14,}" for r in rows))
+    print(f"\n{'':26}" + "".join(f"{r['label']:>18}" for r in rows))
     for k in keys:
-        cells = "".join(f"{r[k]:>14.3f}" if isinstance(r[k], float) else f"{str(r[k]):>14}" for r in rows)
-        print(f"{k:22}{cells}")
+        cells = "".join(f"{r[k]:>18.3f}" if isinstance(r[k], float) else f"{str(r[k]):>18}" for r in rows)
+        print(f"{k:26}{cells}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class ScriptedRunner:
     def cancel(self, folder, job_ids):
         self.cancelled += list(job_ids)
 
+    def threads_for(self, kind):
+        return 1
+
     def submit(self, *a, **k):  # the failed run must not submit anything
         raise AssertionError("nothing may be submitted after a failure")
 
@@ -54,6 +57,31 @@ def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
     c.retry_if_failed()
     st = load_state(c.run_dir)
     assert st.phase == "generate" and st.error is None and not c.finished
+
+
+def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_and_again_does(tmp_path):
+    """Losses are counted per piece of work (a generation task's chunks; else kind and round): a node
+    failure that takes several tasks of a big round at once is redone, not a failed run (counted
+    run-wide, 4 losses failed it); the same chunks dying a 4th time in a row fail the run."""
+    states = {str(i): JobStatus(LOST, "node failure") for i in range(6)}
+    runner = ScriptedRunner(states)
+    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    for i in range(6):  # six tasks of one round, six different chunk ranges, lost together
+        c.state.jobs.append(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
+                                      detail={"start": 4 * i, "stop": 4 * i + 4}))
+    save_state(c.run_dir, c.state)
+    c.advance(Slots(free=0))  # no slots: the redo is planned but nothing is submitted
+    st = load_state(c.run_dir)
+    assert st.phase == "generate" and st.error is None and st.lost_in_a_row == 1, st.error
+    for attempt in range(3):  # chunks 0-3 lost again, by tasks that cover them differently
+        jid = f"again{attempt}"
+        runner.states[jid] = JobStatus(LOST, "killed")
+        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
+                                      detail={"start": 2, "stop": 6}))
+        c.advance(Slots(free=0))
+    st = load_state(c.run_dir)
+    assert st.phase == "failed" and "jobs keep dying without a result" in st.error and "again2" in st.error
+    assert st.lost_work["generate:0:2"] == 4 and st.lost_work["generate:0:20"] == 1
 
 
 def test_job_states_are_cached_per_folder_and_stale_results_are_ignored(tmp_path):

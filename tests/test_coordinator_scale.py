@@ -117,3 +117,14 @@ def test_a_verify_repair_does_not_append_ended_jobs_again(tmp_path):
     lines = (tmp_path / "jobs.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["job_id"] for x in lines) == ["7_0", "7_1", "7_2", "7_3", "8"]  # 7_0 once, the rest lost
     assert {j.status for j in load_state(tmp_path).jobs} == {"succeeded", "lost"}
+
+
+def test_a_round_bigger_than_one_polls_submissions_goes_out_over_several_polls_and_completes(tmp_path):
+    """slurm.max_submitted_per_poll bounds a poll's submissions (submitit pickles each task: a 100k-task
+    round in one poll held the coordinator ~26 s); the rest go out at the next polls, and every
+    chunk is still generated once."""
+    faults = Faults(preempt=0.02, node_fail_requeue=0.01, lost=0.005, sacct_fail=0.05, sacct_lag=1)
+    row = simulate(300, tmp_path, seed=5, faults=faults, per_poll=40)
+    assert row["error"] is None and row["finished"] and row["phases"] == {"done": 7}, row
+    assert 0 < row["most_submitted_in_a_poll"] <= 40, row
+    assert row["missing_chunks"] == 0 and row["submitted_twice"] == 0 and row["duplicate_completions"] == 0, row

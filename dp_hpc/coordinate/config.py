@@ -164,6 +164,10 @@ class SlurmConfig:
     """USR2 this long before the time limit: jobs checkpoint and requeue."""
     max_queued_jobs: int = 1000
     """Jobs (array tasks included) of this sweep queued or running at once."""
+    max_submitted_per_poll: int = 2000
+    """Array tasks submitted in one poll at most; the rest go out at the next polls. submitit pickles
+    every task (~0.25 ms of the coordinator's CPU each), so a round of 100k tasks submitted at once
+    held the coordinator ~26 s in one poll (bench/coordinator_scale.py)."""
     max_array_size: int = 1000
     """Largest job array the cluster takes (its MaxArraySize - 1; SLURM's default is 1001): a round
     with more shards is submitted as several arrays."""
@@ -172,7 +176,7 @@ class SlurmConfig:
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
             raise ConfigError("poll_interval_s", f"must be > 0, got {self.poll_interval_s}")
-        for name in ("signal_delay_s", "max_queued_jobs", "max_array_size"):
+        for name in ("signal_delay_s", "max_queued_jobs", "max_submitted_per_poll", "max_array_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("generation", "coordinator"):

@@ -27,7 +27,17 @@ from dp_hpc.train.checkpoint import latest_train_state
 
 log = logging.getLogger(__name__)
 
-MAX_LOST_IN_A_ROW = 3  # jobs that die without a result (killed, OOM) are retried this often
+MAX_LOST_IN_A_ROW = 3  # the same work dying without a result (killed, OOM) is retried this often
+
+
+def work_keys(job: JobRecord) -> list[str]:
+    """What a job's work is, for counting losses per piece of work: a generation task's chunks
+    (a redo may cover them with other tasks), else the job's kind and round. Counted run-wide, a
+    node failure that takes a few of a 100k-task round's tasks at once failed the whole run
+    (bench/coordinator_scale.py); counted per piece of work, only work that keeps dying does."""
+    if job.kind == "generate" and "start" in job.detail and "stop" in job.detail:
+        return [f"generate:{job.round}:{c}" for c in range(job.detail["start"], job.detail["stop"])]
+    return [f"{job.kind}:{job.round}"]
 
 
 def error_line(error: str) -> str:
@@ -110,12 +120,13 @@ class Coordinator:
         """A relaunch retries a failed run from the phase it failed in, and forgives earlier
         lost jobs (a Ctrl-C or a reboot is no reason to give up on a run)."""
         st = self.state
-        if st.lost_in_a_row and st.phase != "failed":
-            st.lost_in_a_row = 0
+        if (st.lost_in_a_row or st.lost_work) and st.phase != "failed":
+            st.lost_in_a_row, st.lost_work = 0, {}
             save_state(self.run_dir, st)
         if st.phase == "failed":
             log.info("%s: retrying after failure: %s", self.name, error_line(st.error))
             st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
+            st.lost_work = {}
             save_state(self.run_dir, st)
         for b in self.branches.values():
             b.retry_if_failed()
@@ -191,12 +202,17 @@ class Coordinator:
             if st.phase == "failed" or (st.phase == "done" and not self.gaps):
                 continue  # already ended: a late sibling's outcome changes nothing
             if status.state == SUCCEEDED:
-                st.lost_in_a_row = 0
+                for k in work_keys(job):
+                    st.lost_work.pop(k, None)
+                st.lost_in_a_row = max(st.lost_work.values(), default=0)
             elif status.state == LOST:
-                st.lost_in_a_row += 1
-                log.warning("%s: %s job %s died without a result (%d in a row); its work will be redone "
-                            "from what is on disk", self.name, job.kind, job.job_id, st.lost_in_a_row)
-                if st.lost_in_a_row > MAX_LOST_IN_A_ROW:
+                times = 0
+                for k in work_keys(job):
+                    st.lost_work[k] = times = max(times, st.lost_work.get(k, 0) + 1)
+                st.lost_in_a_row = max(st.lost_work.values())
+                log.warning("%s: %s job %s died without a result (its work: %d time(s) in a row); it will be "
+                            "redone from what is on disk", self.name, job.kind, job.job_id, times)
+                if times > MAX_LOST_IN_A_ROW:
                     self._fail(job, "jobs keep dying without a result")
             elif status.state == FAILED:
                 self._fail(job, "job failed")

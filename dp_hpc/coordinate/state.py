@@ -61,7 +61,8 @@ class RunState:
     adding_data: bool = True  # False from the moment no more rounds will be generated
     rounds: list[RoundRecord] = field(default_factory=list)
     jobs: list[JobRecord] = field(default_factory=list)
-    lost_in_a_row: int = 0  # jobs that died without a result, consecutively (retried up to a limit)
+    lost_in_a_row: int = 0  # the most times one piece of work (lost_work) was lost in a row
+    lost_work: dict = field(default_factory=dict)  # work key -> times its jobs died without a result in a row
     error: str | None = None
     failed_phase: str | None = None  # the phase a relaunch retries after a failure
     pending: dict | None = None  # a submission under way: job name, kind, round, details (see Coordinator._submit)

@@ -66,9 +66,13 @@ def active_coordinator(runner: Runner, sweep_dir: Path) -> tuple[str, str] | Non
 
 
 def step_sweep(coordinators, runner, max_jobs: int) -> None:
-    """One poll: the states of all the sweep's jobs in one query, then every run takes its next steps."""
+    """One poll: the states of all the sweep's jobs in one query, then every run takes its next steps
+    (submitting at most max_jobs jobs in all, and at most the runner's max_submitted_per_poll now)."""
     runner.poll([i for c in coordinators for i in c.running_job_ids()])
-    slots = Slots(free=max(0, max_jobs - sum(c.running_jobs() for c in coordinators)))
+    free = max(0, max_jobs - sum(c.running_jobs() for c in coordinators))
+    if runner.max_submitted_per_poll is not None:
+        free = min(free, runner.max_submitted_per_poll)
+    slots = Slots(free=free)
     for c in coordinators:
         c.advance(slots)
 

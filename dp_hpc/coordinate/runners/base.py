@@ -51,6 +51,8 @@ class Runner(Protocol):
     """Seconds between the sweep's polls."""
     max_jobs: int
     """Jobs (array tasks included) of the sweep running or queued at once."""
+    max_submitted_per_poll: int | None
+    """Jobs (array tasks included) submitted in one poll at most (None: no limit beyond max_jobs)."""
     detached: bool
     """Jobs outlive the process that submitted them (SLURM): the sweep is driven by a coordinator
     job, and a Ctrl-C in the terminal does not reach them."""

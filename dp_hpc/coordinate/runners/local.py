@@ -45,6 +45,7 @@ class LocalRunner:
         self.threads = threads
         self.poll_interval_s = poll_interval_s
         self.max_jobs = max_jobs
+        self.max_submitted_per_poll = None  # max_jobs (a few) bounds a poll's work already
         self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> submitit jobs submitted by this process
         self._warm = WarmParent(self.env) if kind == "local" and warm_start else None

@@ -168,6 +168,7 @@ class SlurmRunner:
         self.cfg = cfg
         self.poll_interval_s = cfg.poll_interval_s
         self.max_jobs = cfg.max_queued_jobs
+        self.max_submitted_per_poll = cfg.max_submitted_per_poll
         # torchrun kills its workers 30 s after a SIGTERM by default: give them the warning time
         # to finish a step and save instead (a ViT-B checkpoint is ~1.4 GB)
         self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
