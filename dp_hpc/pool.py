@@ -33,6 +33,7 @@ codec and the single-image reader are dp_hpc/pool_jpeg.py; the paths are dp_hpc/
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections import OrderedDict
@@ -145,9 +146,16 @@ class ChunkRange:
 
 def shard_ranges(n_samples: int, chunk_size: int, shard_size: int) -> list[ChunkRange]:
     """Split a round into shard tasks of `shard_size` samples (a multiple of `chunk_size`)."""
+    return list(shard_tuple(n_samples, chunk_size, shard_size))
+
+
+@functools.lru_cache(maxsize=64)
+def shard_tuple(n_samples: int, chunk_size: int, shard_size: int) -> tuple[ChunkRange, ...]:
+    """shard_ranges, cached (ChunkRange is frozen): the coordinator's plan asks for a round's shards at
+    every poll, and building 100k of them each time was a tenth of a poll (bench/coordinator_scale.py)."""
     n_chunks = -(-n_samples // chunk_size)
     per_shard = max(1, shard_size // chunk_size)
-    return [ChunkRange(s, min(s + per_shard, n_chunks)) for s in range(0, n_chunks, per_shard)]
+    return tuple(ChunkRange(s, min(s + per_shard, n_chunks)) for s in range(0, n_chunks, per_shard))
 
 
 # ----------------------------------------------------------------------------- writing

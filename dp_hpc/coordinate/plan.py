@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dp_hpc.coordinate.config import MethodConfig, PoolConfig
 from dp_hpc.coordinate.state import RoundRecord, RunState
-from dp_hpc.pool import shard_ranges
+from dp_hpc.pool import shard_tuple
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def plan_mend(st: RunState, gaps: dict[int, frozenset[int]], method: MethodConfi
         rec = st.rounds[r]
         if not missing:
             return CompleteRound(r, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
-        shards = shard_ranges(rec.generated, pool.chunk_size, pool.shard_size)
+        shards = shard_tuple(rec.generated, pool.chunk_size, pool.shard_size)
         running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == r}
         todo = tuple((s.start, s.stop) for s in shards if (s.start, s.stop) not in running
                      and any(c in missing for c in range(s.start, s.stop)))
@@ -152,9 +152,9 @@ def _plan_generate(st: RunState, obs: Observation, method: MethodConfig, pool: P
         return CreateRound(rec)
     if obs.round_complete:
         return GoTo("train")
-    shards = shard_ranges(rec.generated, pool.chunk_size, pool.shard_size)
-    todo = tuple((s.start, s.stop) for s in shards
-                 if any(c not in obs.done_chunks for c in range(s.start, s.stop)))
+    shards = shard_tuple(rec.generated, pool.chunk_size, pool.shard_size)
+    done = obs.done_chunks  # issuperset walks the range in C: this runs for every shard at every poll
+    todo = tuple((s.start, s.stop) for s in shards if not done.issuperset(range(s.start, s.stop)))
     if not todo:
         return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
     running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == st.round}

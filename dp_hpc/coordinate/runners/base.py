@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import AbstractSet, Any, Callable, Protocol, Sequence
 
 from submitit.core.utils import pickle_load
 
@@ -95,6 +95,10 @@ class Runner(Protocol):
 
     def status(self, folder: Path, job_id: str, submitted: float | None = None) -> JobStatus:
         """State of a job; `submitted` (unix time) tells a result file left by an earlier job apart."""
+
+    def surely_running(self) -> AbstractSet[str]:
+        """Ids of jobs whose `status` is RUNNING from what the last poll saw, so that callers may skip
+        asking (empty where status looks at each job anew: local processes)."""
 
     def active_state(self, folder: Path, job_id: str) -> str | None:
         """The state of a job that is queued or running (None once it has ended)."""

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import AbstractSet, Any, Callable, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission
@@ -73,6 +73,10 @@ class LocalRunner:
 
     def poll(self, job_ids: Sequence[str]) -> None:
         """Refresh the states of these jobs in one go (local jobs are looked up one by one)."""
+
+    def surely_running(self) -> AbstractSet[str]:
+        """None: a local job's state is looked up at each status() call."""
+        return frozenset()
 
     def find_submitted(self, folder: Path, name: str) -> list[str]:  # noqa: ARG002
         """Jobs of a submission that was not recorded. Local jobs cannot be found by name (their
