@@ -120,13 +120,12 @@ class Coordinator:
         """A relaunch retries a failed run from the phase it failed in, and forgives earlier
         lost jobs (a Ctrl-C or a reboot is no reason to give up on a run)."""
         st = self.state
-        if (st.lost_in_a_row or st.lost_work) and st.phase != "failed":
-            st.lost_in_a_row, st.lost_work = 0, {}
+        if st.lost_work and st.phase != "failed":
+            st.lost_work = {}
             save_state(self.run_dir, st)
         if st.phase == "failed":
             log.info("%s: retrying after failure: %s", self.name, error_line(st.error))
-            st.phase, st.error, st.failed_phase, st.lost_in_a_row = st.failed_phase or "generate", None, None, 0
-            st.lost_work = {}
+            st.phase, st.error, st.failed_phase, st.lost_work = st.failed_phase or "generate", None, None, {}
             save_state(self.run_dir, st)
         for b in self.branches.values():
             b.retry_if_failed()
@@ -208,12 +207,10 @@ class Coordinator:
             if status.state == SUCCEEDED:
                 for k in work_keys(job):
                     st.lost_work.pop(k, None)
-                st.lost_in_a_row = max(st.lost_work.values(), default=0)
             elif status.state == LOST:
                 times = 0
                 for k in work_keys(job):
                     st.lost_work[k] = times = max(times, st.lost_work.get(k, 0) + 1)
-                st.lost_in_a_row = max(st.lost_work.values())
                 log.warning("%s: %s job %s died without a result (its work: %d time(s) in a row); it will be "
                             "redone from what is on disk", self.name, job.kind, job.job_id, times)
                 if times > MAX_LOST_IN_A_ROW:

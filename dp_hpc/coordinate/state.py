@@ -62,7 +62,6 @@ class RunState:
     adding_data: bool = True  # False from the moment no more rounds will be generated
     rounds: list[RoundRecord] = field(default_factory=list)
     jobs: list[JobRecord] = field(default_factory=list)
-    lost_in_a_row: int = 0  # the most times one piece of work (lost_work) was lost in a row
     lost_work: dict = field(default_factory=dict)  # work key -> times its jobs died without a result in a row
     error: str | None = None
     failed_phase: str | None = None  # the phase a relaunch retries after a failure
@@ -73,6 +72,11 @@ class RunState:
     JobRecord), and per array the job ids whose details are in jobs/<array>.json. Not saved."""
 
     # -- derived views
+    @property
+    def lost_in_a_row(self) -> int:
+        """The most times one piece of work (lost_work) has died without a result in a row."""
+        return max(self.lost_work.values(), default=0)
+
     def running_jobs(self, kind: str | None = None) -> list[JobRecord]:
         return [j for j in self.jobs if j.status == "running" and (kind is None or j.kind == kind)]
 
@@ -82,12 +86,15 @@ class RunState:
     def generated(self) -> int:
         return sum(r.generated for r in self.rounds)
 
-    def to_json(self) -> dict[str, Any]:
-        """Every field, every job's whole record in `jobs` (the format of older state.json files)."""
+    def fields_json(self) -> dict[str, Any]:
+        """Every saved field but `jobs`: what state.json holds besides the job records."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("jobs", "_saved")}
         d["rounds"] = [dataclasses.asdict(r) for r in self.rounds]
-        d["jobs"] = [dataclasses.asdict(j) for j in self.jobs]
         return d
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, every job's whole record in `jobs` (the format of older state.json files)."""
+        return {**self.fields_json(), "jobs": [dataclasses.asdict(j) for j in self.jobs]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], run_dir: Path | None = None) -> "RunState":
@@ -96,6 +103,7 @@ class RunState:
         d = dict(d)
         jobs, details, ended = all_jobs(d, run_dir)
         d.pop("job_arrays", None)
+        d.pop("lost_in_a_row", None)  # older files: now derived from lost_work
         d["rounds"] = [RoundRecord(**r) for r in d.get("rounds", [])]
         d["jobs"] = [JobRecord(**j) for j in jobs]
         d["pending"] = resolve_pending(d.get("pending"), run_dir)
@@ -211,10 +219,8 @@ def compact_jobs(jobs: list[JobRecord]) -> tuple[list[dict], list[dict]]:
 
 def running_jobs_in(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(kind, job id, executor) of the running jobs a state.json's content names, either format."""
-    out = [(j["kind"], j["job_id"], j.get("executor", "local")) for j in d.get("jobs", []) if j.get("status") == "running"]
-    for a in d.get("job_arrays", []):
-        out += [(a["kind"], f"{a['array']}_{t}", a["executor"]) for t in parse_ranges(a["tasks"])]
-    return out
+    return [(j["kind"], j["job_id"], j.get("executor", "local")) for j in all_jobs(d, None)[0]
+            if j.get("status") == "running"]
 
 
 def _details_file(run_dir: Path, array: str) -> Path:
@@ -274,8 +280,7 @@ def save_state(run_dir: Path, st: RunState) -> None:
             f.flush()
             os.fsync(f.fileno())
         saved["ended"].update(id(j) for j in ended)
-    d = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name not in ("jobs", "_saved")}
-    d["rounds"] = [dataclasses.asdict(r) for r in st.rounds]
+    d = st.fields_json()
     d["jobs"], d["job_arrays"] = singles, arrays
     if st.pending is not None and len(st.pending.get("details") or ()) > PENDING_INLINE:
         path = rd.job_details(f"pending-{st.pending['name'].replace('/', '_')}")  # written once per submission
