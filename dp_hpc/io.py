@@ -73,6 +73,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise
 
 
+def remove_stale_temps(folder: str | os.PathLike, names: str) -> list[Path]:
+    """Remove the temporary files that atomic writes of the files `names` (a glob) in `folder` left
+    behind: a process SIGKILLed between creating one and renaming it runs no cleanup. Only for files
+    whose sole writer is the caller, at its start: another process's write in flight would lose its
+    temporary file. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{names}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

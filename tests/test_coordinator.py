@@ -141,3 +141,18 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     c.advance(Slots(free=1))
     assert c.finished and load_state(c.run_dir).jobs[0].status == SUCCEEDED
     assert runner.polls == 0
+
+
+def test_a_coordinator_removes_the_temporary_files_a_killed_predecessor_left_mid_write(tmp_path):
+    """A SIGKILL between an atomic write's temporary file and its rename leaves `.state.json.X.tmp`
+    (seen by tests/test_chaos.py); the next coordinator, the run's one writer of its state files,
+    removes them, and nothing else."""
+    run = tmp_path / "run"
+    (run / "jobs").mkdir(parents=True)
+    left = [run / ".state.json.k2j4x8.tmp", run / "jobs" / ".7.json.a1b2c3.tmp"]
+    kept = [run / ".metrics.jsonl.q9w8e7.tmp", run / "state.json.bak"]  # not the coordinator's to remove
+    for p in left + kept:
+        p.write_text("{")
+    Coordinator(run, RunConfig(), ScriptedRunner({}), tmp_path / "gen")
+    assert [p.exists() for p in left] == [False, False] and all(p.exists() for p in kept)
+    assert load_state(run) is not None

@@ -21,7 +21,8 @@ from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Run
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
-from dp_hpc.layout import RunDir
+from dp_hpc.io import remove_stale_temps
+from dp_hpc.layout import JOB_DETAILS, STATE_FILE, RunDir
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train.checkpoint import latest_train_state
 
@@ -63,6 +64,11 @@ class Coordinator:
         self.pool = Pool(self.run_dir)
         self.layout = RunDir(self.run_dir)
         self.logs = self.layout.logs
+        # this coordinator is the one writer of the run's state files (the sweep lock): temporary
+        # files there are what a killed predecessor left mid-write (found by tests/test_chaos.py)
+        for folder, names in ((self.run_dir, STATE_FILE), (self.run_dir / JOB_DETAILS, "*.json")):
+            for tmp in remove_stale_temps(folder, names):
+                log.info("%s: removed %s, left by a coordinator killed while writing", self.name, tmp.name)
         st = load_state(self.run_dir)
         if st is None:
             st = P.initial_state(cfg.method)
