@@ -128,3 +128,49 @@ def test_a_round_bigger_than_one_polls_submissions_goes_out_over_several_polls_a
     assert row["error"] is None and row["finished"] and row["phases"] == {"done": 7}, row
     assert 0 < row["most_submitted_in_a_poll"] <= 40, row
     assert row["missing_chunks"] == 0 and row["submitted_twice"] == 0 and row["duplicate_completions"] == 0, row
+
+
+def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
+    """RunState.add_job / end_job keep the running jobs and the next save's work up to date job by
+    job (JobIndex); a change made around them (a status set by hand, a list replaced) is noticed.
+    Whatever the mix, each save writes what compact_jobs gives for the whole list, and jobs.jsonl
+    gets every ended job once."""
+    import random
+
+    rng = random.Random(0)
+    st, submitted, ended = RunState(), 0.0, set()
+    for step in range(60):
+        move = rng.random()
+        running = st.running_jobs()
+        if move < 0.4 or not running:  # a new array of a few tasks, now and then a single job
+            submitted += 1
+            array = str(100 + step)
+            for t in range(rng.randint(1, 6)):
+                st.add_job(JobRecord(job_id=f"{array}_{t}", kind="generate", round=0, submitted=submitted,
+                                     executor="slurm", detail={"start": t, "stop": t + 1}))
+            if rng.random() < 0.3:
+                st.add_job(JobRecord(job_id=array, kind="train", round=0, submitted=submitted, executor="slurm"))
+        elif move < 0.8:
+            j = rng.choice(running)
+            st.end_job(j, rng.choice(["succeeded", "lost", "failed"]), None, f"/logs/{j.job_id}")
+        elif move < 0.9:  # behind the index's back, as a test or dp_hpc.cancel does
+            rng.choice(running).status = "lost"
+        else:
+            st.jobs = list(st.jobs)
+        assert st.running_jobs() == [j for j in st.jobs if j.status == "running"]
+        assert st.running_jobs("train") == [j for j in st.jobs if j.status == "running" and j.kind == "train"]
+        assert set(st.running_shards(0)) == {(j.detail["start"], j.detail["stop"]) for j in st.jobs
+                                             if j.status == "running" and j.kind == "generate"}
+        if rng.random() < 0.5:
+            save_state(tmp_path, st)
+            saved = json.loads((tmp_path / "state.json").read_text())
+            singles, arrays = compact_jobs(st.jobs)
+            assert (saved["jobs"], saved["job_arrays"]) == (singles, arrays)
+            lines = [json.loads(x) for x in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+            assert sorted(x["job_id"] for x in lines) == sorted(j.job_id for j in st.jobs if j.status != "running")
+            ended = {j.job_id for j in st.jobs if j.status != "running"}
+    assert len(ended) > 20 and st.running_jobs()  # the mix did end many jobs and left some running
+    save_state(tmp_path, st)
+    again = load_state(tmp_path)  # the running ones rebuilt from state.json's ranges and jobs/<array>.json
+    assert sorted((j.job_id, j.status, j.log_path, j.detail["start"] if j.detail else None) for j in again.jobs) == sorted(
+        (j.job_id, j.status, j.log_path, j.detail["start"] if j.detail else None) for j in st.jobs)

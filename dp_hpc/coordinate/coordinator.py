@@ -99,7 +99,9 @@ class Coordinator:
 
     def running_job_ids(self) -> list[str]:
         """Ids of the jobs this run and its branch-outs wait for (polled in one batch per sweep)."""
-        own = [j.job_id for j in self.state.running_jobs() if self._reader_of(j) is self.runner]
+        running = self.state.running_jobs()
+        ours = {e: self.runner.reads(e) for e in {j.executor for j in running}}  # as _reader_of, once per executor
+        own = [j.job_id for j in running if ours[j.executor]]
         return own + [i for b in self.branches.values() for i in b.running_job_ids()]
 
     def _reader_of(self, job: JobRecord) -> Runner:
@@ -205,7 +207,8 @@ class Coordinator:
             status = self._reader_of(job).status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
-            job.status, job.error, job.log_path, changed = status.state, status.error, status.log_path, True
+            st.end_job(job, status.state, status.error, status.log_path)
+            changed = True
             if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
                 job.detail.update(status.usage)
             if st.phase == "failed" or (st.phase == "done" and not self.gaps):
@@ -267,8 +270,8 @@ class Coordinator:
     def _record(self, ids: list[str]) -> None:
         st, pending = self.state, self.state.pending
         for jid, detail in zip(ids, pending["details"]):
-            st.jobs.append(JobRecord(job_id=jid, kind=pending["kind"], round=pending["round"],
-                                     submitted=pending["submitted"], detail=detail, executor=self.runner.kind))
+            st.add_job(JobRecord(job_id=jid, kind=pending["kind"], round=pending["round"],
+                                 submitted=pending["submitted"], detail=detail, executor=self.runner.kind))
         st.pending = None
         save_state(self.run_dir, st)
 

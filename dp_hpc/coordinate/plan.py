@@ -137,7 +137,7 @@ def plan_mend(st: RunState, gaps: dict[int, frozenset[int]], method: MethodConfi
         if not missing:
             return CompleteRound(r, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
         shards = shard_tuple(rec.generated, pool.chunk_size, pool.shard_size)
-        running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == r}
+        running = st.running_shards(r)
         todo = tuple((s.start, s.stop) for s in shards if (s.start, s.stop) not in running
                      and any(c in missing for c in range(s.start, s.stop)))
         if todo:
@@ -152,13 +152,16 @@ def _plan_generate(st: RunState, obs: Observation, method: MethodConfig, pool: P
         return CreateRound(rec)
     if obs.round_complete:
         return GoTo("train")
+    # this runs at every poll, for up to 100k shards a round: set operations in C where they can be
     shards = shard_tuple(rec.generated, pool.chunk_size, pool.shard_size)
-    done = obs.done_chunks  # issuperset walks the range in C: this runs for every shard at every poll
-    todo = tuple((s.start, s.stop) for s in shards if not done.issuperset(range(s.start, s.stop)))
-    if not todo:
+    n_chunks = shards[-1].stop if shards else 0
+    per = shards[0].stop - shards[0].start if shards else 1  # shard k: chunks [k*per, min((k+1)*per, n_chunks))
+    missing = set(range(n_chunks)).difference(obs.done_chunks)
+    if not missing:
         return CompleteRound(st.round, rec.kept if rec.kind == "prune" else None, method.prune_per_class)
-    running = {(j.detail["start"], j.detail["stop"]) for j in st.running_jobs("generate") if j.round == st.round}
-    todo = tuple(s for s in todo if s not in running)
+    starts = sorted(missing if per == 1 else {c - c % per for c in missing})
+    running = st.running_shards(st.round)
+    todo = tuple(s for s in ((a, min(a + per, n_chunks)) for a in starts) if s not in running)
     if not todo:
         return Wait(f"generating round {st.round}")
     return SubmitShards(st.round, todo)

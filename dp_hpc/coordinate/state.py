@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 from dp_hpc.io import atomic_write_json, read_json
 from dp_hpc.layout import JOB_DETAILS, RunDir
@@ -54,6 +54,108 @@ class JobRecord:
     log_path: str | None = None
     executor: str = "local"  # local | debug | slurm: how the job id is to be read
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "status" and "status" in self.__dict__:  # a change, not __init__'s first write
+            _STATUS_WRITES[0] += 1
+        object.__setattr__(self, name, value)
+
+
+def _shard(j: JobRecord) -> tuple[int, int]:
+    """The chunk range a generation job writes."""
+    return j.detail["start"], j.detail["stop"]
+
+
+_STATUS_WRITES = [0]
+"""Writes of JobRecord.status since start-up, other than RunState.end_job's: a RunState's JobIndex
+is up to date only while the count is the one it last saw."""
+
+
+class JobIndex:
+    """The running jobs of a RunState's `jobs`, and what its next save has to write: kept up to date
+    job by job by RunState.add_job / end_job, so that a poll with 100k array tasks in flight does
+    not walk every record several times (running_jobs, save_state; bench/coordinator_scale.py).
+    Anything else that changes the list or a status (a test, dp_hpc.cancel, verify --repair) is
+    noticed (`stale`) and the index is built again from the list."""
+
+    def __init__(self, jobs: list[JobRecord], saved: dict):
+        self.jobs_id, self.jobs_len, self.writes = id(jobs), len(jobs), _STATUS_WRITES[0]
+        self.running: dict[int, JobRecord] = {}  # id(record) -> record, in list order
+        self.by_kind: dict[str, dict[int, JobRecord]] = {}
+        self.singles: dict[int, JobRecord] = {}  # running jobs that state.json keeps whole
+        self.arrays: dict[tuple, dict[int, None]] = {}  # (array, kind, round, submitted, executor) -> tasks
+        self.ranges: dict[tuple, str] = {}  # ranges_text of an array's tasks, until they change
+        self.shards: dict[int, dict[tuple[int, int], int]] = {}  # round -> (start, stop) of running generate jobs -> count
+        self.new_running: list[JobRecord] = []  # added since the last save: their details may be unsaved
+        self.newly_ended: list[JobRecord] = []  # ended since the last save: not yet in jobs.jsonl
+        for j in jobs:
+            if j.status == "running":
+                self._add_running(j)
+                task = array_task(j.job_id)
+                if task and j.job_id not in saved["details"].get(task[0], ()):
+                    self.new_running.append(j)
+            elif id(j) not in saved["ended"]:
+                self.newly_ended.append(j)
+
+    def stale(self, jobs: list[JobRecord]) -> bool:
+        return id(jobs) != self.jobs_id or len(jobs) != self.jobs_len or _STATUS_WRITES[0] != self.writes
+
+    def _group(self, j: JobRecord) -> tuple | None:
+        """The array entry of state.json that names this running job; None: state.json keeps it whole."""
+        task = array_task(j.job_id)
+        if task is None or j.error is not None or j.log_path is not None:
+            return None
+        return task[0], j.kind, j.round, j.submitted, j.executor
+
+    def _add_running(self, j: JobRecord) -> None:
+        self.running[id(j)] = j
+        self.by_kind.setdefault(j.kind, {})[id(j)] = j
+        if j.kind == "generate":
+            shards = self.shards.setdefault(j.round, {})
+            shards[_shard(j)] = shards.get(_shard(j), 0) + 1
+        key = self._group(j)
+        if key is None:
+            self.singles[id(j)] = j
+        else:
+            self.arrays.setdefault(key, {})[array_task(j.job_id)[1]] = None
+            self.ranges.pop(key, None)
+
+    def added(self, j: JobRecord) -> None:
+        self.jobs_len += 1
+        if j.status == "running":
+            self._add_running(j)
+            self.new_running.append(j)
+        else:
+            self.newly_ended.append(j)
+
+    def ended(self, j: JobRecord, key: tuple | None) -> None:
+        """`j` (running before, under array entry `key`) has just ended."""
+        del self.running[id(j)]
+        del self.by_kind[j.kind][id(j)]
+        if j.kind == "generate":
+            shards = self.shards[j.round]
+            shards[_shard(j)] -= 1
+            if not shards[_shard(j)]:
+                del shards[_shard(j)]
+        if key is None:
+            del self.singles[id(j)]
+        else:
+            tasks = self.arrays[key]
+            del tasks[array_task(j.job_id)[1]]
+            self.ranges.pop(key, None)
+            if not tasks:
+                del self.arrays[key]
+        self.newly_ended.append(j)
+
+    def compact(self) -> tuple[list[dict], list[dict]]:
+        """What `compact_jobs` gives for the list, from the index."""
+        arrays = []
+        for key, tasks in self.arrays.items():
+            if key not in self.ranges:
+                self.ranges[key] = ranges_text(list(tasks))
+            a, k, r, s, e = key
+            arrays.append({"array": a, "kind": k, "round": r, "submitted": s, "executor": e, "tasks": self.ranges[key]})
+        return [dataclasses.asdict(j) for j in self.singles.values()], arrays
+
 
 @dataclass
 class RunState:
@@ -70,6 +172,26 @@ class RunState:
     _saved: dict = field(default_factory=lambda: {"ended": set(), "details": {}}, repr=False, compare=False)
     """What save_state already wrote elsewhere: ids of ended records in jobs.jsonl (by `id()` of the
     JobRecord), and per array the job ids whose details are in jobs/<array>.json. Not saved."""
+    _index: JobIndex | None = field(default=None, repr=False, compare=False)
+
+    # -- the job list: through these, a poll costs what changed, not every record (JobIndex)
+    def job_index(self) -> JobIndex:
+        if self._index is None or self._index.stale(self.jobs):
+            self._index = JobIndex(self.jobs, self._saved)
+        return self._index
+
+    def add_job(self, job: JobRecord) -> None:
+        index = self.job_index()
+        self.jobs.append(job)
+        index.added(job)
+
+    def end_job(self, job: JobRecord, status: str, error: str | None, log_path: str | None) -> None:
+        """A running job of this state has ended with `status`."""
+        index = self.job_index()
+        key = index._group(job)
+        object.__setattr__(job, "status", status)  # not counted: the index is told below, and only this one's
+        job.error, job.log_path = error, log_path
+        index.ended(job, key)
 
     # -- derived views
     @property
@@ -78,7 +200,12 @@ class RunState:
         return max(self.lost_work.values(), default=0)
 
     def running_jobs(self, kind: str | None = None) -> list[JobRecord]:
-        return [j for j in self.jobs if j.status == "running" and (kind is None or j.kind == kind)]
+        index = self.job_index()
+        return list((index.running if kind is None else index.by_kind.get(kind, {})).values())
+
+    def running_shards(self, round_index: int) -> AbstractSet[tuple[int, int]]:
+        """(start, stop) of the chunk ranges that running generation jobs of this round write."""
+        return self.job_index().shards.get(round_index, {}).keys()
 
     def pool_size(self) -> int:
         return sum(r.kept for r in self.rounds)
@@ -88,7 +215,7 @@ class RunState:
 
     def fields_json(self) -> dict[str, Any]:
         """Every saved field but `jobs`: what state.json holds besides the job records."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("jobs", "_saved")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("jobs", "_saved", "_index")}
         d["rounds"] = [dataclasses.asdict(r) for r in self.rounds]
         return d
 
@@ -253,12 +380,12 @@ def load_state(run_dir: Path) -> RunState | None:
 
 
 def save_state(run_dir: Path, st: RunState) -> None:
-    """Details of new arrays, then the records of newly ended jobs, then state.json (module docstring)."""
+    """Details of new arrays, then the records of newly ended jobs, then state.json (module docstring).
+    What it writes besides state.json is what changed since the last save (st.job_index())."""
     st.updated = time.time()
-    rd, saved = RunDir(run_dir), st._saved
-    singles, arrays = compact_jobs(st.jobs)
+    rd, saved, index = RunDir(run_dir), st._saved, st.job_index()
     new_details: dict[str, dict] = {}
-    for j in st.jobs:
+    for j in index.new_running:
         task = array_task(j.job_id) if j.status == "running" else None
         if task and j.job_id not in saved["details"].get(task[0], ()):
             new_details.setdefault(task[0], {})[j.job_id] = j.detail
@@ -268,7 +395,8 @@ def save_state(run_dir: Path, st: RunState) -> None:
         merged = {**(read_json(path, {}) or {}), **add}
         atomic_write_json(path, merged)
         saved["details"][array] = set(merged)
-    ended = [j for j in st.jobs if j.status != "running" and id(j) not in saved["ended"]]
+    index.new_running = []
+    ended = [j for j in index.newly_ended if id(j) not in saved["ended"]]
     if ended:
         with rd.jobs_log.open("ab+") as f:
             lines = "".join(json.dumps(dataclasses.asdict(j), sort_keys=True) + "\n" for j in ended)
@@ -280,8 +408,9 @@ def save_state(run_dir: Path, st: RunState) -> None:
             f.flush()
             os.fsync(f.fileno())
         saved["ended"].update(id(j) for j in ended)
+    index.newly_ended = []
     d = st.fields_json()
-    d["jobs"], d["job_arrays"] = singles, arrays
+    d["jobs"], d["job_arrays"] = index.compact()
     if st.pending is not None and len(st.pending.get("details") or ()) > PENDING_INLINE:
         path = rd.job_details(f"pending-{st.pending['name'].replace('/', '_')}")  # written once per submission
         if not path.exists():

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -103,16 +104,21 @@ def query_ids(job_ids: Sequence[str]) -> list[str]:
     return sorted({j.split("_", 1)[0] for j in job_ids}, key=lambda j: (len(j), j))
 
 
+def run_to_file(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) with stdout in a temporary file, read once
+    at the end: sacct's answer for 100k tasks in flight is megabytes, and reading it from a pipe as
+    it comes cost the coordinator ~0.2-0.4 s of CPU per poll in select/read calls (a file: ~0.01 s;
+    bench/coordinator_scale.py)."""
+    with tempfile.TemporaryFile() as out:
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, timeout=timeout)
+        out.seek(0)
+        return subprocess.CompletedProcess(cmd, r.returncode, out.read().decode(errors="replace"),
+                                           r.stderr.decode(errors="replace"))
+
+
 def parse_sacct(text: str) -> dict[str, str]:
     """`sacct -X -n -P -o JobID,State[,...]` output -> {job id: state word} ('CANCELLED by 0' -> 'CANCELLED')."""
-    states = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        jid, state = line.split("|")[:2]
-        for j in expand_job_ids(jid.strip()):
-            states[j] = state.split()[0] if state.strip() else "UNKNOWN"
-    return states
+    return parse_sacct_rows(text, ())[0]
 
 
 def gpus_in_tres(tres: str) -> int:
@@ -127,18 +133,29 @@ def gpus_in_tres(tres: str) -> int:
 def parse_sacct_usage(text: str, states: Container[str] | None = None) -> dict[str, dict]:
     """`sacct -X -n -P -o JobID,State,ElapsedRaw,AllocTRES` output -> {job id: {elapsed_s, gpus}}, for the
     GPU-hours of a sweep (elapsed x allocated GPUs; the report sums them). `states`: only rows in these
-    states (the poll reads usage of ended jobs only: parsing AllocTRES of every row of 100k tasks in
-    flight was a third of a poll's CPU, bench/coordinator_scale.py)."""
-    usage = {}
+    states."""
+    return parse_sacct_rows(text, states)[1]
+
+
+def parse_sacct_rows(text: str, usage_states: Container[str] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """parse_sacct and parse_sacct_usage in one pass over the lines (a poll's sacct answer has a line
+    per task in flight: 100k). Usage only of rows in `usage_states` (None: all): the poll reads it for
+    ended jobs only, as parsing AllocTRES of every row was a third of a poll's CPU."""
+    states: dict[str, str] = {}
+    usage: dict[str, dict] = {}
     for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) < 4 or not fields[2].strip().isdigit():
+        if len(fields) < 2:
             continue
-        if states is not None and (fields[1].split() or ["UNKNOWN"])[0] not in states:
-            continue
-        for j in expand_job_ids(fields[0].strip()):
-            usage[j] = {"elapsed_s": int(fields[2]), "gpus": gpus_in_tres(fields[3].strip())}
-    return usage
+        state = (fields[1].split() or ["UNKNOWN"])[0]
+        ids = expand_job_ids(fields[0].strip())
+        for j in ids:
+            states[j] = state
+        if (len(fields) >= 4 and (usage_states is None or state in usage_states)
+                and fields[2].strip().isdigit()):
+            for j in ids:
+                usage[j] = {"elapsed_s": int(fields[2]), "gpus": gpus_in_tres(fields[3].strip())}
+    return states, usage
 
 
 JOB_SCOPED_ENV = ("SLURM_", "SLURMD_", "SBATCH_", "SUBMITIT_", "PMI_", "PMIX_", "OMPI_")
@@ -186,6 +203,7 @@ class SlurmRunner:
         self._finished: dict[tuple[str, str], JobStatus] = {}
         self._running: dict[tuple[str, str], JobStatus] = {}  # the answer for a job still queued or running
         self._alive: set[str] = set()  # ids whose last known sacct state is not an end (surely_running)
+        self._requeuable: set[str] = set()  # ids whose last known sacct state is in REQUEUED_BY_SLURM
         self.polls = 0  # sacct calls made (tests check there is one per poll)
 
     def job_name(self, name: str) -> str:
@@ -247,6 +265,7 @@ class SlurmRunner:
         for jid in ids:
             self._states[jid] = "PENDING"  # until sacct knows it
         self._alive.update(ids)
+        self._requeuable.difference_update(ids)
         log.info("submitted %s: %s", name, ids[0] if len(ids) == 1 else f"array {ids[0].split('_')[0]} x{len(ids)}")
         return ids
 
@@ -268,28 +287,28 @@ class SlurmRunner:
         """One sacct call for all these jobs (the sweep's running jobs); and, only if some of them
         ended by preemption or node failure, one squeue for those: SLURM requeues our jobs
         (--requeue) under the same id, and sacct may still show the ended attempt."""
-        ids = sorted(set(job_ids))
+        ids = set(job_ids)
         if not ids:
             return
         self.polls += 1
         try:
-            r = subprocess.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(query_ids(ids))],
-                               capture_output=True, text=True, timeout=120)
+            r = run_to_file(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(query_ids(ids))], timeout=120)
         except subprocess.TimeoutExpired:
             r = None
         if r is None or r.returncode != 0:  # slurmdbd busy or restarting: keep the last known states
             log.warning("sacct failed (%s); job states unchanged this poll", "timeout" if r is None else r.stderr.strip()[:200])
             return
-        states = parse_sacct(r.stdout)
+        states, usage = parse_sacct_rows(r.stdout, ENDED)  # only an ended job's usage is read (status)
         self._states.update(states)
-        self._usage.update(parse_sacct_usage(r.stdout, ENDED))  # only an ended job's usage is read (status)
+        self._usage.update(usage)
         ended = {j for j, s in states.items() if s in ENDED}
         self._alive.difference_update(ended)
         self._alive.update(states.keys() - ended)
-        maybe_requeued = [j for j in ids if self._states.get(j) in REQUEUED_BY_SLURM]
+        self._requeuable.difference_update(states.keys())
+        self._requeuable.update(j for j in ended if states[j] in REQUEUED_BY_SLURM)
+        maybe_requeued = sorted(self._requeuable & ids)
         if maybe_requeued:
-            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(query_ids(maybe_requeued))],
-                               capture_output=True, text=True, timeout=120)
+            q = run_to_file(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(query_ids(maybe_requeued))], timeout=120)
             self._queued = set(q.stdout.split()) & set(maybe_requeued) if q.returncode == 0 else set(maybe_requeued)
 
     def surely_running(self) -> AbstractSet[str]:
