@@ -13,7 +13,9 @@ What it prints (each section runs on its own; a failing one prints FAILED and th
   2. Peak GPU memory of one guided step at guidance micro-batches 1, 2, 4 (batch 16).
   3. ViT-B/16 training images/s per GPU: `Trainer.step` (bf16 autocast, AdamW with update
      clipping, EMA), batch 128 at 224 px, one rank.
-  4. JPEG decode of 256 px pool images: torchvision on the GPU (batched) vs the CPU.
+  4. JPEG decode of 256 px pool images through `decode_jpeg_batch` (what `train.jpeg_decode: cuda`
+     runs): one nvjpeg call per batch of 128 on the GPU vs libjpeg-turbo on the CPU, and how far
+     the GPU's pixels are from the CPU's.
 """
 
 from __future__ import annotations
@@ -221,20 +223,50 @@ def training_speed(s: Scale, device: torch.device) -> None:
                                          f"{s.vit_input} px, {trainer.num.dtype}, DDP on one rank; target >= 2,800)")
 
 
-@section("4. JPEG decode of 256 px pool images: GPU vs CPU")
+@section("4. JPEG decode of 256 px pool images: GPU vs CPU (dp_hpc.jpeg_batch, as training decodes them)")
 def jpeg_decode(s: Scale, device: torch.device) -> None:
-    from torchvision.io import decode_jpeg, encode_jpeg
+    import io
 
-    side = 256
-    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    base = torch.stack([(xx + yy) % 256, (xx * 2) % 256, (yy * 3) % 256]).to(torch.uint8)  # smooth, like photos
-    data = [encode_jpeg(torch.roll(base, i, dims=2), quality=95) for i in range(s.jpeg_images)]
-    t_cpu = timed(lambda: decode_jpeg(data), torch.device("cpu"))
-    report("JPEG decode CPU images/s", f"{len(data) / t_cpu:.0f} ({torch.get_num_threads()} threads)")
+    import numpy as np
+    from PIL import Image
+
+    from dp_hpc.jpeg_batch import EncodedImages, decode_jpeg_batch
+
+    side = max(s.storage, 64)  # pools store RGB images of 64 px and up as JPEG
+    yy, xx = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    base = np.stack([(xx + yy) % 256, (xx * 2) % 256, (yy * 3) % 256], axis=-1).astype(np.uint8)  # smooth, like photos
+    streams = []
+    for i in range(s.jpeg_images):
+        buf = io.BytesIO()  # as dp_hpc.pool_jpeg.JpegCodec stores pool images: Pillow, q95, 4:4:4
+        Image.fromarray(np.roll(base, i, axis=1)).save(buf, format="JPEG", quality=95, subsampling=0)
+        streams.append(np.frombuffer(buf.getvalue(), np.uint8))
+
+    def batches(pin: bool) -> list[EncodedImages]:
+        """Training batches of the streams, as PoolReader.read_encoded makes them (and PoolBatches pins them)."""
+        out = []
+        for a in range(0, len(streams), s.train_batch):
+            part = streams[a : a + s.train_batch]
+            jpeg = torch.from_numpy(np.concatenate(part))
+            out.append(EncodedImages(shape=(len(part), 3, side, side), jpeg=jpeg.pin_memory() if pin else jpeg,
+                                     jpeg_ends=np.cumsum([len(x) for x in part]), jpeg_rows=np.arange(len(part)),
+                                     pixels=None))
+        return out
+
+    cpu_batches = batches(pin=False)
+    decode_jpeg_batch(cpu_batches[0], "cpu")  # warm-up (first call: torchvision.io's import)
+    t_cpu = timed(lambda: [decode_jpeg_batch(b, "cpu") for b in cpu_batches], torch.device("cpu"))
+    report("JPEG decode CPU images/s", f"{len(streams) / t_cpu:.0f} (torchvision's libjpeg-turbo, one thread; training's "
+                                       f"CPU path: Pillow in up to 8 threads per process, bench/pool_storage.py)")
     if device.type == "cuda":
-        decode_jpeg(data[:8], device=device)  # warm-up (nvjpeg handles)
-        t_gpu = timed(lambda: decode_jpeg(data, device=device), device)
-        report("JPEG decode GPU images/s", f"{len(data) / t_gpu:.0f} (batched, nvjpeg); GPU / CPU {t_cpu / t_gpu:.1f}x")
+        gpu_batches = batches(pin=True)
+        decode_jpeg_batch(gpu_batches[0], device)  # warm-up (nvjpeg handles, buffers)
+        t_gpu = timed(lambda: [decode_jpeg_batch(b, device) for b in gpu_batches], device)
+        report("JPEG decode GPU images/s", f"{len(streams) / t_gpu:.0f} (batches of {s.train_batch}, one nvjpeg call each); "
+                                           f"GPU / CPU {t_cpu / t_gpu:.1f}x")
+        on_cpu, on_gpu = decode_jpeg_batch(cpu_batches[0], "cpu"), decode_jpeg_batch(gpu_batches[0], device).cpu()
+        diff = (on_cpu.int() - on_gpu.int()).abs()
+        report("JPEG GPU vs CPU pixels", f"max |difference| {int(diff.max())} grey levels, "
+                                         f"{(diff > 0).float().mean().item():.2%} of values differ")
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
-from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs
+from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs, check_train_device
 
 # ----------------------------------------------------------------------------- the plan (pure)
 
@@ -184,7 +184,8 @@ def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, fo
     problems = []
     sweep_dir = out / sweep.name
     for check in (lambda: check_existing_runs(runs, sweep_dir), lambda: check_run_folders(runs, sweep_dir),
-                  lambda: check_run_inputs(runs), lambda: make_runner(kind, sweep, foreground)):
+                  lambda: check_run_inputs(runs), lambda: check_train_device(runs, sweep, kind),
+                  lambda: make_runner(kind, sweep, foreground)):
         try:
             check()
         except (ConfigError, UsageError) as e:

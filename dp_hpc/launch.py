@@ -39,7 +39,7 @@ from dp_hpc.io import as_disk_full, atomic_write_text, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
-from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs
+from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs, check_train_device
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         check_existing_runs(runs, sweep_dir)
         check_run_folders(runs, sweep_dir)
         check_run_inputs(runs)
+        check_train_device(runs, sweep, kind)
         runner = make_runner(kind, sweep, args.foreground)
         code_snapshot.check_update_request(runner, args.update_code)
     except (ConfigError, UsageError) as e:

@@ -37,6 +37,7 @@ import functools
 import os
 import shutil
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import numpy as np
 import zarr
 
 from dp_hpc.io import naming_full_disk, read_json
+from dp_hpc.jpeg_batch import EncodedImages
 from dp_hpc.layout import COMPLETE, MARKER_DIR, POOL_DIR, RunDir, round_name  # noqa: F401 (re-exported)
 from dp_hpc.pool_jpeg import (  # noqa: F401
     JpegCodec,
@@ -416,23 +418,29 @@ class PoolReader:
             self._cached -= old.nbytes
         return data
 
-    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images uint8 (B, C, H, W) and labels int64 (B,) for global indices (B,)."""
-        indices = np.asarray(indices, dtype=np.int64)
+    def _by_round(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(round, mask of the batch rows in it, their indices in the round) for each round that
+        global `indices` (B,) touch, in round order."""
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"pool index out of range [0, {len(self)})")
         opened = self._open()
         which = np.searchsorted(self.offsets, indices, side="right") - 1
-        images_out: np.ndarray | None = None
-        labels_out = np.empty(len(indices), dtype=np.int64)
         for k, r in enumerate(self.rounds):
             mask = which == k
             if not mask.any():
                 continue
-            images, labels, sel, cs = opened[r]
+            sel = opened[r][2]
             local = indices[mask] - self.offsets[k]
-            if sel is not None:
-                local = sel[local]
+            yield r, mask, (local if sel is None else sel[local])
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (B, C, H, W) and labels int64 (B,) for global indices (B,)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        opened = self._open()
+        images_out: np.ndarray | None = None
+        labels_out = np.empty(len(indices), dtype=np.int64)
+        for r, mask, local in self._by_round(indices):
+            images, labels, _, cs = opened[r]
             if images_out is None:
                 images_out = np.empty((len(indices), *images.shape[1:]), dtype=np.uint8)
             labels_out[mask] = labels[local]
@@ -451,3 +459,37 @@ class PoolReader:
         if images_out is None:
             images_out = np.zeros((0, 1, 1, 1), dtype=np.uint8)
         return images_out, labels_out
+
+    def read_encoded(self, indices: np.ndarray) -> tuple[EncodedImages, np.ndarray]:
+        """As `read`, but the images of JPEG rounds stay encoded, for `decode_jpeg_batch` on the
+        training device (`train.jpeg_decode: cuda`): the prefetch thread only reads files. JPEG
+        rounds are read from their shards even when they would fit in the cache (it holds decoded
+        images); lossless rounds are read as by `read`."""
+        indices = np.asarray(indices, dtype=np.int64)
+        opened = self._open()
+        labels_out = np.empty(len(indices), dtype=np.int64)
+        streams: list[np.ndarray | None] = [None] * len(indices)  # per batch row; None: a row of `pixels`
+        pixels: np.ndarray | None = None
+        shape = opened[self.rounds[0]][0].shape[1:] if self.rounds else (1, 1, 1)
+        for r, mask, local in self._by_round(indices):
+            images, labels, _, _ = opened[r]
+            labels_out[mask] = labels[local]
+            rows = np.flatnonzero(mask)
+            if images.shards is not None:
+                for row, stream in zip(rows.tolist(), self._jpeg_reader(r).read_streams(local)):
+                    streams[row] = stream
+                continue
+            if pixels is None:
+                pixels = np.zeros((len(indices), *shape), dtype=np.uint8)
+            pixels[rows] = self.read(indices[mask])[0]
+        jpeg_rows = [i for i, s in enumerate(streams) if s is not None]
+        if pixels is None and len(jpeg_rows) < len(indices):  # images never written: all zero
+            pixels = np.zeros((len(indices), *shape), dtype=np.uint8)
+        kept = [streams[i] for i in jpeg_rows]
+        return EncodedImages(
+            shape=(len(indices), *shape),
+            jpeg=np.concatenate(kept) if kept else np.zeros(0, np.uint8),
+            jpeg_ends=np.cumsum([len(s) for s in kept], dtype=np.int64),
+            jpeg_rows=np.array(jpeg_rows, dtype=np.int64),
+            pixels=pixels,
+        ), labels_out

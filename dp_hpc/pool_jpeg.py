@@ -153,14 +153,38 @@ class JpegShardReader:
         list(self._threads.map(lambda k: self._read_one(int(uniq[k]), out[k : k + 1]), range(len(uniq))))
         return out[inverse]
 
+    def read_streams(self, local: np.ndarray) -> list[np.ndarray | None]:
+        """The JPEG stream of each image at round indices `local`, undecoded: uint8 (nbytes,) each
+        (a read-only view of the bytes read); None for an image never written (all zeros). Read by
+        DECODE_THREADS threads (file reads release the GIL); for `train.jpeg_decode: cuda`."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="jpeg-decode")
+        return list(self._threads.map(lambda i: self._stream(int(i)), local))
+
     def _read_one(self, i: int, out: np.ndarray) -> None:
+        raw = self._stored(i)
+        if raw is not None:
+            JpegCodec.decode_into(raw, out)
+
+    def _stream(self, i: int) -> np.ndarray | None:
+        raw = self._stored(i)
+        if raw is None:
+            return None
+        count, length = np.frombuffer(raw, "<u4", 2).tolist()  # the codec's header: one image, its length
+        if count != 1 or 8 + length != len(raw):
+            raise RuntimeError(f"{self.dir}: image {i} is not one JPEG stream as dp_hpc.jpeg stores it")
+        return np.frombuffer(raw, np.uint8, length, 8)
+
+    def _stored(self, i: int) -> bytes | None:
+        """Image i's inner chunk as the codec wrote it (header + one JPEG stream); None if never written."""
         shard, inner = divmod(i, self.per_shard)
         try:
             with open(self.dir / self.images.metadata.encode_chunk_key((shard, 0, 0, 0)), "rb") as f:
                 f.seek(16 * inner - 16 * self.per_shard - 4, os.SEEK_END)  # the index: (offset, nbytes) + crc32c
                 offset, nbytes = np.frombuffer(f.read(16), "<u8").tolist()
-                if offset != EMPTY_CHUNK:
-                    f.seek(offset)
-                    JpegCodec.decode_into(f.read(nbytes), out)
+                if offset == EMPTY_CHUNK:
+                    return None
+                f.seek(offset)
+                return f.read(nbytes)
         except FileNotFoundError:  # a shard of all-zero images is never written
-            pass
+            return None

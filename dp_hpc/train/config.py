@@ -93,6 +93,12 @@ class TrainConfig:
     eval_workers: int = 4
     """Loader processes reading an evaluation split from disk (the packed ImageNet splits);
     splits held in memory (digits) ignore it."""
+    jpeg_decode: Literal["cpu", "cuda"] = "cpu"
+    """Where training batches of JPEG pool rounds (RGB, 64 px and up) are decoded. cpu: Pillow in the
+    reader's threads, one step ahead of training. cuda: the reader hands over the encoded bytes and
+    the training GPU decodes each batch in one nvjpeg call (dp_hpc.jpeg_batch), whose pixels may
+    differ from the CPU's by a grey level or so. cuda needs GPU training jobs: refused before launch
+    otherwise, and for pools not stored as JPEG (digits)."""
     eval_every: int = 100
     """tau: steps between evaluations on the real validation set (and checkpoints)."""
     patience: PatienceConfig = field(default_factory=PatienceConfig)
