@@ -192,6 +192,24 @@ def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path):
     assert val_lines(run) == val_lines(reference)
 
 
+# ----------------------------------------------------------------------------- fused AdamW
+
+
+def test_fused_adamw_checkpoints_its_state_and_resumes_exactly(tmp_path):
+    """train.fused_adamw: torch's fused kernel (here its CPU version). Its moments go into state.pt in
+    our AdamW's format, and a resumed run ends bit for bit where an uninterrupted one does."""
+    train = {"fused_adamw": True, "update_clipping": False, "total_steps": 100, "cooldown_steps": 20}
+    whole = make_run(tmp_path / "whole", train=train)
+    assert train_until_stop(whole, plateau_exit=False)["stop_reason"] == "budget"
+    run = make_run(tmp_path / "run", train=train)
+    assert train_until_stop(run, plateau_exit=False, max_steps=25)["step"] == 25
+    opt = final_state(run)["optimizer"]
+    assert opt["step"] == 25 and opt["exp_avg"][0].abs().sum() > 0
+    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert_same_state(final_state(run), final_state(whole))
+    assert val_lines(run) == val_lines(whole)
+
+
 # ----------------------------------------------------------------------------- plateaus and rounds
 
 

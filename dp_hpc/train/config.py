@@ -67,6 +67,11 @@ class TrainConfig:
     lets the second moment catch up within a few dozen steps when a data addition raises the
     gradients, where update clipping alone still leaves lr-sized steps for as long as it lags:
     the digits recipe uses 0.95 (README, "Training through a data addition")."""
+    fused_adamw: bool = False
+    """AdamW as torch's fused kernel (`torch.optim.AdamW(fused=True)`: one launch per step on a GPU)
+    instead of our multi-tensor one (dp_hpc.train.optim); the same arithmetic up to rounding and the
+    same checkpoint state. The kernel has no update clipping: needs update_clipping: false. Costs
+    1-6 s at every job's start (torch.optim imports torch._dynamo)."""
     label_smoothing: float = 0.11
     """Label smoothing of the cross-entropy (paper: 0.11)."""
     mixup_alpha: float | None = None
@@ -133,6 +138,9 @@ class TrainConfig:
             raise ConfigError("ema", f"must be in (0, 1], got {self.ema}")
         if not 0 < self.adam_beta2 < 1:
             raise ConfigError("adam_beta2", f"must be in (0, 1), got {self.adam_beta2}")
+        if self.fused_adamw and self.update_clipping:
+            raise ConfigError("fused_adamw", "torch's fused AdamW kernel has no update clipping: set "
+                                             "update_clipping: false with it (plain AdamW), or fused_adamw: false")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         for name in ("mixup_alpha", "cutmix_alpha"):
