@@ -109,6 +109,12 @@ class TrainConfig:
     preemption always save one. A resume from an older checkpoint redoes the evaluations since,
     with the same results (training is a pure function of the step); at ImageNet scale a checkpoint
     is ~1.4 GB that every rank waits for, so checkpoint less often than you evaluate."""
+    async_checkpoint: bool = False
+    """Write the checkpoints that do not end the job in a background thread: the state is copied to
+    CPU memory at the step boundary (training waits for that copy, not for the disk), then written
+    as usual (state.pt, train_state.json last). One write in flight at most; a failed write
+    is raised at the next save; plateau, budget and preemption exits save synchronously after the
+    pending write. Costs one copy of the state in host memory while it is written."""
     collective_timeout_min: float = 30.0
     """Minutes a collective (all-reduce, barrier) of a multi-process job may wait for the other ranks
     before the job fails with an error, rather than holding its GPUs while one rank is gone."""
