@@ -49,6 +49,7 @@ grid: {method.name: [static, dp], seed: [0, 1]}
     ("name: t\nbase: {method: {name: magic}}\n", "base.method.name", "'dp', 'static', 'prune'"),
     ("name: t\nbase: {train: {total_steps: 100, warmup_steps: 200}}\n", "base.train.total_steps", "warmup"),
     ("name: t\nbase: {train: {adam_beta2: 1.0}}\n", "base.train.adam_beta2", "(0, 1)"),
+    ("name: t\nbase: {train: {fused_adamw: true}}\n", "base.train.fused_adamw", "no update clipping"),
     ("name: t\ngrid: {sampler.omega: [0.05, -0.1]}\n", "sampler.omega", ">= 0"),
     ("name: t\nbogus: 1\n", "bogus", "valid keys"),
     ("name: t\nbase: [1, 2\n", "", "not valid YAML"),

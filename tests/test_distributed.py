@@ -92,11 +92,13 @@ def free_port() -> int:
 def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
     """Two torchrun agents on one machine as two "nodes" (--nnodes=2, c10d rendezvous on
     127.0.0.1, gloo), each with one worker, built by the SLURM training job's own command builder;
-    against one process with the same global batch. Tolerance as above (summation order only)."""
+    against one process with the same global batch. Tolerance as above (summation order only).
+    With train.async_checkpoint: no barrier at the step-10 checkpoint (rank 0 writes it in the
+    background), and the exit's checkpoint at 12 waits for it."""
     from dp_hpc.jobs import torchrun_command
 
     steps = 12
-    run = make_run(tmp_path / "two_nodes", train=TRAIN)
+    run = make_run(tmp_path / "two_nodes", train={**TRAIN, "async_checkpoint": True})
     port = free_port()
     while not 29500 <= port < 49500:  # the builder derives the port from the job id: 29500 + id % 20000
         port = free_port()
@@ -112,6 +114,7 @@ def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
         assert a.returncode == 0, err[-3000:]
     ts = ckpt.latest_checkpoint(run)[1]
     assert (ts["step"], ts["world_size"], ts["stop_reason"]) == (steps, 2, "preempted")
+    assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000010", "step_00000012"]
 
     ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
     assert train_until_stop(ref, plateau_exit=False, max_steps=steps)["step"] == steps

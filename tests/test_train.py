@@ -4,10 +4,12 @@ evaluation. Pools hold real digit images written as if they were generated."""
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train.evaluate import evaluate_final
 from dp_hpc.train.loop import train_until_stop
+from dp_hpc.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,8 +179,10 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
     assert val_lines(run) == val_lines(reference)
 
 
-def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path):
-    run = make_run(tmp_path / "run")
+@pytest.mark.parametrize("train", [{}, {"async_checkpoint": True}], ids=["sync", "async"])
+def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path, train):
+    """async: the preemption's save waits for the background write in flight, then writes its own."""
+    run = make_run(tmp_path / "run", train=train)
     proc = cli(run, "--no-plateau-exit")
     first = wait_for_checkpoint(run, proc)
     proc.send_signal(signal.SIGTERM)
@@ -190,6 +195,135 @@ def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path):
     assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
+
+
+# ----------------------------------------------------------------------------- fused AdamW, async saves
+
+
+def test_fused_adamw_checkpoints_its_state_and_resumes_exactly(tmp_path):
+    """train.fused_adamw: torch's fused kernel (here its CPU version). Its moments go into state.pt in
+    our AdamW's format, and a resumed run ends bit for bit where an uninterrupted one does."""
+    train = {"fused_adamw": True, "update_clipping": False, "total_steps": 100, "cooldown_steps": 20}
+    whole = make_run(tmp_path / "whole", train=train)
+    assert train_until_stop(whole, plateau_exit=False)["stop_reason"] == "budget"
+    run = make_run(tmp_path / "run", train=train)
+    assert train_until_stop(run, plateau_exit=False, max_steps=25)["step"] == 25
+    opt = final_state(run)["optimizer"]
+    assert opt["step"] == 25 and opt["exp_avg"][0].abs().sum() > 0
+    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert_same_state(final_state(run), final_state(whole))
+    assert val_lines(run) == val_lines(whole)
+
+
+def zip_members(path: Path) -> dict[str, bytes]:
+    """The records of a torch.save file (a zip archive) but its `.data/serialization_id`, a random
+    id of each file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        out = {i.filename: z.read(i) for i in z.infolist() if not i.filename.endswith("/.data/serialization_id")}
+    assert len(out) > 10 and any(n.endswith("/data.pkl") for n in out)
+    return out
+
+
+class HeldWrites:
+    """`ckpt.save_checkpoint` wrapped: a write in a background thread is held until training has
+    gone 3 steps past it (a write in the training thread would wait for ever: the timeout fails
+    it), and every write is recorded as (thread, step) with the most writes ever at once."""
+
+    def __init__(self, monkeypatch):
+        self.writes: list[tuple[str, int]] = []
+        self.active = self.most_at_once = 0
+        self.trained_to = 0
+        save, step = ckpt.save_checkpoint, Trainer.step
+
+        def counting_step(trainer, *args):
+            out = step(trainer, *args)
+            self.trained_to = trainer.opt.step_count
+            return out
+
+        def held_save(run_dir, state, ts):
+            background = threading.current_thread() is not threading.main_thread()
+            self.writes.append(("background" if background else "main", ts["step"]))
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+            try:
+                deadline = time.monotonic() + 60
+                while background and self.trained_to < ts["step"] + 3:
+                    assert time.monotonic() < deadline, "training did not go on during the write"
+                    time.sleep(0.005)
+                return save(run_dir, state, ts)
+            finally:
+                self.active -= 1
+
+        monkeypatch.setattr(Trainer, "step", counting_step)
+        monkeypatch.setattr(ckpt, "save_checkpoint", held_save)
+
+
+def test_async_checkpoints_are_the_sync_files_and_resume_exactly(reference, tmp_path, monkeypatch):
+    """train.async_checkpoint: the checkpoints that do not end the job are written in a background
+    thread while training goes on (held until it is 3 steps further), from a copy taken at their
+    step: the files are byte for byte those of a synchronous run (but for the random id torch.save
+    gives every file); the exit's save waits for the write in flight; resumption ends equal to the
+    reference."""
+    monkeypatch.setattr(metrics, "utc_now", lambda: "2000-01-01T00:00:00Z")  # train_state's time (in state.pt too)
+    sync = make_run(tmp_path / "sync", train={"checkpoint_keep": 10})
+    torch.manual_seed(0)  # state.pt holds the process's RNG state (training draws nothing from it)
+    assert train_until_stop(sync, plateau_exit=False, max_steps=25)["step"] == 25
+    run = make_run(tmp_path / "run", train={"checkpoint_keep": 10, "async_checkpoint": True})
+    held = HeldWrites(monkeypatch)
+    torch.manual_seed(0)
+    assert train_until_stop(run, plateau_exit=False, max_steps=25)["step"] == 25
+    assert held.writes == [("background", 10), ("background", 20), ("main", 25)] and held.most_at_once == 1
+    names = [c.name for c, _ in ckpt.complete_checkpoints(run)]
+    assert names == [c.name for c, _ in ckpt.complete_checkpoints(sync)] == \
+        ["step_00000010", "step_00000020", "step_00000025"]
+    for name in names:
+        a, b = run / "checkpoints" / name, sync / "checkpoints" / name
+        assert (a / ckpt.TRAIN_STATE_FILE).read_bytes() == (b / ckpt.TRAIN_STATE_FILE).read_bytes()
+        assert zip_members(a / ckpt.STATE_FILE) == zip_members(b / ckpt.STATE_FILE)
+    ts = train_until_stop(run, plateau_exit=False)
+    assert ts["stop_reason"] == "budget" and held.most_at_once == 1
+    assert_same_state(final_state(run), final_state(reference))
+    assert val_lines(run) == val_lines(reference)
+
+
+def test_a_failed_background_write_stops_training_at_the_next_save(tmp_path, monkeypatch):
+    """The step-10 checkpoint's write fails in the background thread: its error (an injected EIO) is
+    raised by the training job at its next save (step 20), which writes nothing; no checkpoint is
+    marked complete."""
+    run = make_run(tmp_path / "run", train={"async_checkpoint": True})
+    write = ckpt.atomic_write_bytes
+
+    def failing(path, data):
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError(errno.EIO, "injected write error", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", failing)
+    with pytest.raises(OSError, match="injected write error"):
+        train_until_stop(run, plateau_exit=False, max_steps=25)
+    assert [r["step"] for r in val_lines(run)] == [10, 20]
+    assert ckpt.complete_checkpoints(run) == []
+
+
+def test_a_pending_writes_error_is_raised_when_the_writer_closes(tmp_path, monkeypatch):
+    """No save after the failed one (the job ends for another reason): leaving the writer's block
+    waits for the write and raises its error; if the block itself raised, that error goes on and
+    the write's is logged."""
+    def failing(run_dir, state, ts):
+        time.sleep(0.2)  # still in flight when the block ends
+        raise OSError(errno.EIO, "injected write error")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", failing)
+    state, ts = {"w": torch.ones(3)}, {"step": 10, "stop_reason": None}
+    with pytest.raises(OSError, match="injected write error"):
+        with ckpt.CheckpointWriter(tmp_path, keep=2, background=True) as writer:
+            writer.save(state, ts, wait=False)
+    with pytest.raises(KeyError, match="the block's own"):
+        with ckpt.CheckpointWriter(tmp_path, keep=2, background=True) as writer:
+            writer.save(state, ts, wait=False)
+            raise KeyError("the block's own")
 
 
 # ----------------------------------------------------------------------------- plateaus and rounds

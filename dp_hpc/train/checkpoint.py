@@ -14,17 +14,20 @@
                            (written last, atomically: the folder is complete iff it exists)
 
 Readers (the coordinator, generation tasks loading the classifier for entropy guidance) only
-ever look at complete folders. Only rank 0 writes. Retention keeps the newest
-`checkpoint_keep` folders plus every folder whose stop_reason is "plateau" (the classifiers that
-guided a round, and the branch-out points).
+ever look at complete folders. Only rank 0 writes (`CheckpointWriter`: in the training thread, or
+with train.async_checkpoint in one background thread from a copy in CPU memory). Retention keeps
+the newest `checkpoint_keep` folders plus every folder whose stop_reason is "plateau" (the
+classifiers that guided a round, and the branch-out points).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,6 +94,70 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) 
         atomic_write_bytes(folder / CLASSIFIER_FILE, buf.getvalue())
     atomic_write_json(folder / TRAIN_STATE_FILE, train_state)
     return folder
+
+
+def snapshot(state):
+    """A copy of `state` (dicts, lists, tensors, plain values) that training cannot change: every
+    tensor copied to CPU memory (from a GPU: a device-to-host copy that the caller waits for).
+    state_dict()'s `_metadata` (module versions) is kept, so torch.save writes the same file."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        out = type(state)((k, snapshot(v)) for k, v in state.items())
+        if hasattr(state, "_metadata"):
+            out._metadata = copy.deepcopy(state._metadata)
+        return out
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(v) for v in state)
+    return copy.deepcopy(state)
+
+
+class CheckpointWriter:
+    """Rank 0's saves: `save_checkpoint`, then `prune_checkpoints`. With `background`, a save that
+    may (`wait=False`) returns after a `snapshot` of the state and writes it in one worker thread:
+    at most one write in flight (each save first waits for the previous one), and a write's error
+    is raised in the training thread at the next save or at the end of the `with` block, never lost.
+    Leaving the block waits for the pending write."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int, background: bool = False):
+        self.run_dir, self.keep, self.background = Path(run_dir), keep, background
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-write") if background else None
+        self._pending: Future | None = None
+
+    def save(self, state: dict, train_state: dict, *, wait: bool = True) -> None:
+        self.wait()
+        if self._thread is None or wait:
+            self._write(state, train_state)
+        else:  # the copy is taken here, before the next optimizer step changes the tensors
+            self._pending = self._thread.submit(self._write, snapshot(state), snapshot(train_state))
+
+    def _write(self, state: dict, train_state: dict) -> None:
+        save_checkpoint(self.run_dir, state, train_state)
+        prune_checkpoints(self.run_dir, self.keep)
+
+    def wait(self) -> None:
+        """Return when no write is in flight; raise the error of the pending one (once)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc is None:
+                self.wait()
+            else:  # the block's own error goes on; the write's, if any, is logged beside it
+                try:
+                    self.wait()
+                except Exception as e:
+                    log.error("the background checkpoint write failed too: %s", _first_line(e))
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
 
 
 def load_state(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

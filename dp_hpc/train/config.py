@@ -67,6 +67,11 @@ class TrainConfig:
     lets the second moment catch up within a few dozen steps when a data addition raises the
     gradients, where update clipping alone still leaves lr-sized steps for as long as it lags:
     the digits recipe uses 0.95 (README, "Training through a data addition")."""
+    fused_adamw: bool = False
+    """AdamW as torch's fused kernel (`torch.optim.AdamW(fused=True)`: one launch per step on a GPU)
+    instead of our multi-tensor one (dp_hpc.train.optim); the same arithmetic up to rounding and the
+    same checkpoint state. The kernel has no update clipping: needs update_clipping: false. Costs
+    1-6 s at every job's start (torch.optim imports torch._dynamo)."""
     label_smoothing: float = 0.11
     """Label smoothing of the cross-entropy (paper: 0.11)."""
     mixup_alpha: float | None = None
@@ -110,6 +115,12 @@ class TrainConfig:
     preemption always save one. A resume from an older checkpoint redoes the evaluations since,
     with the same results (training is a pure function of the step); at ImageNet scale a checkpoint
     is ~1.4 GB that every rank waits for, so checkpoint less often than you evaluate."""
+    async_checkpoint: bool = False
+    """Write the checkpoints that do not end the job in a background thread: the state is copied to
+    CPU memory at the step boundary (training waits for that copy, not for the disk), then written
+    as usual (state.pt, train_state.json last). One write in flight at most; a failed write
+    is raised at the next save; plateau, budget and preemption exits save synchronously after the
+    pending write. Costs one copy of the state in host memory while it is written."""
     collective_timeout_min: float = 30.0
     """Minutes a collective (all-reduce, barrier) of a multi-process job may wait for the other ranks
     before the job fails with an error, rather than holding its GPUs while one rank is gone."""
@@ -139,6 +150,9 @@ class TrainConfig:
             raise ConfigError("ema", f"must be in (0, 1], got {self.ema}")
         if not 0 < self.adam_beta2 < 1:
             raise ConfigError("adam_beta2", f"must be in (0, 1), got {self.adam_beta2}")
+        if self.fused_adamw and self.update_clipping:
+            raise ConfigError("fused_adamw", "torch's fused AdamW kernel has no update clipping: set "
+                                             "update_clipping: false with it (plain AdamW), or fused_adamw: false")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         for name in ("mixup_alpha", "cutmix_alpha"):

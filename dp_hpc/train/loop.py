@@ -226,13 +226,15 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
               action, prog.step, tc.total_steps, reader.rounds, len(reader), prog.plateau.counter,
               prog.plateau.limit, d.world_size)
     with Tracker(run_dir, cfg, prog.step, previous_pool=latest[1].get("pool_size") if latest else None,
-                 enabled=d.is_main) as tracker:
-        return _train_loop(run_dir, cfg, d, plateau_exit, max_steps, flag, rlog, reader, trainer, prog, tracker)
+                 enabled=d.is_main) as tracker, \
+            ckpt.CheckpointWriter(run_dir, tc.checkpoint_keep, background=tc.async_checkpoint) as writer:
+        return _train_loop(run_dir, cfg, d, plateau_exit, max_steps, flag, rlog, reader, trainer, prog, tracker,
+                           writer)
 
 
 def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps: int | None,
                 flag: PreemptFlag, rlog, reader: PoolReader, trainer: Trainer, prog: _Progress,
-                tracker: Tracker) -> dict:
+                tracker: Tracker, writer: ckpt.CheckpointWriter) -> dict:
     tc = cfg.train
     batches = PoolBatches(reader, cfg.seed, tc.batch_size, d, tc.jpeg_decode)
     spec = dataset_spec(cfg.data)
@@ -263,7 +265,7 @@ def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_
                   "patience_counter": p.counter, "patience_limit": p.limit, "stop_reason": stop_reason,
                   "last_val_acc": prog.last_val_acc, "lr": lr, "world_size": d.world_size,
                   "time": metrics.utc_now()}
-            _save(run_dir, trainer, ts, tc.checkpoint_keep, d)
+            _save(trainer, ts, d, writer)
         if stop_reason is not None:
             compute_s = time.perf_counter() - t0
             rlog.info("stop at step %d: %s (%d steps in %.1f s)", prog.step, stop_reason, done_here, compute_s)
@@ -322,12 +324,14 @@ def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: Eva
               p.limit, train_loss, lr, rate)
 
 
-def _save(run_dir: Path, trainer: Trainer, ts: dict, keep: int, d: Dist) -> None:
-    """Rank 0 writes; every rank waits for it, so a returned job always has its checkpoint."""
+def _save(trainer: Trainer, ts: dict, d: Dist, writer: ckpt.CheckpointWriter) -> None:
+    """Rank 0 writes; every rank waits for it, so a returned job always has its checkpoint. With
+    train.async_checkpoint, a checkpoint that does not end the job (no stop_reason) is written in
+    the background and nobody waits for the disk; one that ends it waits for that write first."""
+    final = ts["stop_reason"] is not None
     if d.is_main:
         state = {**trainer.state_dict(), "step": ts["step"], "train_state": ts,
                  "rng": {"torch": torch.get_rng_state()}}
-        ckpt.save_checkpoint(run_dir, state, ts)
-        ckpt.prune_checkpoints(run_dir, keep)
-    if d.world_size > 1:
+        writer.save(state, ts, wait=final)
+    if d.world_size > 1 and (final or not writer.background):
         dist.barrier()

@@ -17,14 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from dp_hpc.config import RunConfig
 from dp_hpc.train.distributed import Dist
 from dp_hpc.train.model import Numerics, classifier_for
-from dp_hpc.train.optim import AdamW
+from dp_hpc.train.optim import AdamW, FusedAdamW
 
 if TYPE_CHECKING:
     from dp_hpc.signals import PreemptFlag
 
 
 class Trainer:
-    """Model, EMA copy and AdamW; one `step` = forward, backward (DDP), update, EMA."""
+    """Model, EMA copy and AdamW (ours, or torch's fused kernel); one `step` = forward, backward
+    (DDP), update, EMA."""
 
     def __init__(self, cfg: RunConfig, d: Dist):
         self.cfg, self.d = cfg, d
@@ -43,10 +44,11 @@ class Trainer:
         # Persistent buffers (BatchNorm statistics of resnet50; digits_cnn and ViT have none): not
         # averaged by the EMA but copied to it, and averaged over ranks with the gradients.
         self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
-        # torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
-        self.opt = AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
-                         decay=[tc.decays_everything or decays(n, p) for n, p in named],
-                         update_clipping=tc.update_clipping)
+        hyper = dict(lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
+                     decay=[tc.decays_everything or decays(n, p) for n, p in named])
+        # ours: torch.optim.AdamW(foreach=True)'s arithmetic without its 3-6 s import of torch._dynamo
+        self.opt = (FusedAdamW(self.params, **hyper) if tc.fused_adamw
+                    else AdamW(self.params, **hyper, update_clipping=tc.update_clipping))
         self.ddp = None
         if dist.is_available() and dist.is_initialized():
             # gradients averaged in buckets while the backward runs; BatchNorm statistics are
