@@ -99,20 +99,13 @@ class JobIndex:
     def stale(self, jobs: list[JobRecord]) -> bool:
         return id(jobs) != self.jobs_id or len(jobs) != self.jobs_len or _STATUS_WRITES[0] != self.writes
 
-    def _group(self, j: JobRecord) -> tuple | None:
-        """The array entry of state.json that names this running job; None: state.json keeps it whole."""
-        task = array_task(j.job_id)
-        if task is None or j.error is not None or j.log_path is not None:
-            return None
-        return task[0], j.kind, j.round, j.submitted, j.executor
-
     def _add_running(self, j: JobRecord) -> None:
         self.running[id(j)] = j
         self.by_kind.setdefault(j.kind, {})[id(j)] = j
         if j.kind == "generate":
             shards = self.shards.setdefault(j.round, {})
             shards[_shard(j)] = shards.get(_shard(j), 0) + 1
-        key = self._group(j)
+        key = array_entry_key(j)
         if key is None:
             self.singles[id(j)] = j
         else:
@@ -152,8 +145,7 @@ class JobIndex:
         for key, tasks in self.arrays.items():
             if key not in self.ranges:
                 self.ranges[key] = ranges_text(list(tasks))
-            a, k, r, s, e = key
-            arrays.append({"array": a, "kind": k, "round": r, "submitted": s, "executor": e, "tasks": self.ranges[key]})
+            arrays.append(array_entry(key, self.ranges[key]))
         return [dataclasses.asdict(j) for j in self.singles.values()], arrays
 
 
@@ -188,7 +180,7 @@ class RunState:
     def end_job(self, job: JobRecord, status: str, error: str | None, log_path: str | None) -> None:
         """A running job of this state has ended with `status`."""
         index = self.job_index()
-        key = index._group(job)
+        key = array_entry_key(job)
         object.__setattr__(job, "status", status)  # not counted: the index is told below, and only this one's
         job.error, job.log_path = error, log_path
         index.ended(job, key)
@@ -334,14 +326,27 @@ def compact_jobs(jobs: list[JobRecord]) -> tuple[list[dict], list[dict]]:
     for j in jobs:
         if j.status != "running":
             continue
-        task = array_task(j.job_id)
-        if task is None or j.error is not None or j.log_path is not None:
+        key = array_entry_key(j)
+        if key is None:
             singles.append(dataclasses.asdict(j))
-            continue
-        groups.setdefault((task[0], j.kind, j.round, j.submitted, j.executor), []).append(task[1])
-    arrays = [{"array": a, "kind": k, "round": r, "submitted": s, "executor": e, "tasks": ranges_text(ts)}
-              for (a, k, r, s, e), ts in groups.items()]
-    return singles, arrays
+        else:
+            groups.setdefault(key, []).append(array_task(j.job_id)[1])
+    return singles, [array_entry(key, ranges_text(ts)) for key, ts in groups.items()]
+
+
+def array_entry_key(j: JobRecord) -> tuple | None:
+    """(array, kind, round, submitted, executor): the entry of state.json's `job_arrays` that names
+    running job `j`; None when state.json keeps its record whole (no array task, or it has an error
+    or a log path to keep)."""
+    task = array_task(j.job_id)
+    if task is None or j.error is not None or j.log_path is not None:
+        return None
+    return task[0], j.kind, j.round, j.submitted, j.executor
+
+
+def array_entry(key: tuple, tasks: str) -> dict:
+    a, k, r, s, e = key
+    return {"array": a, "kind": k, "round": r, "submitted": s, "executor": e, "tasks": tasks}
 
 
 def running_jobs_in(d: dict[str, Any]) -> list[tuple[str, str, str]]:
