@@ -77,7 +77,7 @@ class JobIndex:
     Anything else that changes the list or a status (a test, dp_hpc.cancel, verify --repair) is
     noticed (`stale`) and the index is built again from the list."""
 
-    def __init__(self, jobs: list[JobRecord], saved: dict):
+    def __init__(self, jobs: list[JobRecord]):
         self.jobs_id, self.jobs_len, self.writes = id(jobs), len(jobs), _STATUS_WRITES[0]
         self.running: dict[int, JobRecord] = {}  # id(record) -> record, in list order
         self.by_kind: dict[str, dict[int, JobRecord]] = {}
@@ -85,15 +85,14 @@ class JobIndex:
         self.arrays: dict[tuple, dict[int, None]] = {}  # (array, kind, round, submitted, executor) -> tasks
         self.ranges: dict[tuple, str] = {}  # ranges_text of an array's tasks, until they change
         self.shards: dict[int, dict[tuple[int, int], int]] = {}  # round -> (start, stop) of running generate jobs -> count
+        # what the next save may have to write; it skips what `saved` says is written already
         self.new_running: list[JobRecord] = []  # added since the last save: their details may be unsaved
-        self.newly_ended: list[JobRecord] = []  # ended since the last save: not yet in jobs.jsonl
+        self.newly_ended: list[JobRecord] = []  # ended since the last save: maybe not yet in jobs.jsonl
         for j in jobs:
             if j.status == "running":
                 self._add_running(j)
-                task = array_task(j.job_id)
-                if task and j.job_id not in saved["details"].get(task[0], ()):
-                    self.new_running.append(j)
-            elif id(j) not in saved["ended"]:
+                self.new_running.append(j)
+            else:
                 self.newly_ended.append(j)
 
     def stale(self, jobs: list[JobRecord]) -> bool:
@@ -169,7 +168,7 @@ class RunState:
     # -- the job list: through these, a poll costs what changed, not every record (JobIndex)
     def job_index(self) -> JobIndex:
         if self._index is None or self._index.stale(self.jobs):
-            self._index = JobIndex(self.jobs, self._saved)
+            self._index = JobIndex(self.jobs)
         return self._index
 
     def add_job(self, job: JobRecord) -> None:
