@@ -11,7 +11,7 @@ every job use it.
                                       unet/  scheduler/  checkpoint.pt  oracle.pt  text_embeddings.pt
       <run>/                          RunDir
         config.yaml  state.json  jobs.jsonl  jobs/<array id>.json  pool.zarr/round_XXX  pool_markers/round_XXX/{chunk_NNNNNN.done,paired_plain.json,samples.png,COMPLETE}
-        checkpoints/step_XXXXXXXX/{state.pt,classifier.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  train.lock  tensorboard/
+        checkpoints/step_XXXXXXXX/{state.pt,classifier.pt,train_state.json}  metrics.jsonl  compute.jsonl  eval.json  test_predictions.npz  train.lock  tensorboard/
         wandb/{run_id,offline-run-*}
         logs/[torchrun/<job>-node<n>/]
         branches/round_XXX/           RunDir of a branch-out, plus branch.json
@@ -63,6 +63,7 @@ WANDB_DIR = "wandb"  # the wandb run's local files, when the sweep's tracking.wa
 WANDB_ID_FILE = "run_id"  # in wandb/: the wandb run id, made by the run's first job, reused by every later one
 SAMPLE_GRID = "samples.png"  # in a round's markers: a few samples per class (guided: beside plain, same seeds)
 EVAL_FILE = "eval.json"  # the final held-out evaluation (written last: marks it done)
+TEST_PREDICTIONS = "test_predictions.npz"  # each test image's predicted class and label (dp_hpc.predictions)
 RUN_LOCK = "train.lock"  # held by the one job that trains or evaluates the run
 BRANCHES = "branches"
 BRANCH_FILE = "branch.json"  # a branch-out's parent, round, checkpoint step, samples
@@ -113,6 +114,7 @@ class RunDir(_Folder):
     metrics = property(lambda self: self.path / METRICS_FILE)
     compute = property(lambda self: self.path / COMPUTE_FILE)
     eval = property(lambda self: self.path / EVAL_FILE)
+    test_predictions = property(lambda self: self.path / TEST_PREDICTIONS)
     tensorboard = property(lambda self: self.path / TENSORBOARD)
     wandb = property(lambda self: self.path / WANDB_DIR)
     wandb_id = property(lambda self: self.path / WANDB_DIR / WANDB_ID_FILE)

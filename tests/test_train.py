@@ -416,6 +416,7 @@ def test_budget_is_idempotent_and_final_eval(reference):
     result = evaluate_final(reference)
     assert 0.5 < result["acc"] <= 1.0 and result["step"] == 200 and result["rounds"] == [0]
     assert json.loads((reference / "eval.json").read_text()) == result
+    _check_test_predictions(reference, result)
     test_lines = metrics.read_metrics(reference, "test")
     assert len(test_lines) == 1 and test_lines[0]["acc"] == result["acc"]
     assert evaluate_final(reference) == result  # idempotent
@@ -423,6 +424,25 @@ def test_budget_is_idempotent_and_final_eval(reference):
     again = evaluate_final(reference)
     assert again["acc"] == result["acc"]
     assert len(metrics.read_metrics(reference, "test")) == 1
+
+
+def _check_test_predictions(run, result):
+    """test_predictions.npz holds, in the test split's order, what the evaluated classifier predicts
+    for each image (recomputed here image by image) and the split's labels; its accuracy is eval.json's."""
+    from dp_hpc.config import load_run_config
+    from dp_hpc.data.eval_data import open_eval_split
+    from dp_hpc.predictions import read_test_predictions
+
+    pred = read_test_predictions(run / "test_predictions.npz")
+    cfg = load_run_config(run)
+    test = open_eval_split(cfg.data, "test")
+    assert pred.predicted.dtype == np.int16 and len(pred.label) == result["n_test"] == len(test)
+    np.testing.assert_array_equal(pred.label, test.labels)
+    model = ckpt.load_classifier(run / "checkpoints" / result["checkpoint"], cfg)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(test.images).float().div(255.0)).argmax(-1).numpy()
+    np.testing.assert_array_equal(pred.predicted, expected)
+    assert pred.correct.mean() == result["acc"]
 
 
 def test_final_eval_requires_budget(tmp_path):

@@ -7,7 +7,9 @@ test is the real train set, 1.28M images on IN-1k), else the CPU.
 
     from dp_hpc.train.evaluate import evaluate_final; evaluate_final(run_dir)
 
-Writes `<run>/eval.json` (atomically, last: it marks the evaluation done) and one
+Writes `<run>/test_predictions.npz` (each test image's predicted class and label, for paired
+comparisons: dp_hpc.predictions), then `<run>/eval.json` (atomically, last: it marks the evaluation
+done) and one
 `{"split": "test", ...}` line in metrics.jsonl (and test/acc, test/loss on the run's dashboards,
 dp_hpc.train.tracking). Idempotent: an existing eval.json is returned
 as is; a crash between the two writes is repaired by dropping old test lines before appending.
@@ -31,6 +33,7 @@ from dp_hpc.config import load_run_config
 from dp_hpc.data.eval_data import EvalSplit, open_eval_split
 from dp_hpc.io import atomic_write_json, read_json, run_lock
 from dp_hpc.layout import EVAL_FILE, RunDir  # noqa: F401 (re-exported)
+from dp_hpc.predictions import write_test_predictions
 from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
 from dp_hpc.train.distributed import Dist
 from dp_hpc.train.model import Numerics
@@ -87,27 +90,51 @@ def center_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return x[..., top : top + ch, left : left + cw]
 
 
+def _scored(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics, crop: float):
+    """(logits float32 (B, K), labels int64 (B,)) of each batch, on the device, in the batches'
+    order, with the model in eval mode (its previous mode restored at the end)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            x = center_crop(x.to(d.device, non_blocking=True), crop)
+            x = num.images(x.float().div_(255.0))  # uint8 -> [0, 1]
+            with num.autocast():
+                logits = model(x)
+            yield logits.float(), y.to(d.device, non_blocking=True)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics,
              crop: float = 1.0) -> tuple[float, float]:
     """Accuracy and mean (unsmoothed) cross-entropy over all ranks' shards, on the central `crop`
     of each image (train.eval_crop). One all_reduce when distributed; one host sync (.tolist())."""
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct, loss, count
-    for x, y in batches:
-        x = center_crop(x.to(d.device, non_blocking=True), crop)
-        x = num.images(x.float().div_(255.0))  # uint8 -> [0, 1]
-        y = y.to(d.device, non_blocking=True)
-        with num.autocast():
-            logits = model(x)
+    for logits, y in _scored(model, batches, d, num, crop):
         sums[0] += (logits.argmax(-1) == y).sum()
-        sums[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[2] += len(y)
     if d.world_size > 1:
         dist.all_reduce(sums)
-    model.train(was_training)
     correct, loss, n = sums.tolist()
     return correct / max(n, 1.0), loss / max(n, 1.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: EvalBatches, d: Dist, num: Numerics,
+            crop: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """One process's pass over a whole split: each image's predicted class and true label (int16,
+    in the split's order: what paired comparisons of two runs on the same images need) and the
+    summed (unsmoothed) cross-entropy. One host copy per batch."""
+    predicted, labels, loss = [], [], 0.0
+    for logits, y in _scored(model, batches, d, num, crop):
+        predicted.append(logits.argmax(-1).to(torch.int16).cpu())
+        labels.append(y.to(torch.int16).cpu())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    cat = lambda parts: torch.cat(parts).numpy() if parts else np.zeros(0, np.int16)  # noqa: E731
+    return cat(predicted), cat(labels), loss
 
 
 def evaluate_final(run_dir: str | os.PathLike) -> dict:
@@ -134,13 +161,16 @@ def _evaluate_final(run_dir: Path) -> dict:
     model = num.place(load_classifier(folder, cfg), d.device)
     test = open_eval_split(cfg.data, "test")  # read once: streamed, not cached
     startup_s, t0 = metrics.process_age_s(), time.perf_counter()
-    acc, loss = evaluate(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False), d, num,
-                         cfg.train.eval_crop_fraction)
+    predicted, labels, loss_sum = predict(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False),
+                                          d, num, cfg.train.eval_crop_fraction)
+    acc, loss = float(np.mean(predicted == labels)) if len(labels) else 0.0, loss_sum / max(len(labels), 1)
     metrics.append_compute(run_dir, {"kind": "eval", "round": ts["round"], "startup_s": startup_s,
                                      "compute_s": time.perf_counter() - t0})
     result = {"acc": acc, "loss": loss, "step": ts["step"], "pool_size": ts["pool_size"],
               "round": ts["round"], "rounds": ts["pool_rounds"], "n_test": len(test), "best_val_acc": ts["best_val_acc"],
               "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}
+    # before eval.json (which marks the evaluation done): a crash between the two rewrites this
+    write_test_predictions(RunDir(run_dir).test_predictions, predicted, labels)
     metrics.drop_split(run_dir, "test")
     metrics.append_metric(run_dir, {"split": "test", **result})
     atomic_write_json(RunDir(run_dir).eval, result)
