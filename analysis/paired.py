@@ -1,0 +1,211 @@
+"""Paired comparisons of arms: every arm is scored on the same test images and, seed by seed, shares
+its generator and its round-0 schedule, so two arms are compared image by image and seed by seed.
+
+Pure functions over per-image results (`correct[seed]`: a bool vector over the test images, from
+each run's test_predictions.npz); no I/O, no plotting.
+
+- `joint_bootstrap`: every cell's replicate mean accuracy from draws shared by all cells: a
+  replicate resamples the seeds (with replacement) and the test images (with replacement), the same
+  seeds and the same images for every arm and budget. A difference of two cells' replicates is then
+  a paired bootstrap of their difference, and the curves of one replicate feed samples-to-target.
+- `compare`: one pair of arms at one budget: the mean accuracy difference over the matched seeds,
+  its percentile interval and two-sided p-value from the joint bootstrap, the seeds won / tied /
+  lost, and McNemar's exact test per matched seed on the discordant images.
+- `variance_components` and `seeds_needed`: a power calculation for the next sweep from the
+  measured spread of the differences by seed and by image.
+
+Why both seeds and images: the seeds are a sample of training randomness (generator samples,
+initialisation, batches), the test images a sample of the data distribution; a claim about the
+method needs both. The joint ("two-way") bootstrap counts the seed x image interaction twice, so
+its interval is slightly conservative (tests/test_paired.py measures its false-positive rate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from analysis.stats import LEVEL, percentile_interval
+
+# the comparisons the paper's claims need, first arm minus second (README, "Results on digits")
+PAIRS = (("dp", "static"), ("dp", "dp (ω=0)"), ("dp", "prune"), ("prune", "static"))
+
+Cells = Mapping[Hashable, Mapping[int, np.ndarray]]  # cell -> seed -> bool (n_images,)
+
+
+def n_images(cells: Cells) -> int:
+    """The common number of test images; ValueError if two runs were scored on different sets."""
+    sizes = {len(v) for per_seed in cells.values() for v in per_seed.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"runs scored on test sets of different sizes: {sorted(sizes)}")
+    return sizes.pop() if sizes else 0
+
+
+def joint_bootstrap(cells: Cells, b: int, rng: np.random.Generator,
+                    max_elements: int = 1 << 24) -> dict[Hashable, np.ndarray]:
+    """Per cell, `b` replicate mean accuracies (float (b,)) from shared draws (cells of bools: each
+    image right or wrong; other numbers are averaged the same way): replicate j draws
+    seed counts w_j over the union of seeds and image counts v_j over the test images, and a cell's
+    replicate mean is sum_s w_js * (c_s . v_j) / (N * sum_s w_js) over the seeds the cell has (NaN
+    if the replicate drew none of them). Replicates are made in chunks of at most `max_elements`
+    image counts, so 50k test images cost memory in proportion to the chunk, not to b."""
+    seeds = sorted({s for per_seed in cells.values() for s in per_seed})
+    n = n_images(cells)
+    out = {k: np.full(b, np.nan) for k in cells}
+    if not seeds or n == 0 or b == 0:
+        return out
+    pos = {s: i for i, s in enumerate(seeds)}
+    # integer matrices: exact sums, and numpy's integer matmul is a plain loop, not a BLAS call whose
+    # threads spin on a busy machine (measured 2 ms vs 7-24 ms for (10 x 400) @ (400 x 400))
+    mats = {k: (np.array([pos[s] for s in sorted(per_seed)]), _as_matrix([per_seed[s] for s in sorted(per_seed)]))
+            for k, per_seed in cells.items()}
+    chunk = max(1, min(b, max_elements // n))
+    for start in range(0, b, chunk):
+        m = min(chunk, b - start)
+        w = _counts(rng.integers(len(seeds), size=(m, len(seeds))), len(seeds)).astype(float)  # (m, S)
+        v = _counts(rng.integers(n, size=(m, n)), n)  # (m, N)
+        for k, (idx, c) in mats.items():
+            per_seed = (c @ v.T.astype(c.dtype)) / n  # (S_cell, m): each seed's accuracy on the drawn images
+            ws = w[:, idx]  # (m, S_cell)
+            total = ws.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[k][start : start + m] = np.where(total > 0, (ws * per_seed.T).sum(axis=1) / total, np.nan)
+    return out
+
+
+def _as_matrix(rows: list[np.ndarray]) -> np.ndarray:
+    """(seeds, images): int64 for correctness (bools) and other integers, float64 for other values
+    (their mean is bootstrapped the same way)."""
+    m = np.stack([np.asarray(r) for r in rows])
+    return m.astype(np.int64) if m.dtype == bool or np.issubdtype(m.dtype, np.integer) else m.astype(float)
+
+
+def _counts(draws: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise counts of the values 0..k-1 in (m, draws) integer draws, (m, k)."""
+    m = len(draws)
+    flat = (draws + (np.arange(m) * k)[:, None]).ravel()
+    return np.bincount(flat, minlength=m * k).reshape(m, k)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
+    """McNemar's exact test of two classifiers on the same images: `a_only` images right by a
+    only, `b_only` by b only; two-sided p = P(|Binomial(a_only + b_only, 1/2) - n/2| >= observed)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = a_only + b_only
+    p = 1.0 if n == 0 else float(binomtest(a_only, n, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p": p}
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from bootstrap replicates of a difference: twice the
+    smaller share of replicates on either side of 0 (the level at which the percentile interval
+    would just touch 0), capped at 1. NaN replicates (cells not drawn) are left out."""
+    r = np.asarray(replicates, float)
+    r = r[np.isfinite(r)]
+    if not len(r):
+        return math.nan
+    return float(min(1.0, 2 * min(np.mean(r <= 0), np.mean(r >= 0))))
+
+
+def compare(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray], rep_a: np.ndarray | None = None,
+            rep_b: np.ndarray | None = None, level: float = LEVEL, alpha: float = 0.05) -> dict:
+    """Arm a minus arm b at one budget, over the seeds both have. `rep_a`/`rep_b`: the two cells'
+    replicates from one `joint_bootstrap` (the interval and p-value; without them only the point
+    figures). Returns `seeds` (matched), `diff` (mean of the per-seed accuracy differences),
+    `diff_lo`/`diff_hi`, `p`, `wins`/`ties`/`losses` (seeds where a's accuracy is above / equal to /
+    below b's), `mcnemar` (per seed), `mcnemar_below` (seeds whose McNemar p < `alpha`, either way)."""
+    seeds = sorted(set(a) & set(b))
+    per_seed = np.array([np.mean(a[s]) - np.mean(b[s]) for s in seeds], float)
+    mc = [{"seed": s, **mcnemar_exact(a[s], b[s])} for s in seeds]
+    out = {"seeds": len(seeds), "diff": float(per_seed.mean()) if len(seeds) else math.nan,
+           "wins": int(np.sum(per_seed > 0)), "ties": int(np.sum(per_seed == 0)),
+           "losses": int(np.sum(per_seed < 0)), "mcnemar": mc,
+           "mcnemar_below": sum(m["p"] < alpha for m in mc), "diff_lo": math.nan, "diff_hi": math.nan,
+           "p": math.nan}
+    if rep_a is not None and rep_b is not None and len(seeds):
+        d = np.asarray(rep_a, float) - np.asarray(rep_b, float)
+        out["diff_lo"], out["diff_hi"] = percentile_interval(d[np.isfinite(d)], level)
+        out["p"] = bootstrap_p(d)
+    return out
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error over the comparisons of one table); NaN
+    entries stay NaN and are not counted."""
+    p = np.asarray(pvalues, float)
+    ok = np.flatnonzero(np.isfinite(p))
+    out = np.full(len(p), np.nan)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Power: how many seeds the next sweep needs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VarianceComponents:
+    """The spread of a paired difference d[s, i] (1: only a right on image i with seed s, -1: only
+    b, 0: both or neither), split as d = mu + seed_s + image_i + residual_si (two-way crossed
+    random effects, one observation per cell; method-of-moments estimates, clipped at 0)."""
+
+    seeds: int
+    images: int
+    mean: float
+    seed_var: float  # variance of the seed effect: training randomness
+    image_var: float  # variance of the image effect: which images an arm finds easier
+    residual_var: float  # seed x image interaction and per-image noise
+
+    def se(self, seeds: int, images: int | None = None) -> float:
+        """Standard error the joint bootstrap gives the mean difference over `seeds` seeds and
+        `images` test images (default: this test set): it counts the residual once per
+        dimension, var = seed/S + image/N + 2 residual/(S N)."""
+        n = self.images if images is None else images
+        return math.sqrt(self.seed_var / seeds + self.image_var / n + 2 * self.residual_var / (seeds * n))
+
+
+def variance_components(d: np.ndarray) -> VarianceComponents:
+    """From a (seeds, images) matrix of paired differences (at least 2 x 2)."""
+    d = np.asarray(d, float)
+    s, n = d.shape
+    if s < 2 or n < 2:
+        raise ValueError(f"needs at least 2 seeds and 2 images, has {s} x {n}")
+    m = d.mean()
+    rows, cols = d.mean(axis=1), d.mean(axis=0)
+    ms_row = n * np.sum((rows - m) ** 2) / (s - 1)
+    ms_col = s * np.sum((cols - m) ** 2) / (n - 1)
+    resid = d - rows[:, None] - cols[None, :] + m
+    ms_err = np.sum(resid ** 2) / ((s - 1) * (n - 1))
+    return VarianceComponents(seeds=s, images=n, mean=float(m), seed_var=max(0.0, (ms_row - ms_err) / n),
+                              image_var=max(0.0, (ms_col - ms_err) / s), residual_var=float(ms_err))
+
+
+def power(vc: VarianceComponents, delta: float, seeds: int, level: float = LEVEL) -> float:
+    """Probability that the two-sided `level` interval excludes 0 when the true difference is
+    `delta` (normal approximation with the joint bootstrap's standard error)."""
+    from scipy.stats import norm
+
+    z = norm.ppf((1 + level) / 2)
+    se = vc.se(seeds)
+    return float(norm.cdf(abs(delta) / se - z) + norm.cdf(-abs(delta) / se - z))
+
+
+def seeds_needed(vc: VarianceComponents, delta: float, target_power: float = 0.8, level: float = LEVEL,
+                 max_seeds: int = 1000) -> int | None:
+    """Fewest seeds (>= 2) with `power` >= target_power for a true difference `delta` on this test
+    set; None when even `max_seeds` seeds do not reach it (the test set's image term alone is too
+    large: more seeds cannot shrink it)."""
+    for s in range(2, max_seeds + 1):
+        if power(vc, delta, s, level) >= target_power:
+            return s
+    return None
