@@ -2,7 +2,7 @@
 its generator and its round-0 schedule, so two arms are compared image by image and seed by seed.
 
 Pure functions over per-image results (`correct[seed]`: a bool vector over the test images, from
-each run's test_predictions.npz); no I/O, no plotting.
+each run's test_predictions.npz, read by analysis.read); no I/O, no plotting.
 
 - `joint_bootstrap`: every cell's replicate mean accuracy from draws shared by all cells: a
   replicate resamples the seeds (with replacement) and the test images (with replacement), the same
@@ -13,6 +13,8 @@ each run's test_predictions.npz); no I/O, no plotting.
   lost, and McNemar's exact test per matched seed on the discordant images.
 - `variance_components` and `seeds_needed`: a power calculation for the next sweep from the
   measured spread of the differences by seed and by image.
+- `correct_cells`, `paired_replicates`, `paired_table`: a sweep's runs into the report's
+  "Paired comparisons" table and samples-to-target's paired intervals.
 
 Why both seeds and images: the seeds are a sample of training randomness (generator samples,
 initialisation, batches), the test images a sample of the data distribution; a claim about the
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from analysis.stats import LEVEL, percentile_interval
 
@@ -209,3 +212,73 @@ def seeds_needed(vc: VarianceComponents, delta: float, target_power: float = 0.8
         if power(vc, delta, s, level) >= target_power:
             return s
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# A sweep's paired comparisons, as frames
+# --------------------------------------------------------------------------------------------
+
+POWER_DELTA = 0.005  # the paired difference a digits sweep is sized to detect (0.5 points)
+POWER_TARGET = 0.8
+
+
+def correct_cells(runs: pd.DataFrame, correct: Mapping[str, np.ndarray | None]) -> dict[tuple[str, int], dict[int, np.ndarray]]:
+    """(arm, budget) -> seed -> bool (n_test,), for the evaluated runs of the grid (`per_run`'s rows;
+    branch-outs left out) that have per-image results (`correct`, by run name)."""
+    cells: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    f = runs[runs["test_acc"].notna()]
+    if "branch_of" in f:
+        f = f[f["branch_of"].isna()]
+    for r in f.itertuples(index=False):
+        c = correct.get(r.run)
+        if c is not None and r.seed == r.seed:
+            cells.setdefault((r.arm, int(r.budget)), {})[int(r.seed)] = np.asarray(c, bool)
+    return cells
+
+
+def is_complete(cells: Mapping[tuple[str, int], Mapping[int, np.ndarray]], runs: pd.DataFrame) -> bool:
+    """Every evaluated run of the grid has per-image results and every cell has the same seeds: then
+    samples-to-target takes its intervals from the joint bootstrap (a replicate holds every cell)."""
+    f = runs[runs["test_acc"].notna()]
+    if "branch_of" in f:
+        f = f[f["branch_of"].isna()]
+    seed_sets = {frozenset(v) for v in cells.values()}
+    return bool(cells) and len(seed_sets) == 1 and sum(len(v) for v in cells.values()) == len(f)
+
+
+def paired_replicates(cells: Mapping[tuple[str, int], Mapping[int, np.ndarray]], generated: Mapping[tuple[str, int], float],
+                      b: int = 10_000, seed: int = 20250221) -> dict[tuple[str, int], dict]:
+    """Every cell's `joint_bootstrap` replicates in the form of `analysis.stats.cell_replicates`
+    (`seeds`: replicate means, `both`: None, `generated`), for samples-to-target's intervals."""
+    reps = joint_bootstrap(cells, b, np.random.default_rng([seed, 1]))
+    return {k: {"accs": np.array([np.mean(v) for v in cells[k].values()]), "n_test": n_images(cells),
+                "seeds": r, "both": None, "generated": float(generated[k]), "paired": True} for k, r in reps.items()}
+
+
+def paired_table(cells: Mapping[tuple[str, int], Mapping[int, np.ndarray]], reps: Mapping[tuple[str, int], dict],
+                 pairs: Sequence[tuple[str, str]] = PAIRS, level: float = LEVEL) -> pd.DataFrame:
+    """One row per pair of arms (`pairs`, first minus second) and budget both have: `compare`'s
+    figures, `p_holm` (Holm over the table's rows), McNemar's tally (`mcnemar_first`/`_second`:
+    seeds where it finds the first / second arm better at p < 0.05) and the power figures of
+    `variance_components` for a POWER_DELTA difference (`se`, `power`, `seeds_needed`)."""
+    rows = []
+    for first, second in pairs:
+        for budget in sorted({bud for arm, bud in cells if arm == first} & {bud for arm, bud in cells if arm == second}):
+            a, b = cells[(first, budget)], cells[(second, budget)]
+            c = compare(a, b, reps[(first, budget)]["seeds"], reps[(second, budget)]["seeds"], level)
+            mc = c.pop("mcnemar")
+            row = {"first": first, "second": second, "budget": budget, **c,
+                   "mcnemar_first": sum(m["p"] < 0.05 and m["a_only"] > m["b_only"] for m in mc),
+                   "mcnemar_second": sum(m["p"] < 0.05 and m["a_only"] < m["b_only"] for m in mc)}
+            seeds = sorted(set(a) & set(b))
+            if len(seeds) >= 2:
+                vc = variance_components(np.stack([a[s].astype(np.int8) - b[s].astype(np.int8) for s in seeds]))
+                row.update({"seed_sd": math.sqrt(vc.seed_var), "image_sd": math.sqrt(vc.image_var),
+                            "residual_sd": math.sqrt(vc.residual_var), "se": vc.se(len(seeds)),
+                            "power": power(vc, POWER_DELTA, len(seeds), level),
+                            "seeds_needed": seeds_needed(vc, POWER_DELTA, POWER_TARGET, level)})
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out["p"].tolist())
+    return out

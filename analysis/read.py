@@ -25,6 +25,7 @@ from dp_hpc.coordinate.state import full_state_json
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.layout import RunDir, SweepDir
 from dp_hpc.pool import Pool
+from dp_hpc.predictions import read_test_predictions
 
 _TS = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[,.]\d{3})")
 
@@ -120,9 +121,19 @@ def read_run(run_dir: Path) -> dict:
         "metrics": read_jsonl(run.metrics),
         "compute": read_jsonl(run.compute),  # one line per job attempt (dp_hpc.metrics)
         "eval": read_json(run.eval),
+        "correct": _test_correct(run),
         # None when the run has no marker folder at all (e.g. written by hand, or not started)
         "complete_rounds": Pool(run_dir).complete_rounds() if run.markers.is_dir() else None,
     }
+
+
+def _test_correct(run: RunDir):
+    """Bool (n_test,): which held-out test images the evaluated classifier got right, in the split's
+    order (test_predictions.npz); None for a run not evaluated yet, or evaluated before the file."""
+    if not run.eval.exists():
+        return None
+    pred = read_test_predictions(run.test_predictions)
+    return None if pred is None else pred.correct
 
 
 def read_generator_jobs(sweep_dir: Path, threads: int) -> pd.DataFrame:

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import PHASES
+from analysis.paired import POWER_DELTA, POWER_TARGET
 from analysis.stats import BOOT_B, BOOT_B_FIT, MIN_FIT_BUDGETS
 from analysis.tables import (accuracy_grid, branch_text, compute_table, dynamics_text, fits_text,
                              generation_stats_text, jobs_table, runs_table, seeds_range, status_text, summary_table,
-                             target_text, test_sizes)
+                             paired_text, target_text, test_sizes)
 from dp_hpc.layout import RunDir
 
 
@@ -35,11 +36,12 @@ class ReportData:
     gen_jobs: pd.DataFrame  # the sweep's generator-training jobs (`read_generator_jobs`)
     seed: int | None  # the seed the training-dynamics figure shows (`plot_dynamics`)
     rounds: pd.DataFrame | None = None  # one row per generated round (`rounds_frame`)
+    paired: pd.DataFrame | None = None  # one row per pair of arms and budget (`analysis.paired.paired_table`)
 
 
 def render(d: ReportData) -> str:
     """report.md, less the sample pictures (`sample_grids_text`): its sections in order."""
-    sections = (_header, _status, _accuracy, _summary, _target, _branches, _fits, _generation, _compute,
+    sections = (_header, _status, _accuracy, _summary, _paired, _target, _branches, _fits, _generation, _compute,
                 _dynamics, _runs)
     return "\n".join(line for section in sections for line in section(d))
 
@@ -93,6 +95,30 @@ def _summary(d: ReportData) -> list[str]:
     return [
         "## Summary per method and budget", "",
         summary_table(d.summ) if len(d.summ) else "-",
+        "",
+    ]
+
+
+def _paired(d: ReportData) -> list[str]:
+    """Pairs of arms compared on the same seeds and the same test images."""
+    return [
+        "## Paired comparisons: same seeds, same test images", "",
+        "Every arm is scored on the same held-out test images, and the runs of one seed share the generator "
+        "and the round-0 schedule, so two arms are compared seed by seed and image by image (each run's "
+        "`test_predictions.npz`). Difference: the first arm's accuracy minus the second's, averaged over the "
+        "seeds both have. 95% interval and p: percentile bootstrap over "
+        f"{BOOT_B:,} replicates, each resampling the seeds and the test images jointly, the same draws for "
+        "both arms (it counts the seed x image interaction twice, so it leans conservative); p is twice the "
+        "smaller share of replicates on either side of 0. p (Holm): adjusted over the rows of this table. "
+        "Seeds won: seeds whose first-arm run scores higher than its second-arm twin. McNemar: the binomial "
+        "test per seed on the images only one of the two classifiers gets right; it asks whether *these two "
+        "trained classifiers* differ (training noise included), not whether the arms do. Power: the chance "
+        f"that the interval excludes 0 for a true difference of {100 * POWER_DELTA:.1f} points, from the "
+        "measured spread of the differences by seed, by image and their interaction (`analysis.paired."
+        "variance_components`), with these seeds; and the seeds that would give "
+        f"{100 * POWER_TARGET:.0f}% on this test set.",
+        "",
+        paired_text(d.paired, POWER_DELTA, POWER_TARGET),
         "",
     ]
 
@@ -197,8 +223,8 @@ def _runs(d: ReportData) -> list[str]:
         runs_table(d.runs),
         "",
         "Files: `runs.parquet` / `runs.csv` (one row per evaluation), `jobs.csv` (one row per job), "
-        "`summary.csv` (one row per arm and budget, with the intervals), `rounds.csv` (one row per "
-        "generated round, with its generation statistics).",
+        "`summary.csv` (one row per arm and budget, with the intervals), `paired.csv` (one row per pair "
+        "of arms and budget), `rounds.csv` (one row per generated round, with its generation statistics).",
         "",
     ]
 

@@ -9,6 +9,8 @@ failed runs are included and marked. Writes into the out folder:
     runs.parquet, runs.csv   one row per run per evaluation (`collect`)
     jobs.csv                 one row per job with its wall time and where that time came from
     summary.csv              per arm and data budget, with the 95% intervals (`summary`)
+    paired.csv               per pair of arms and budget: the paired difference, its interval and
+                             p-value, McNemar's tests, the power figures (`analysis.paired`)
     report.md                all tables, with the PNGs beside it
     report.html              the same as one self-contained page (figures embedded)
     rounds.csv               one row per generated round, with its generation statistics
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from analysis.figures import plot_report_figures
 from analysis.frames import jobs_frame, per_run, rounds_frame, rows_frame
+from analysis.paired import correct_cells, is_complete, paired_replicates, paired_table
 from analysis.read import NotASweep, check_sweep, read_generator_jobs, read_sweep
 from analysis.render import ReportData, html_page, render, sample_grids_text
 from analysis.stats import cell_replicates, power_law_fits, samples_to_target, summary
@@ -61,12 +64,16 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     summ.to_csv(out / "summary.csv", index=False)
     reps = cell_replicates(grid_runs)  # the same seeded draws as summary's intervals
     fits = power_law_fits(summ, reps)
-    stt = samples_to_target(summ, reps=reps, fits=fits)
+    cells = correct_cells(grid_runs, {raw["run"]: raw["correct"] for raw in raws})  # per-image results
+    preps = paired_replicates(cells, grid_runs.groupby(["arm", "budget"])["generated"].mean().to_dict())
+    paired = paired_table(cells, preps)
+    paired.to_csv(out / "paired.csv", index=False)
+    stt = samples_to_target(summ, reps=preps if is_complete(cells, grid_runs) else reps, fits=fits)
     # figures
     seed = plot_report_figures(df, runs, summ, stt, fits, out)
     # report.md, report.html
     data = ReportData(meta=meta, sweep_dir=sweep_dir, df=df, runs=runs, summ=summ, stt=stt, fits=fits, jobs=jobs,
-                      gen_jobs=gen_jobs, seed=seed, rounds=rounds)
+                      gen_jobs=gen_jobs, seed=seed, rounds=rounds, paired=paired)
     text = render(data) + "\n\n" + sample_grids_text(sweep_dir, grid_runs, out)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(html_page(text, out, title=f"dp_hpc report: {meta.get('name', sweep_dir.name)}"))

@@ -259,9 +259,11 @@ def samples_to_target(summ: pd.DataFrame, baseline: str = "static", target: floa
 
 
 def _target_bootstrap(reps: dict, baseline: str, rows: list[dict], level: float) -> dict | None:
-    # Seeds only: every arm is scored on the same test images, so the test set's error is common to
-    # all cells and cancels (to first order) in a comparison between arms; drawing it independently
-    # per cell would add noise that the comparison does not have (the cell intervals include it).
+    # `cell_replicates`: seeds only, per cell: every arm is scored on the same test images, so the test
+    # set's error is common to all cells and cancels (to first order) in a comparison between arms;
+    # drawing it independently per cell would add noise that the comparison does not have.
+    # `analysis.paired.paired_replicates` ("paired"): seeds and test images drawn jointly, the same
+    # draws for every cell, so the shared test-set error is in every replicate, as it should be.
     curves = arm_curves(reps, kind="seeds")
     if baseline not in curves:
         return None
@@ -279,7 +281,8 @@ def _target_bootstrap(reps: dict, baseline: str, rows: list[dict], level: float)
         r["ratio_lo"], r["ratio_hi"] = percentile_interval(ratio, level)
         r["p_reached"] = float(np.mean(code != 3))
         r["p_smallest"] = float(np.mean(code == 2))
-    return {"replicates": b, "target_lo_hi": percentile_interval(target, level)}
+    return {"replicates": b, "target_lo_hi": percentile_interval(target, level),
+            "paired": all(r.get("paired", False) for r in reps.values())}
 
 
 def _ratio(base: dict, r: dict) -> tuple[float, str]:

@@ -128,9 +128,12 @@ def target_text(stt: dict, summ: pd.DataFrame) -> str:
              "replicates), *not reached*.",
              ""]
     if boot:
-        lines += [f"95% intervals: percentile bootstrap over {boot['replicates']:,} replicates, each resampling every "
-                  "cell's seeds (not the test set: all arms are scored on the same test images, so its error is "
-                  "common to them and cancels to first order in this comparison), re-estimating "
+        how = ("resampling the seeds and the test images jointly, the same seeds and the same images for every "
+               "arm and budget (the paired bootstrap of the next section, from each run's per-image results)"
+               if boot.get("paired") else
+               "resampling every cell's seeds (not the test set: all arms are scored on the same test images, so its "
+               "error is common to them and cancels to first order in this comparison)")
+        lines += [f"95% intervals: percentile bootstrap over {boot['replicates']:,} replicates, each {how}, re-estimating "
                   f"the target as `{base}`'s best replicate mean (a maximum over budgets, so a little above the "
                   "point estimate on average: the intervals lean conservative) and finding each arm's crossing "
                   "again. A replicate "
@@ -382,3 +385,31 @@ def generation_stats_text(rounds: pd.DataFrame, runs: pd.DataFrame) -> str:
                                               "label fidelity %", "fidelity, paired seeds %",
                                               "plain label fidelity %"], rows), ""]
     return "\n".join(parts).rstrip()
+
+
+def p_text(p: float) -> str:
+    """A p-value as the report prints it (bootstrap p-values resolve 2 / replicates)."""
+    return "-" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def paired_text(paired: pd.DataFrame | None, delta: float, target_power: float) -> str:
+    """The paired comparisons table, then one sentence per comparison: significant or not."""
+    if paired is None or not len(paired):
+        return ("No pair of arms has per-image test results for matched seeds (runs evaluated before "
+                "`test_predictions.npz` existed, or one arm only): no paired comparison.")
+    rows, said = [], []
+    for r in paired.itertuples(index=False):
+        name = f"{r.first} − {r.second}"
+        needed = getattr(r, "seeds_needed", math.nan)
+        rows.append([name, f"{r.budget:,}", r.seeds,
+                     f"{100 * r.diff:+.2f} {ci_text(r.diff_lo, r.diff_hi, 2)}", p_text(r.p), p_text(r.p_holm),
+                     f"{r.wins} / {r.ties} / {r.losses}", f"{r.mcnemar_first} / {r.mcnemar_second}",
+                     f"{100 * r.power:.0f}%" if getattr(r, "power", math.nan) == getattr(r, "power", math.nan) else "-",
+                     "more than 1,000" if needed is None else (f"{int(needed)}" if needed == needed else "-")])
+        verdict = ("**significant**" if r.p_holm < 0.05 else "not significant") if r.p_holm == r.p_holm else "untested"
+        said.append(f"- {name} at budget {r.budget:,}: {100 * r.diff:+.2f} points {ci_text(r.diff_lo, r.diff_hi, 2)}, "
+                    f"{verdict} at 5% after Holm's adjustment (p = {p_text(r.p_holm)}; {r.seeds} seeds, {r.wins} won).")
+    header = ["comparison", "budget", "seeds", "difference, points [95% interval]", "p", "p (Holm)",
+              "seeds won / tied / lost", "McNemar p < 0.05: first / second better (seeds)",
+              f"power for {100 * delta:.1f} points", f"seeds for {100 * target_power:.0f}% power"]
+    return md_table(header, rows) + "\n\n" + "\n".join(said)
