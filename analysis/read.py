@@ -45,8 +45,12 @@ def check_sweep(sweep_dir: Path) -> None:
     d = Path(sweep_dir)
     if not d.is_dir():
         raise NotASweep(f"{d} is not a folder")
-    if not SweepDir(d).sweep_file.exists() and not run_dirs(d):
+    runs = run_dirs(d)
+    if not SweepDir(d).sweep_file.exists() and not runs:
         raise NotASweep(f"{d} is not a sweep folder (no sweep.yaml and no <run>/config.yaml)")
+    if not runs:  # launched, but no run folder written yet (or the launch stopped before)
+        raise NotASweep(f"{d} has no runs yet (no <run>/config.yaml): launch or resume it with "
+                        f"python -m dp_hpc.launch --sweep {SweepDir(d).sweep_file}")
 
 
 def read_sweep_meta(sweep_dir: Path) -> dict:

@@ -79,6 +79,12 @@ def test_not_a_sweep_exits_2_with_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "not a sweep folder" in p.stderr
     assert not (tmp_path / "empty" / "report").exists()
+    (tmp_path / "empty" / "sweep.yaml").write_text("name: empty\n")  # launched, no run folder yet
+    p = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "empty")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "has no runs yet" in p.stderr
+    assert not (tmp_path / "empty" / "report").exists()
 
 
 def test_branch_outs_are_extra_points_not_budget_cells(grid, tmp_path):
