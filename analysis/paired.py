@@ -260,7 +260,8 @@ def paired_table(cells: Mapping[tuple[str, int], Mapping[int, np.ndarray]], reps
     """One row per pair of arms (`pairs`, first minus second) and budget both have: `compare`'s
     figures, `p_holm` (Holm over the table's rows), McNemar's tally (`mcnemar_first`/`_second`:
     seeds where it finds the first / second arm better at p < 0.05) and the power figures of
-    `variance_components` for a POWER_DELTA difference (`se`, `power`, `seeds_needed`)."""
+    `variance_components` for a POWER_DELTA difference (`se`, `power` with these seeds, `power_max`
+    with unlimited seeds, `seeds_needed`: inf when even 1,000 seeds do not reach POWER_TARGET)."""
     rows = []
     for first, second in pairs:
         for budget in sorted({bud for arm, bud in cells if arm == first} & {bud for arm, bud in cells if arm == second}):
@@ -276,7 +277,9 @@ def paired_table(cells: Mapping[tuple[str, int], Mapping[int, np.ndarray]], reps
                 row.update({"seed_sd": math.sqrt(vc.seed_var), "image_sd": math.sqrt(vc.image_var),
                             "residual_sd": math.sqrt(vc.residual_var), "se": vc.se(len(seeds)),
                             "power": power(vc, POWER_DELTA, len(seeds), level),
-                            "seeds_needed": seeds_needed(vc, POWER_DELTA, POWER_TARGET, level)})
+                            # with unlimited seeds only the test set's image term is left
+                            "power_max": power(vc, POWER_DELTA, 10 ** 9, level),
+                            "seeds_needed": seeds_needed(vc, POWER_DELTA, POWER_TARGET, level) or math.inf})
             rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):

@@ -116,7 +116,8 @@ def _paired(d: ReportData) -> list[str]:
         f"that the interval excludes 0 for a true difference of {100 * POWER_DELTA:.1f} points, from the "
         "measured spread of the differences by seed, by image and their interaction (`analysis.paired."
         "variance_components`), with these seeds; and the seeds that would give "
-        f"{100 * POWER_TARGET:.0f}% on this test set.",
+        f"{100 * POWER_TARGET:.0f}% on this test set (\"none\": the differences between images alone, which more "
+        "seeds cannot average away, leave it below that; in brackets: the power with unlimited seeds).",
         "",
         paired_text(d.paired, POWER_DELTA, POWER_TARGET),
         "",

@@ -392,6 +392,11 @@ def p_text(p: float) -> str:
     return "-" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _power_text(r) -> str:
+    p, top = getattr(r, "power", math.nan), getattr(r, "power_max", math.nan)
+    return "-" if p != p else f"{100 * p:.0f}% ({100 * top:.0f}%)"
+
+
 def paired_text(paired: pd.DataFrame | None, delta: float, target_power: float) -> str:
     """The paired comparisons table, then one sentence per comparison: significant or not."""
     if paired is None or not len(paired):
@@ -404,12 +409,12 @@ def paired_text(paired: pd.DataFrame | None, delta: float, target_power: float) 
         rows.append([name, f"{r.budget:,}", r.seeds,
                      f"{100 * r.diff:+.2f} {ci_text(r.diff_lo, r.diff_hi, 2)}", p_text(r.p), p_text(r.p_holm),
                      f"{r.wins} / {r.ties} / {r.losses}", f"{r.mcnemar_first} / {r.mcnemar_second}",
-                     f"{100 * r.power:.0f}%" if getattr(r, "power", math.nan) == getattr(r, "power", math.nan) else "-",
-                     "more than 1,000" if needed is None else (f"{int(needed)}" if needed == needed else "-")])
+                     _power_text(r), "-" if needed != needed else (
+                         f"{int(needed)}" if needed < math.inf else "none: the test set is too small")])
         verdict = ("**significant**" if r.p_holm < 0.05 else "not significant") if r.p_holm == r.p_holm else "untested"
         said.append(f"- {name} at budget {r.budget:,}: {100 * r.diff:+.2f} points {ci_text(r.diff_lo, r.diff_hi, 2)}, "
                     f"{verdict} at 5% after Holm's adjustment (p = {p_text(r.p_holm)}; {r.seeds} seeds, {r.wins} won).")
     header = ["comparison", "budget", "seeds", "difference, points [95% interval]", "p", "p (Holm)",
               "seeds won / tied / lost", "McNemar p < 0.05: first / second better (seeds)",
-              f"power for {100 * delta:.1f} points", f"seeds for {100 * target_power:.0f}% power"]
+              f"power for {100 * delta:.1f} points (unlimited seeds)", f"seeds for {100 * target_power:.0f}% power"]
     return md_table(header, rows) + "\n\n" + "\n".join(said)
