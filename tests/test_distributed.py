@@ -22,6 +22,7 @@ import pytest
 from dp_hpc import metrics
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train.loop import train_until_stop
+from e2e_helpers import HANG_S
 from test_train import REPO, final_state, make_run, wait_for_checkpoint
 
 TRAIN = {"total_steps": 100, "warmup_steps": 10, "cooldown_steps": 20}
@@ -55,7 +56,7 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
     pid = worker_pid(agent.pid, rank=1)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)  # rank 1 only: the all_reduce must stop rank 0 at the same step
-    out, err = agent.communicate(timeout=120)
+    out, err = agent.communicate(timeout=HANG_S)
     assert agent.returncode == 0, err[-3000:]
     ts = ckpt.latest_checkpoint(run)[1]
     s = ts["step"]
@@ -145,12 +146,12 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_under_the_lock(tmp_
         try:
             t0 = time.time()
             while "is held by another job" not in err_path.read_text():
-                assert agent.poll() is None and time.time() - t0 < 120, err_path.read_text()[-3000:]
+                assert agent.poll() is None and time.time() - t0 < HANG_S, err_path.read_text()[-3000:]
                 time.sleep(0.1)
             time.sleep(1.0)  # every rank is past its start-up, waiting
             shutil.copytree(twin / "checkpoints" / "step_00000030", run / "checkpoints" / "step_00000030")
             holder.close()
-            assert agent.wait(timeout=180) == 0, err_path.read_text()[-3000:]
+            assert agent.wait(timeout=HANG_S) == 0, err_path.read_text()[-3000:]
         finally:
             if agent.poll() is None:
                 agent.kill()

@@ -23,7 +23,7 @@ import yaml
 
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train import checkpoint as ckpt
-from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, wait_for
+from e2e_helpers import HANG_S, ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -258,7 +258,7 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     assert re.search(rf"train {train['job_id']} (RUNNING|PENDING)", status.stdout), status.stdout
     subprocess.run(["scancel", first], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
-             60, 0.2, "the coordinator job to be gone")
+             HANG_S, 0.2, "the coordinator job to be gone")
     assert slurm_state(first) == "CANCELLED"
 
     r = run_launch(sweep, out, "--executor", "slurm")
@@ -342,7 +342,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     assert len(lines) == 4 and "stopped the coordinator job and 1 job (1 SLURM)" in lines[2], said  # nothing else
     queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
     assert not [n for n in queued if n.startswith(name + "/")], f"jobs of the sweep still queued: {queued}"
-    wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", 60, 0.5, "accounting")
+    wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", HANG_S, 0.5, "accounting")
     rec = next(j for j in run_state(run)["jobs"] if j["job_id"] == train["job_id"])
     assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
     stopped_at = ckpt.latest_train_state(run)["step"]
@@ -386,7 +386,7 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
     ids = [subprocess.run(["sbatch", "--parsable", "--hold", "-J", "dp_hpc-poll-test", "--wrap", "true"],
                           capture_output=True, text=True, check=True).stdout.strip() for _ in range(3)]
     try:
-        wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), 60, 0.2, "accounting to know the jobs")
+        wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), HANG_S, 0.2, "accounting to know the jobs")
         coordinators = []
         for i, jid in enumerate(ids):
             c = Coordinator(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
@@ -452,7 +452,7 @@ def test_a_cancelled_job_fails_its_run_with_a_clear_reason(cluster, tmp_path):
     jid = subprocess.run(["sbatch", "--parsable", "-J", "dp_hpc-cancel-test", "--wrap", "sleep 60"],
                          capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(["scancel", jid], check=True)
-    wait_for(lambda: slurm_state(jid) == "CANCELLED", 60, 0.2, "the cancellation in accounting")
+    wait_for(lambda: slurm_state(jid) == "CANCELLED", HANG_S, 0.2, "the cancellation in accounting")
     runner.poll([jid])
     st = runner.status(tmp_path, jid, submitted=time.time() - 5)
     assert st.state == FAILED and "cancelled" in st.error
@@ -516,7 +516,7 @@ def test_jobs_run_the_code_snapshot_not_the_checkout_edited_after_the_launch(clu
     assert train["submitted"] > edited_at, "the training job was submitted before the edit: the test proves nothing"
     subprocess.run(["scancel", first], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
-             60, 0.2, "the coordinator job to be gone")
+             HANG_S, 0.2, "the coordinator job to be gone")
 
     r = launch("--update-code")
     assert r.returncode == 0, r.stderr[-3000:]
