@@ -119,6 +119,14 @@ def slurm_state(job_id: str) -> str:
     return rows[-1][1].split()[0] if rows else "UNKNOWN"
 
 
+END_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL")
+
+
+def final_slurm_state(job_id: str, what: str) -> str:
+    """The state a job ends in (waits through its requeues: sacct shows the latest attempt)."""
+    return wait_for(lambda: (state := slurm_state(job_id)) in END_STATES and state, HANG_S, 1.0, what)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
 
@@ -303,6 +311,68 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     # round 0 is plain sampling from fixed seeds: the same bytes as the local run's
     ref = {k: v for k, v in pool_digest(smoke_dir / "dp").items() if k.startswith("round_000")}
     assert {k: v for k, v in pool_digest(dp).items() if k.startswith("round_000")} == ref
+
+
+def test_the_coordinator_job_preempted_with_usr2_requeues_itself_and_the_sweep_finishes_once(cluster, smoke, tmp_path):
+    """USR2 (submitit's preemption and time-limit signal) to the coordinator job while dp's first
+    training job runs: the coordinator stops between polls and requeues itself through submitit,
+    under its job id; the requeued coordinator re-attaches to the jobs in flight and finishes the
+    sweep. Pool, final weights, evaluations and test accuracy are the local uninterrupted run's;
+    every chunk is generated once, no metrics line is there twice, every job ran once in accounting
+    (the coordinator as one job id with a requeued attempt) and no work was submitted twice."""
+    smoke_dir, _ = smoke
+    ref = smoke_dir / "dp"
+    name = unique("usr2")
+    sweep = slurm_sweep(tmp_path, name, {"method.name": ["dp"]})
+    out = tmp_path / "out"
+    reuse_generators(smoke_dir, out / name)
+    dp = out / name / "dp"
+    since = now_iso()
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    coordinator = read_json(out / name / "coordinator.json")["job_id"]
+
+    def dp_training():
+        st = run_state(dp) or {"jobs": []}
+        return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+
+    train = wait_for(dp_training, HANG_S, 0.05, "dp's first training job")
+    subprocess.run(["scancel", "--signal=USR2", coordinator], check=True)
+    state = final_slurm_state(coordinator, "the coordinator job to end")
+    log = "".join(p.read_text() for p in (out / name / "logs").glob(f"{coordinator}_*log.*"))
+    assert state == "COMPLETED", log[-4000:]
+    assert read_json(out / name / "coordinator.json")["job_id"] == coordinator, "a new coordinator was submitted"
+    attempts = job_attempts(coordinator)
+    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
+    assert "preempted (USR2): requeueing this job" in log, log[-4000:]
+    assert log.count("1 of 1 runs to do") == 2, log[-4000:]  # both attempts drove the sweep (logs append)
+
+    st = run_state(dp)
+    assert st["phase"] == "done", st.get("error")
+    assert pool_digest(dp) == pool_digest(ref), "the pool differs from the uninterrupted run"
+    for rec in st["rounds"]:
+        n_chunks = rec["generated"] // 32  # smoke: chunk_size 32
+        assert chunks_written(dp, rec["index"]) == list(range(n_chunks)), f"round {rec['index']}: a chunk twice or missing"
+    mine, theirs = final_weights(dp), final_weights(ref)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs), "final weights differ from the uninterrupted run"
+    keys = [(m["split"], m["step"], m["round"]) for m in read_jsonl(dp / "metrics.jsonl")]
+    assert len(keys) == len(set(keys)), "a metrics line logged twice"
+    evals = lambda run: {(m["split"], m["step"], m["round"]): m["acc"] for m in read_jsonl(run / "metrics.jsonl")}  # noqa: E731
+    assert evals(dp) == evals(ref)
+    assert read_json(dp / "eval.json")["acc"] == read_json(ref / "eval.json")["acc"]
+
+    # accounting: every recorded job once and succeeded, the coordinator once (one id, two attempts),
+    # no other job under the sweep's name, no work submitted twice
+    assert {j["status"] for j in st["jobs"]} == {"succeeded"}, st["jobs"]
+    recorded = sorted(j["job_id"] for j in st["jobs"])
+    by_id = jobs_by_id(recorded + [coordinator])
+    assert Counter(jid for jid, _, _ in by_id) == Counter(recorded + [coordinator]), (by_id, recorded)
+    assert {jid for jid, _, _ in accounted_jobs(name, since)} <= set(recorded) | {coordinator}
+    work = Counter((j["kind"], j["round"], j["detail"].get("start"), j["detail"].get("plateau_exit")) for j in st["jobs"])
+    assert all(n == 1 for n in work.values()), f"some work was submitted twice: {work}"
+    assert train["job_id"] in recorded, "the training job in flight at the signal was not re-attached"
+    launches = read_json(out / name / "manifest.json")["launches"]
+    assert [e["slurm_job_id"] for e in launches] == [None, coordinator, coordinator], launches  # launch, 2 attempts
 
 
 def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(cluster, smoke, tmp_path):
@@ -657,3 +727,4 @@ def test_a_requeued_two_node_training_job_resumes_on_both_nodes_to_the_uninterru
     mine, ref = final_weights(run), final_weights(two_node_run[0])
     assert mine.keys() == ref.keys()
     assert all(torch.equal(mine[k], ref[k]) for k in ref), "final weights differ from the uninterrupted 2-node run"
+
