@@ -728,3 +728,88 @@ def test_a_requeued_two_node_training_job_resumes_on_both_nodes_to_the_uninterru
     assert mine.keys() == ref.keys()
     assert all(torch.equal(mine[k], ref[k]) for k in ref), "final weights differ from the uninterrupted 2-node run"
 
+
+# ----------------------------------------------------------------------------- two nodes, a model with buffers
+
+TWO_NODE_BN_STEPS = 48
+
+
+def submit_training(run: Path, sweep_name: str) -> str:
+    """The run's training job as the coordinator submits it (jobs.Train through SlurmRunner) on
+    N_NODES nodes, one torchrun agent with one worker each; the job id."""
+    from dp_hpc import jobs
+    from dp_hpc.config import from_dict
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
+
+    cfg = from_dict(SlurmConfig, {"signal_delay_s": 30, "training": {"cpus_per_task": 1, "time_min": 60, "nodes": N_NODES}})
+    runner = SlurmRunner(cfg, env={"PYTHONPATH": str(ROOT)}, sweep_name=sweep_name)
+    [job_id] = runner.submit(run / "logs", "train", jobs.Train(),
+                             [(str(run), False, runner.threads_for("train"), runner.train_procs())], kind="train")
+    return job_id
+
+
+def batchnorm_run(tmp: Path) -> Path:
+    """A run of resnet18 (BatchNorm) on a pool of real digits (tests/test_train.py), 48 steps, a
+    checkpoint every 8, all kept."""
+    from test_distributed import BN_TRAIN
+    from test_train import make_run
+
+    return make_run(tmp / "run", train={**BN_TRAIN, "total_steps": TWO_NODE_BN_STEPS, "cooldown_steps": 16,
+                                        "checkpoint_keep": 10})
+
+
+def check_every_rank_holds_the_checkpoint(run: Path, logs: dict[int, str]) -> None:
+    """Each rank's last "stop at step" line (in its node's log) gives the fingerprint of the final
+    checkpoint's weights and buffers."""
+    from test_distributed import checkpoint_fingerprint, rank_fingerprints
+
+    fp = checkpoint_fingerprint(ckpt.load_state(ckpt.latest_checkpoint(run)[0]))
+    last = {rank: v for text in logs.values() for rank, v in rank_fingerprints(text.split("continue at step")[-1]).items()}
+    assert last == {"0": (TWO_NODE_BN_STEPS, fp), "1": (TWO_NODE_BN_STEPS, fp)}, f"ranks {last}, checkpoint {fp}"
+
+
+@pytest.fixture(scope="module")
+def two_node_batchnorm_run(cluster, tmp_path_factory):
+    """resnet18 trained by one 2-node job, uninterrupted: (run dir, job id)."""
+    if len(cluster_nodes()) < N_NODES:
+        pytest.fail(f"the local cluster has {cluster_nodes()}; start it with DP_HPC_SLURM_NODES>={N_NODES}")
+    run = batchnorm_run(tmp_path_factory.mktemp("bn_two_nodes"))
+    job_id = submit_training(run, unique("bn"))
+    state = final_slurm_state(job_id, "the 2-node resnet18 job to end")
+    assert state == "COMPLETED", "\n".join(t[-3000:] for t in node_logs(run, job_id).values())
+    return run, job_id
+
+
+def test_a_two_node_batchnorm_job_ends_with_the_same_weights_and_buffers_on_both_nodes(two_node_batchnorm_run):
+    """resnet18 on 2 nodes (one gloo rank each): both ranks end holding the checkpoint's weights,
+    BatchNorm statistics and EMA, bit for bit (their fingerprints, logged by each rank)."""
+    run, job_id = two_node_batchnorm_run
+    logs = check_ran_on_every_node(run, job_id)
+    check_every_rank_holds_the_checkpoint(run, logs)
+    ts = ckpt.latest_checkpoint(run)[1]
+    assert (ts["step"], ts["stop_reason"], ts["world_size"]) == (TWO_NODE_BN_STEPS, "budget", N_NODES)
+
+
+def test_a_requeued_two_node_batchnorm_job_resumes_bit_identical(two_node_batchnorm_run, cluster, tmp_path):
+    """The same job `scontrol requeue`d after its first checkpoint: both nodes' ranks save at the next
+    step boundary, the job runs again under its id, both ranks continue from that checkpoint, and
+    the final weights, BatchNorm buffers, EMA and optimizer state equal the uninterrupted job's."""
+    from test_train import assert_same_state
+
+    ref, _ = two_node_batchnorm_run
+    run = batchnorm_run(tmp_path)
+    job_id = submit_training(run, unique("bn-requeue"))
+    wait_for(lambda: ckpt.latest_checkpoint(run), HANG_S, 0.05, "a checkpoint of the 2-node resnet18 job")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    state = final_slurm_state(job_id, "the requeued 2-node resnet18 job to end")
+    assert state == "COMPLETED", "\n".join(t[-3000:] for t in node_logs(run, job_id).values())
+    attempts = job_attempts(job_id)
+    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
+    logs = check_ran_on_every_node(run, job_id, runs_per_node=2)
+    stopped = [ts["step"] for _, ts in ckpt.complete_checkpoints(run) if ts["stop_reason"] == "preempted"]
+    assert len(stopped) == 1 and stopped[0] < TWO_NODE_BN_STEPS, "the requeue came too late to test anything"
+    for node, text in logs.items():
+        assert re.search(rf"\[rank \d\] continue at step {stopped[0]}/", text), f"node {node}:\n{text[-3000:]}"
+    check_every_rank_holds_the_checkpoint(run, logs)
+    assert_same_state(ckpt.load_state(ckpt.latest_checkpoint(run)[0]), ckpt.load_state(ckpt.latest_checkpoint(ref)[0]))
