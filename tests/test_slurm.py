@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,36 @@ def train_job_with_checkpoint(run: Path) -> dict | None:
     return jobs[0] if latest and 0 < latest[1]["step"] < 200 else None
 
 
+def running_train_job(run: Path) -> dict | None:
+    """The run's training job while state.json records it as running, else None."""
+    st = run_state(run) or {"jobs": []}
+    return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+
+
+@dataclass
+class CoordinatorLaunch:
+    """A smoke variant launched under a unique name with its coordinator as a SLURM job."""
+
+    name: str
+    sweep: Path  # its sweep file
+    out: Path  # the launch's --out: the sweep folder is out / name
+    since: str  # just before the launch (accounting's -S)
+    coordinator: str  # the coordinator's job id
+    stdout: str  # the launcher's
+
+
+def launch_coordinator_job(tmp: Path, smoke_dir: Path, prefix: str, grid: dict, slurm: dict | None = None,
+                           **base) -> CoordinatorLaunch:
+    name = unique(prefix)
+    sweep = slurm_sweep(tmp, name, grid, slurm, **base)
+    out = tmp / "out"
+    reuse_generators(smoke_dir, out / name)
+    since = now_iso()
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return CoordinatorLaunch(name, sweep, out, since, read_json(out / name / "coordinator.json")["job_id"], r.stdout)
+
+
 def chunks_written(run: Path, round_index: int) -> list[int]:
     """Chunk numbers of every 'chunk generated' log line of the run's jobs (all attempts: SLURM
     logs are opened in append mode, so a requeued task adds to the same file)."""
@@ -242,24 +273,14 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     while dp trains; launching again re-attaches to the jobs in flight: accounting holds each
     job once. A run whose training fails is reported with its log; the other run finishes."""
     smoke_dir, _ = smoke
-    name = unique("coord")
     # static gets a batch that 2 training processes cannot split: a genuine failure inside the job
-    sweep = slurm_sweep(tmp_path, name, {"method.name,train.batch_size": [["dp", 64], ["static", 63]]},
-                        slurm={"training": {"cpus_per_task": 2, "procs_per_node": 2, "time_min": 60}})
-    out = tmp_path / "out"
-    reuse_generators(smoke_dir, out / name)
-    since = now_iso()
-    r = run_launch(sweep, out, "--executor", "slurm")
-    assert r.returncode == 0, r.stderr[-3000:]
-    first = read_json(out / name / "coordinator.json")["job_id"]
-    assert f"SLURM job {first}" in r.stdout
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "coord",
+                                    {"method.name,train.batch_size": [["dp", 64], ["static", 63]]},
+                                    slurm={"training": {"cpus_per_task": 2, "procs_per_node": 2, "time_min": 60}})
+    name, sweep, out, since, first = launch.name, launch.sweep, launch.out, launch.since, launch.coordinator
+    assert f"SLURM job {first}" in launch.stdout
     dp = out / name / "dp"
-
-    def dp_training():
-        st = run_state(dp) or {"jobs": []}
-        return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
-
-    train = wait_for(dp_training, 300, 0.05, "dp's first training job")
+    train = wait_for(lambda: running_train_job(dp), 300, 0.05, "dp's first training job")
     status = subprocess.run([sys.executable, "-m", "dp_hpc.status", str(out / name)], capture_output=True,
                             text=True, cwd=ROOT)
     assert f"coordinator: SLURM job {first} RUNNING" in status.stdout, status.stdout
@@ -322,21 +343,10 @@ def test_the_coordinator_job_preempted_with_usr2_requeues_itself_and_the_sweep_f
     (the coordinator as one job id with a requeued attempt) and no work was submitted twice."""
     smoke_dir, _ = smoke
     ref = smoke_dir / "dp"
-    name = unique("usr2")
-    sweep = slurm_sweep(tmp_path, name, {"method.name": ["dp"]})
-    out = tmp_path / "out"
-    reuse_generators(smoke_dir, out / name)
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "usr2", {"method.name": ["dp"]})
+    name, out, since, coordinator = launch.name, launch.out, launch.since, launch.coordinator
     dp = out / name / "dp"
-    since = now_iso()
-    r = run_launch(sweep, out, "--executor", "slurm")
-    assert r.returncode == 0, r.stderr[-3000:]
-    coordinator = read_json(out / name / "coordinator.json")["job_id"]
-
-    def dp_training():
-        st = run_state(dp) or {"jobs": []}
-        return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
-
-    train = wait_for(dp_training, HANG_S, 0.05, "dp's first training job")
+    train = wait_for(lambda: running_train_job(dp), HANG_S, 0.05, "dp's first training job")
     subprocess.run(["scancel", "--signal=USR2", coordinator], check=True)
     state = final_slurm_state(coordinator, "the coordinator job to end")
     log = "".join(p.read_text() for p in (out / name / "logs").glob(f"{coordinator}_*log.*"))
@@ -382,21 +392,14 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     end: the pool is the uninterrupted run's, the remaining steps are trained once, and accounting
     holds no job that no record names."""
     smoke_dir, _ = smoke
-    name = unique("cancel")
     steps = 1000  # the smoke sweep's 240 would end before the cancel could reach them
-    sweep = slurm_sweep(tmp_path, name, {"method.name": ["static"]}, pool__shard_size=256,
-                        train__total_steps=steps)
-    out = tmp_path / "out"
-    reuse_generators(smoke_dir, out / name)
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "cancel", {"method.name": ["static"]}, pool__shard_size=256,
+                                    train__total_steps=steps)
+    name, sweep, out, since, first = launch.name, launch.sweep, launch.out, launch.since, launch.coordinator
     run = out / name / "static"
-    since = now_iso()
-    r = run_launch(sweep, out, "--executor", "slurm")
-    assert r.returncode == 0, r.stderr[-3000:]
-    first = read_json(out / name / "coordinator.json")["job_id"]
 
     def training():
-        st = run_state(run) or {"jobs": []}
-        job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+        job = running_train_job(run)
         ts = ckpt.latest_train_state(run) if job else None
         return job if ts and 0 < ts["step"] < steps // 2 else None
 
