@@ -2,7 +2,7 @@
 SlurmExecutor) at scale, without a cluster and without wall-clock time.
 
     sim = SimCluster(tmp_dir, seed=0, faults=Faults())
-    with sim.on_path():                  # fake sbatch / sacct / squeue / scancel first on PATH
+    with sim.on_path():                  # fake sbatch / sacct / squeue / scancel / srun first on PATH
         ... SlurmRunner(...).submit(...) / .poll(...) ...
         sim.tick()                       # one poll interval of simulated time passes
 
@@ -17,6 +17,10 @@ The fake commands are small Python scripts (written into `<tmp>/bin`) that answe
   its argument length to `sacct_calls.jsonl` (what the benchmark reports).
 - squeue -h [-r] [-j ids | --name N] -o '%i %T' | '%i' | '%T': queued and running tasks.
 - scancel ids: appended to `scancel.jsonl`.
+- srun: only there to be found. submitit's SlurmExecutor refuses to start unless `srun` is on PATH
+  (`SlurmExecutor.affinity`, its test for "on a SLURM cluster"); the batch scripts that would call it
+  never run here, so a call fails loudly. With it the simulator needs no SLURM installed, and a
+  real SLURM on PATH changes nothing (the fake commands come first).
 Time is a tick counter (`tick()`): tasks start (at most `array_parallelism` per array, `capacity`
 in all), run a random number of ticks, and end COMPLETED, or PREEMPTED / NODE_FAIL and requeued
 under the same id (SLURM --requeue), or NODE_FAIL without requeue (lost: the coordinator must redo
@@ -68,6 +72,8 @@ def _array_text(ids: list[int], parallelism: int) -> str:
     parts.append(f"{start}-{prev}" if prev != start else str(start))
     return ",".join(parts) + f"%{parallelism}"
 
+
+COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "srun")
 
 # The fake commands. They import nothing of dp_hpc (a fresh interpreter per call, as SLURM's are).
 FAKE = r'''#!{python}
@@ -145,6 +151,9 @@ elif WHAT == "sacct":
     fields = (opt("-o") or "JobID").split(",")
     for line in out:
         print("|".join(line.split("|")[: len(fields)]))
+elif WHAT == "srun":
+    print("srun: the simulated cluster (bench/slurm_sim.py) runs no job steps", file=sys.stderr)
+    sys.exit(1)
 elif WHAT == "squeue":
     c = load()
     ids = (opt("-j") or "").split(",") if opt("-j") else []
@@ -173,7 +182,7 @@ class SimCluster:
         self.requeued_tasks = 0
         src = FAKE.replace("{python}", sys.executable)
         helper = "import json\n" + _array_source()
-        for what in ("sbatch", "sacct", "squeue", "scancel"):
+        for what in COMMANDS:
             p = self.bin / what
             text = src.format(python=sys.executable, cluster=str(self.root), what=what)
             text = text.replace("import json, os, random, re, sys, time\n",

@@ -21,6 +21,12 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def pytest_report_header(config):
+    from test_chaos import SEED_ENV, chaos_seeds
+
+    return f"chaos seeds: {', '.join(map(str, chaos_seeds()))} (replay one: {SEED_ENV}=<seed> uv run pytest tests/test_chaos.py)"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """The CI machine has 2 shared cores: under load from job subprocesses one intra-op thread is

@@ -15,6 +15,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
+HANG_S = 600.0
+"""How long a test waits for something that must happen (a checkpoint, a process to start or to end)
+before it calls it a hang. A guard against waiting forever, never a claim about speed: no test asserts
+how long something took (bench/ measures that), and a slow or busy machine only makes a test slower.
+The last guard is pytest-timeout's 900 s per test (pyproject.toml)."""
 
 
 def launch_cmd(sweep: Path, out: Path, *extra: str) -> list[str]:
@@ -52,7 +57,7 @@ def pool_digest(run_dir: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+def wait_for(predicate, timeout: float = HANG_S, interval: float = 0.02, what: str = "condition"):
     t0 = time.time()
     while time.time() - t0 < timeout:
         v = predicate()

@@ -15,7 +15,7 @@ import pytest
 from dp_hpc.coordinate.runners.warm import is_live_job
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train.checkpoint import latest_train_state
-from e2e_helpers import ROOT, kill, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, smoke_variant, wait_for
+from e2e_helpers import HANG_S, ROOT, kill, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, smoke_variant, wait_for
 
 LONG = 1000  # training steps of the cancelled run (the smoke sweep's 240 end too soon to be caught)
 
@@ -109,9 +109,9 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
             ts = latest_train_state(run) if job else None
             return job if ts and 0 < ts["step"] < LONG // 2 else None
 
-        train = wait_for(training, 120, 0.05, "a training checkpoint")
+        train = wait_for(training, HANG_S, 0.05, "a training checkpoint")
         r = cancel(out / "smoke")
-        _, launcher_err = proc.communicate(timeout=60)
+        _, launcher_err = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
         proc.wait()
@@ -159,9 +159,9 @@ def test_a_generator_job_that_ignores_sigterm_is_killed_after_the_wait(tmp_path)
                     return path.parent, rec["job_id"]
             return None
 
-        gdir, jid = wait_for(generator_job, 120, 0.05, "the generator job")
+        gdir, jid = wait_for(generator_job, HANG_S, 0.05, "the generator job")
         r = cancel(out / "smoke", "--wait", "2")
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
         proc.wait()

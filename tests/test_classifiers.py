@@ -45,7 +45,7 @@ def test_default_vit_is_the_real_vit_b_16():
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["vit_b_16", "resnet50"])
+@pytest.mark.parametrize("name", ["vit_b_16", "resnet50", "resnet18"])
 @pytest.mark.parametrize("channels,stored", [(3, 48), (3, 32), (1, 8)])
 def test_classifier_takes_unit_images_at_stored_resolution(name, channels, stored):
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_classifier_takes_unit_images_at_stored_resolution(name, channels, store
     torch.testing.assert_close(logits, direct)
 
 
-@pytest.mark.parametrize("name", ["vit_b_16", "resnet50"])
+@pytest.mark.parametrize("name", ["vit_b_16", "resnet50", "resnet18"])
 def test_training_step_with_mixup_cutmix(name):
     """One full step (crop/flip, Mixup or CutMix, soft-target loss, AdamW, EMA) on CPU."""
     cfg = run_config(classifier=name, input_size=32)
@@ -80,7 +80,7 @@ def test_training_step_with_mixup_cutmix(name):
     # BatchNorm statistics are copied to the EMA model (evaluation uses it)
     for b, e in zip(trainer.buffers, trainer.ema_buffers, strict=True):
         assert torch.equal(b, e)
-    assert (len(trainer.buffers) > 0) == (name == "resnet50")
+    assert (len(trainer.buffers) > 0) == name.startswith("resnet")
 
 
 def test_bf16_autocast_step_on_cpu():

@@ -4,6 +4,7 @@ reused until --update-code, and first on a job's sys.path. On the real cluster: 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,11 @@ def test_the_same_content_is_one_folder_made_once_and_whole(tmp_path):
     second, made = code_snapshot.make_snapshot(pkg, code)
     assert made and second != first and (first / "dp_hpc" / "sub" / "mod.py").read_text() == "X = 1\n"
     assert sorted(p.name for p in code.iterdir()) == sorted([first.name, second.name]), "a temporary folder left"
-    assert not os.access(second / "dp_hpc" / "sub" / "mod.py", os.W_OK) or os.geteuid() == 0
+    # read-only by its mode bits (os.access says "writable" to root whatever they are, and CI runs as root)
+    modes = {p.relative_to(second).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in second.rglob("*")
+             if p.is_file()}
+    assert modes == {"dp_hpc/__init__.py": "0o444", "dp_hpc/sub/mod.py": "0o444"}, modes
+    assert stat.S_IMODE(second.stat().st_mode) == 0o755  # readable by the jobs of every user (mkdtemp's 0700)
 
 
 def test_a_failed_copy_leaves_nothing(tmp_path, monkeypatch):

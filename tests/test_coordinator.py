@@ -16,6 +16,7 @@ from dp_hpc.coordinate.runners.base import FAILED, LOST, SUCCEEDED, JobStatus
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import run_lock
+from e2e_helpers import HANG_S
 
 
 class ScriptedRunner:
@@ -110,7 +111,7 @@ def test_run_lock_makes_a_second_holder_wait(tmp_path):
         t = threading.Thread(target=second)
         t.start()
         assert not entered.wait(0.5), "a second holder got the lock while the first held it"
-    t.join(timeout=10)
+    t.join(timeout=HANG_S)
     assert entered.is_set(), "the second holder never got the lock after the first released it"
 
 

@@ -19,10 +19,14 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from dp_hpc import metrics
 from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train.loop import train_until_stop
-from test_train import REPO, final_state, make_run, wait_for_checkpoint
+from dp_hpc.train.trainer import state_fingerprint
+from e2e_helpers import HANG_S
+from test_train import REPO, assert_same_state, final_state, make_run, val_lines, wait_for_checkpoint
 
 TRAIN = {"total_steps": 100, "warmup_steps": 10, "cooldown_steps": 20}
 
@@ -55,7 +59,7 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
     pid = worker_pid(agent.pid, rank=1)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)  # rank 1 only: the all_reduce must stop rank 0 at the same step
-    out, err = agent.communicate(timeout=120)
+    out, err = agent.communicate(timeout=HANG_S)
     assert agent.returncode == 0, err[-3000:]
     ts = ckpt.latest_checkpoint(run)[1]
     s = ts["step"]
@@ -145,12 +149,12 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_under_the_lock(tmp_
         try:
             t0 = time.time()
             while "is held by another job" not in err_path.read_text():
-                assert agent.poll() is None and time.time() - t0 < 120, err_path.read_text()[-3000:]
+                assert agent.poll() is None and time.time() - t0 < HANG_S, err_path.read_text()[-3000:]
                 time.sleep(0.1)
             time.sleep(1.0)  # every rank is past its start-up, waiting
             shutil.copytree(twin / "checkpoints" / "step_00000030", run / "checkpoints" / "step_00000030")
             holder.close()
-            assert agent.wait(timeout=180) == 0, err_path.read_text()[-3000:]
+            assert agent.wait(timeout=HANG_S) == 0, err_path.read_text()[-3000:]
         finally:
             if agent.poll() is None:
                 agent.kill()
@@ -158,3 +162,82 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_under_the_lock(tmp_
     starts = sorted(re.findall(r"\[rank (\d)\] \w+ at step (\d+)/", err))
     assert starts == [("0", "30"), ("1", "30")], err[-3000:]
     assert ckpt.latest_checkpoint(run)[1]["step"] == 40
+
+
+# ----------------------------------------------------------------------------- a model with buffers
+
+# torchvision's ResNet-18 at 32 px on the digits: BatchNorm running means, variances and batch counts
+# (buffers), which DDP leaves alone (broadcast_buffers=False) and the EMA does not average. 8 images
+# per rank; a checkpoint at every evaluation (8 steps).
+BN_TRAIN = {"classifier": "resnet18", "input_size": 32, "total_steps": 24, "warmup_steps": 4, "cooldown_steps": 8,
+            "batch_size": 16, "eval_every": 8, "checkpoint_keep": 3}
+
+
+def two_ranks(run: Path) -> subprocess.Popen:
+    """The training job on 2 processes (gloo) under one torchrun agent, in a process group of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
+         "-m", "dp_hpc.train", "--run-dir", str(run), "--no-plateau-exit", "--threads", "1"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
+def kill_all(agent: subprocess.Popen) -> None:
+    """SIGKILL the agent and its workers at once, as a node failure would (torchrun starts each
+    worker in a session of its own: killing the agent's group leaves them running)."""
+    workers = [int(c) for c in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()]
+    for pid in [agent.pid, *workers]:
+        os.killpg(pid, signal.SIGKILL)
+    agent.communicate()
+
+
+def rank_fingerprints(log: str) -> dict[str, tuple[int, str]]:
+    """rank -> (step, fingerprint of its weights and buffers) from each rank's "stop at step" line."""
+    return {rank: (int(step), fp) for rank, step, fp in
+            re.findall(r"\[rank (\d)\] stop at step (\d+): \w+ \(.*state fingerprint ([0-9a-f]{16})\)", log)}
+
+
+def checkpoint_fingerprint(state: dict) -> str:
+    return state_fingerprint(state["model"], state["ema"])
+
+
+def test_a_batchnorm_resnet_on_two_ranks_keeps_them_equal_and_resumes_bit_identical_after_a_kill(tmp_path):
+    """resnet18 on 2 gloo ranks: at the end both ranks hold the same weights and buffers, those of the
+    checkpoint (the BatchNorm statistics are averaged over ranks every step and copied to the EMA);
+    the same run SIGKILLed (the whole torchrun) after its first checkpoint and resumed on 2 ranks
+    ends bit-identical to the uninterrupted one: weights, BatchNorm buffers, EMA, optimizer."""
+    steps = BN_TRAIN["total_steps"]
+    ref = make_run(tmp_path / "ref", train=BN_TRAIN)
+    agent = two_ranks(ref)
+    _, err = agent.communicate(timeout=HANG_S)
+    assert agent.returncode == 0, err[-3000:]
+    state = final_state(ref)
+    fp = checkpoint_fingerprint(state)
+    assert rank_fingerprints(err) == {"0": (steps, fp), "1": (steps, fp)}, \
+        f"ranks {rank_fingerprints(err)}, checkpoint {fp}\n{err[-3000:]}"
+    model, ema = state["model"], state["ema"]
+    stats = [k for k in model if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 2 * 20  # ResNet-18's 20 BatchNorm layers
+    assert all(not torch.equal(model[k], torch.full_like(model[k], 0.0 if k.endswith("mean") else 1.0))
+               for k in stats), "a BatchNorm layer's statistics never moved"
+    assert model["net.bn1.num_batches_tracked"].item() == steps
+    assert all(torch.equal(ema[k], model[k]) for k in stats), "the EMA's BatchNorm statistics are not the model's"
+
+    run = make_run(tmp_path / "run", train=BN_TRAIN)
+    agent = two_ranks(run)
+    try:
+        wait_for_checkpoint(run, agent)
+    finally:
+        kill_all(agent)
+    killed_at = ckpt.latest_checkpoint(run)[1]
+    assert killed_at["stop_reason"] is None and killed_at["step"] < steps, "killed too late to test anything"
+    agent = two_ranks(run)
+    _, err = agent.communicate(timeout=HANG_S)
+    assert agent.returncode == 0, err[-3000:]
+    starts = sorted(re.findall(r"\[rank (\d)\] (\w+) at step (\d+)/", err))
+    assert starts == [("0", "continue", str(killed_at["step"])), ("1", "continue", str(killed_at["step"]))], err[-3000:]
+    assert rank_fingerprints(err) == {"0": (steps, fp), "1": (steps, fp)}, \
+        f"ranks {rank_fingerprints(err)}, checkpoint {fp}\n{err[-3000:]}"
+    assert_same_state(final_state(run), state)
+    assert val_lines(run) == val_lines(ref)
+

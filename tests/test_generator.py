@@ -24,6 +24,7 @@ from dp_hpc.errors import ConfigError
 from dp_hpc.generate import unet as unet_mod
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.generate.unet import CHECKPOINT, MARKER, load_generator, train_generator
+from e2e_helpers import HANG_S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_outputs_and_quality_report(smoke_generator_dir):
     info = json.loads((smoke_generator_dir / MARKER).read_text())
     assert info["complete"] and info["steps"] == GeneratorConfig.smoke().train_steps
     assert info["config"]["block_out_channels"] == list(GeneratorConfig.smoke().block_out_channels)
-    assert info["train_wall_s"] < 60, f"smoke generator took {info['train_wall_s']} s to train"
+    assert info["train_wall_s"] > 0  # recorded; how fast: bench/generator_training.py, not a test
     q = info["quality"]
     # A digits_cnn trained on real gen_train must recognise most real test digits and most
     # (plain) generated ones: the generator makes digits of the requested class.
@@ -60,10 +61,9 @@ def test_second_call_returns_at_once(smoke_generator_dir, splits, monkeypatch):
 
     monkeypatch.setattr(unet_mod, "_train_step", no_training)
     monkeypatch.setattr(unet_mod, "generator_quality", no_training)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(unet_mod._Training, "start_or_resume", no_training)  # not even a model is built
     info = train_generator(GeneratorConfig.smoke(), splits.gen_train.images, splits.gen_train.labels,
                            smoke_generator_dir, NUM_CLASSES, eval_splits=splits)
-    assert time.perf_counter() - t0 < 1.0
     assert info == json.loads((smoke_generator_dir / MARKER).read_text())
 
 
@@ -114,10 +114,10 @@ def test_resume_after_sigkill(tmp_path, splits):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_S
         while not (out / CHECKPOINT).exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            assert time.monotonic() < deadline, f"no checkpoint after {HANG_S} s (a hang guard)"
             time.sleep(0.1)
         time.sleep(0.3)  # let it get past the first save, so the kill can land mid-step or mid-save
     finally:
@@ -183,7 +183,7 @@ def test_a_duplicate_generator_job_waits_for_the_first_and_finds_the_generator_m
         proc = subprocess.Popen([sys.executable, "-c", code, str(g.path)], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=err_file, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while "held by another job" not in err.read_text():
             assert proc.poll() is None, err.read_text()[-2000:]
             assert time.monotonic() < deadline, "the duplicate never reached the lock"
@@ -193,7 +193,7 @@ def test_a_duplicate_generator_job_waits_for_the_first_and_finds_the_generator_m
         made = build_generator(g.path)  # the first job's work, under its lock
     finally:
         first.close()
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err.read_text()[-2000:]
     assert json.loads(out.splitlines()[-1]) == made == json.loads(g.marker.read_text())
     assert "generator done" not in err.read_text(), "the duplicate trained again"

@@ -16,6 +16,7 @@ from dp_hpc import metrics
 from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.runners.warm import is_live_job
+from e2e_helpers import HANG_S
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs below are defined here, not importable
 
@@ -48,7 +49,7 @@ def fail() -> None:
     raise ValueError("this job fails on purpose")
 
 
-def wait_for(predicate, timeout: float = 60.0):
+def wait_for(predicate, timeout: float = HANG_S):
     t0 = time.time()
     while time.time() - t0 < timeout:
         v = predicate()
@@ -187,7 +188,7 @@ def test_a_worker_of_submitits_local_executor_dies_with_its_controller(tmp_path)
 
     workers = {}
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while not all(p.exists() and p.read_text() for p in pid_files.values()):
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.1)
@@ -195,7 +196,7 @@ def test_a_worker_of_submitits_local_executor_dies_with_its_controller(tmp_path)
         assert all(alive(pid) for pid in workers.values())
         for job in jobs.values():
             os.kill(int(job.job_id), signal.SIGKILL)  # the controller (job id = its pid)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + HANG_S
         while alive(workers["dp_hpc"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(workers["dp_hpc"]), "a dp_hpc job's worker outlived its controller"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import yaml
 
 from dp_hpc.io import read_json, read_jsonl
 from dp_hpc.train import checkpoint as ckpt
-from e2e_helpers import ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, wait_for
+from e2e_helpers import HANG_S, ROOT, SMOKE, launch_cmd, pool_digest, reuse_generators, run_launch, run_state, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -119,6 +120,14 @@ def slurm_state(job_id: str) -> str:
     return rows[-1][1].split()[0] if rows else "UNKNOWN"
 
 
+END_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL")
+
+
+def final_slurm_state(job_id: str, what: str) -> str:
+    """The state a job ends in (waits through its requeues: sacct shows the latest attempt)."""
+    return wait_for(lambda: (state := slurm_state(job_id)) in END_STATES and state, HANG_S, 1.0, what)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
 
@@ -137,6 +146,36 @@ def train_job_with_checkpoint(run: Path) -> dict | None:
     jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
     latest = ckpt.latest_checkpoint(run) if jobs else None
     return jobs[0] if latest and 0 < latest[1]["step"] < 200 else None
+
+
+def running_train_job(run: Path) -> dict | None:
+    """The run's training job while state.json records it as running, else None."""
+    st = run_state(run) or {"jobs": []}
+    return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+
+
+@dataclass
+class CoordinatorLaunch:
+    """A smoke variant launched under a unique name with its coordinator as a SLURM job."""
+
+    name: str
+    sweep: Path  # its sweep file
+    out: Path  # the launch's --out: the sweep folder is out / name
+    since: str  # just before the launch (accounting's -S)
+    coordinator: str  # the coordinator's job id
+    stdout: str  # the launcher's
+
+
+def launch_coordinator_job(tmp: Path, smoke_dir: Path, prefix: str, grid: dict, slurm: dict | None = None,
+                           **base) -> CoordinatorLaunch:
+    name = unique(prefix)
+    sweep = slurm_sweep(tmp, name, grid, slurm, **base)
+    out = tmp / "out"
+    reuse_generators(smoke_dir, out / name)
+    since = now_iso()
+    r = run_launch(sweep, out, "--executor", "slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return CoordinatorLaunch(name, sweep, out, since, read_json(out / name / "coordinator.json")["job_id"], r.stdout)
 
 
 def chunks_written(run: Path, round_index: int) -> list[int]:
@@ -234,31 +273,21 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     while dp trains; launching again re-attaches to the jobs in flight: accounting holds each
     job once. A run whose training fails is reported with its log; the other run finishes."""
     smoke_dir, _ = smoke
-    name = unique("coord")
     # static gets a batch that 2 training processes cannot split: a genuine failure inside the job
-    sweep = slurm_sweep(tmp_path, name, {"method.name,train.batch_size": [["dp", 64], ["static", 63]]},
-                        slurm={"training": {"cpus_per_task": 2, "procs_per_node": 2, "time_min": 60}})
-    out = tmp_path / "out"
-    reuse_generators(smoke_dir, out / name)
-    since = now_iso()
-    r = run_launch(sweep, out, "--executor", "slurm")
-    assert r.returncode == 0, r.stderr[-3000:]
-    first = read_json(out / name / "coordinator.json")["job_id"]
-    assert f"SLURM job {first}" in r.stdout
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "coord",
+                                    {"method.name,train.batch_size": [["dp", 64], ["static", 63]]},
+                                    slurm={"training": {"cpus_per_task": 2, "procs_per_node": 2, "time_min": 60}})
+    name, sweep, out, since, first = launch.name, launch.sweep, launch.out, launch.since, launch.coordinator
+    assert f"SLURM job {first}" in launch.stdout
     dp = out / name / "dp"
-
-    def dp_training():
-        st = run_state(dp) or {"jobs": []}
-        return next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
-
-    train = wait_for(dp_training, 300, 0.05, "dp's first training job")
+    train = wait_for(lambda: running_train_job(dp), 300, 0.05, "dp's first training job")
     status = subprocess.run([sys.executable, "-m", "dp_hpc.status", str(out / name)], capture_output=True,
                             text=True, cwd=ROOT)
     assert f"coordinator: SLURM job {first} RUNNING" in status.stdout, status.stdout
     assert re.search(rf"train {train['job_id']} (RUNNING|PENDING)", status.stdout), status.stdout
     subprocess.run(["scancel", first], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
-             60, 0.2, "the coordinator job to be gone")
+             HANG_S, 0.2, "the coordinator job to be gone")
     assert slurm_state(first) == "CANCELLED"
 
     r = run_launch(sweep, out, "--executor", "slurm")
@@ -305,6 +334,57 @@ def test_sweep_through_a_coordinator_job_survives_its_cancellation(cluster, smok
     assert {k: v for k, v in pool_digest(dp).items() if k.startswith("round_000")} == ref
 
 
+def test_the_coordinator_job_preempted_with_usr2_requeues_itself_and_the_sweep_finishes_once(cluster, smoke, tmp_path):
+    """USR2 (submitit's preemption and time-limit signal) to the coordinator job while dp's first
+    training job runs: the coordinator stops between polls and requeues itself through submitit,
+    under its job id; the requeued coordinator re-attaches to the jobs in flight and finishes the
+    sweep. Pool, final weights, evaluations and test accuracy are the local uninterrupted run's;
+    every chunk is generated once, no metrics line is there twice, every job ran once in accounting
+    (the coordinator as one job id with a requeued attempt) and no work was submitted twice."""
+    smoke_dir, _ = smoke
+    ref = smoke_dir / "dp"
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "usr2", {"method.name": ["dp"]})
+    name, out, since, coordinator = launch.name, launch.out, launch.since, launch.coordinator
+    dp = out / name / "dp"
+    train = wait_for(lambda: running_train_job(dp), HANG_S, 0.05, "dp's first training job")
+    subprocess.run(["scancel", "--signal=USR2", coordinator], check=True)
+    state = final_slurm_state(coordinator, "the coordinator job to end")
+    log = "".join(p.read_text() for p in (out / name / "logs").glob(f"{coordinator}_*log.*"))
+    assert state == "COMPLETED", log[-4000:]
+    assert read_json(out / name / "coordinator.json")["job_id"] == coordinator, "a new coordinator was submitted"
+    attempts = job_attempts(coordinator)
+    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
+    assert "preempted (USR2): requeueing this job" in log, log[-4000:]
+    assert log.count("1 of 1 runs to do") == 2, log[-4000:]  # both attempts drove the sweep (logs append)
+
+    st = run_state(dp)
+    assert st["phase"] == "done", st.get("error")
+    assert pool_digest(dp) == pool_digest(ref), "the pool differs from the uninterrupted run"
+    for rec in st["rounds"]:
+        n_chunks = rec["generated"] // 32  # smoke: chunk_size 32
+        assert chunks_written(dp, rec["index"]) == list(range(n_chunks)), f"round {rec['index']}: a chunk twice or missing"
+    mine, theirs = final_weights(dp), final_weights(ref)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs), "final weights differ from the uninterrupted run"
+    keys = [(m["split"], m["step"], m["round"]) for m in read_jsonl(dp / "metrics.jsonl")]
+    assert len(keys) == len(set(keys)), "a metrics line logged twice"
+    evals = lambda run: {(m["split"], m["step"], m["round"]): m["acc"] for m in read_jsonl(run / "metrics.jsonl")}  # noqa: E731
+    assert evals(dp) == evals(ref)
+    assert read_json(dp / "eval.json")["acc"] == read_json(ref / "eval.json")["acc"]
+
+    # accounting: every recorded job once and succeeded, the coordinator once (one id, two attempts),
+    # no other job under the sweep's name, no work submitted twice
+    assert {j["status"] for j in st["jobs"]} == {"succeeded"}, st["jobs"]
+    recorded = sorted(j["job_id"] for j in st["jobs"])
+    by_id = jobs_by_id(recorded + [coordinator])
+    assert Counter(jid for jid, _, _ in by_id) == Counter(recorded + [coordinator]), (by_id, recorded)
+    assert {jid for jid, _, _ in accounted_jobs(name, since)} <= set(recorded) | {coordinator}
+    work = Counter((j["kind"], j["round"], j["detail"].get("start"), j["detail"].get("plateau_exit")) for j in st["jobs"])
+    assert all(n == 1 for n in work.values()), f"some work was submitted twice: {work}"
+    assert train["job_id"] in recorded, "the training job in flight at the signal was not re-attached"
+    launches = read_json(out / name / "manifest.json")["launches"]
+    assert [e["slurm_job_id"] for e in launches] == [None, coordinator, coordinator], launches  # launch, 2 attempts
+
+
 def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(cluster, smoke, tmp_path):
     """`python -m dp_hpc.cancel` while the training job runs: the coordinator job is cancelled first,
     then the training job; nothing of the sweep is left in the queue. The same launch then submits
@@ -312,21 +392,14 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     end: the pool is the uninterrupted run's, the remaining steps are trained once, and accounting
     holds no job that no record names."""
     smoke_dir, _ = smoke
-    name = unique("cancel")
     steps = 1000  # the smoke sweep's 240 would end before the cancel could reach them
-    sweep = slurm_sweep(tmp_path, name, {"method.name": ["static"]}, pool__shard_size=256,
-                        train__total_steps=steps)
-    out = tmp_path / "out"
-    reuse_generators(smoke_dir, out / name)
+    launch = launch_coordinator_job(tmp_path, smoke_dir, "cancel", {"method.name": ["static"]}, pool__shard_size=256,
+                                    train__total_steps=steps)
+    name, sweep, out, since, first = launch.name, launch.sweep, launch.out, launch.since, launch.coordinator
     run = out / name / "static"
-    since = now_iso()
-    r = run_launch(sweep, out, "--executor", "slurm")
-    assert r.returncode == 0, r.stderr[-3000:]
-    first = read_json(out / name / "coordinator.json")["job_id"]
 
     def training():
-        st = run_state(run) or {"jobs": []}
-        job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
+        job = running_train_job(run)
         ts = ckpt.latest_train_state(run) if job else None
         return job if ts and 0 < ts["step"] < steps // 2 else None
 
@@ -342,7 +415,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     assert len(lines) == 4 and "stopped the coordinator job and 1 job (1 SLURM)" in lines[2], said  # nothing else
     queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
     assert not [n for n in queued if n.startswith(name + "/")], f"jobs of the sweep still queued: {queued}"
-    wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", 60, 0.5, "accounting")
+    wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", HANG_S, 0.5, "accounting")
     rec = next(j for j in run_state(run)["jobs"] if j["job_id"] == train["job_id"])
     assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
     stopped_at = ckpt.latest_train_state(run)["step"]
@@ -386,7 +459,7 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
     ids = [subprocess.run(["sbatch", "--parsable", "--hold", "-J", "dp_hpc-poll-test", "--wrap", "true"],
                           capture_output=True, text=True, check=True).stdout.strip() for _ in range(3)]
     try:
-        wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), 60, 0.2, "accounting to know the jobs")
+        wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), HANG_S, 0.2, "accounting to know the jobs")
         coordinators = []
         for i, jid in enumerate(ids):
             c = Coordinator(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
@@ -452,7 +525,7 @@ def test_a_cancelled_job_fails_its_run_with_a_clear_reason(cluster, tmp_path):
     jid = subprocess.run(["sbatch", "--parsable", "-J", "dp_hpc-cancel-test", "--wrap", "sleep 60"],
                          capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(["scancel", jid], check=True)
-    wait_for(lambda: slurm_state(jid) == "CANCELLED", 60, 0.2, "the cancellation in accounting")
+    wait_for(lambda: slurm_state(jid) == "CANCELLED", HANG_S, 0.2, "the cancellation in accounting")
     runner.poll([jid])
     st = runner.status(tmp_path, jid, submitted=time.time() - 5)
     assert st.state == FAILED and "cancelled" in st.error
@@ -516,7 +589,7 @@ def test_jobs_run_the_code_snapshot_not_the_checkout_edited_after_the_launch(clu
     assert train["submitted"] > edited_at, "the training job was submitted before the edit: the test proves nothing"
     subprocess.run(["scancel", first], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", first], capture_output=True, text=True).stdout.strip(),
-             60, 0.2, "the coordinator job to be gone")
+             HANG_S, 0.2, "the coordinator job to be gone")
 
     r = launch("--update-code")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -657,3 +730,89 @@ def test_a_requeued_two_node_training_job_resumes_on_both_nodes_to_the_uninterru
     mine, ref = final_weights(run), final_weights(two_node_run[0])
     assert mine.keys() == ref.keys()
     assert all(torch.equal(mine[k], ref[k]) for k in ref), "final weights differ from the uninterrupted 2-node run"
+
+
+# ----------------------------------------------------------------------------- two nodes, a model with buffers
+
+TWO_NODE_BN_STEPS = 48
+
+
+def submit_training(run: Path, sweep_name: str) -> str:
+    """The run's training job as the coordinator submits it (jobs.Train through SlurmRunner) on
+    N_NODES nodes, one torchrun agent with one worker each; the job id."""
+    from dp_hpc import jobs
+    from dp_hpc.config import from_dict
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
+
+    cfg = from_dict(SlurmConfig, {"signal_delay_s": 30, "training": {"cpus_per_task": 1, "time_min": 60, "nodes": N_NODES}})
+    runner = SlurmRunner(cfg, env={"PYTHONPATH": str(ROOT)}, sweep_name=sweep_name)
+    [job_id] = runner.submit(run / "logs", "train", jobs.Train(),
+                             [(str(run), False, runner.threads_for("train"), runner.train_procs())], kind="train")
+    return job_id
+
+
+def batchnorm_run(tmp: Path) -> Path:
+    """A run of resnet18 (BatchNorm) on a pool of real digits (tests/test_train.py), 48 steps, a
+    checkpoint every 8, all kept."""
+    from test_distributed import BN_TRAIN
+    from test_train import make_run
+
+    return make_run(tmp / "run", train={**BN_TRAIN, "total_steps": TWO_NODE_BN_STEPS, "cooldown_steps": 16,
+                                        "checkpoint_keep": 10})
+
+
+def check_every_rank_holds_the_checkpoint(run: Path, logs: dict[int, str]) -> None:
+    """Each rank's last "stop at step" line (in its node's log) gives the fingerprint of the final
+    checkpoint's weights and buffers."""
+    from test_distributed import checkpoint_fingerprint, rank_fingerprints
+
+    fp = checkpoint_fingerprint(ckpt.load_state(ckpt.latest_checkpoint(run)[0]))
+    last = {rank: v for text in logs.values() for rank, v in rank_fingerprints(text.split("continue at step")[-1]).items()}
+    assert last == {"0": (TWO_NODE_BN_STEPS, fp), "1": (TWO_NODE_BN_STEPS, fp)}, f"ranks {last}, checkpoint {fp}"
+
+
+@pytest.fixture(scope="module")
+def two_node_batchnorm_run(cluster, tmp_path_factory):
+    """resnet18 trained by one 2-node job, uninterrupted: (run dir, job id)."""
+    if len(cluster_nodes()) < N_NODES:
+        pytest.fail(f"the local cluster has {cluster_nodes()}; start it with DP_HPC_SLURM_NODES>={N_NODES}")
+    run = batchnorm_run(tmp_path_factory.mktemp("bn_two_nodes"))
+    job_id = submit_training(run, unique("bn"))
+    state = final_slurm_state(job_id, "the 2-node resnet18 job to end")
+    assert state == "COMPLETED", "\n".join(t[-3000:] for t in node_logs(run, job_id).values())
+    return run, job_id
+
+
+def test_a_two_node_batchnorm_job_ends_with_the_same_weights_and_buffers_on_both_nodes(two_node_batchnorm_run):
+    """resnet18 on 2 nodes (one gloo rank each): both ranks end holding the checkpoint's weights,
+    BatchNorm statistics and EMA, bit for bit (their fingerprints, logged by each rank)."""
+    run, job_id = two_node_batchnorm_run
+    logs = check_ran_on_every_node(run, job_id)
+    check_every_rank_holds_the_checkpoint(run, logs)
+    ts = ckpt.latest_checkpoint(run)[1]
+    assert (ts["step"], ts["stop_reason"], ts["world_size"]) == (TWO_NODE_BN_STEPS, "budget", N_NODES)
+
+
+def test_a_requeued_two_node_batchnorm_job_resumes_bit_identical(two_node_batchnorm_run, cluster, tmp_path):
+    """The same job `scontrol requeue`d after its first checkpoint: both nodes' ranks save at the next
+    step boundary, the job runs again under its id, both ranks continue from that checkpoint, and
+    the final weights, BatchNorm buffers, EMA and optimizer state equal the uninterrupted job's."""
+    from test_train import assert_same_state
+
+    ref, _ = two_node_batchnorm_run
+    run = batchnorm_run(tmp_path)
+    job_id = submit_training(run, unique("bn-requeue"))
+    wait_for(lambda: ckpt.latest_checkpoint(run), HANG_S, 0.05, "a checkpoint of the 2-node resnet18 job")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    state = final_slurm_state(job_id, "the requeued 2-node resnet18 job to end")
+    assert state == "COMPLETED", "\n".join(t[-3000:] for t in node_logs(run, job_id).values())
+    attempts = job_attempts(job_id)
+    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
+    logs = check_ran_on_every_node(run, job_id, runs_per_node=2)
+    stopped = [ts["step"] for _, ts in ckpt.complete_checkpoints(run) if ts["stop_reason"] == "preempted"]
+    assert len(stopped) == 1 and stopped[0] < TWO_NODE_BN_STEPS, "the requeue came too late to test anything"
+    for node, text in logs.items():
+        assert re.search(rf"\[rank \d\] continue at step {stopped[0]}/", text), f"node {node}:\n{text[-3000:]}"
+    check_every_rank_holds_the_checkpoint(run, logs)
+    assert_same_state(ckpt.load_state(ckpt.latest_checkpoint(run)[0]), ckpt.load_state(ckpt.latest_checkpoint(ref)[0]))

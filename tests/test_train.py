@@ -27,6 +27,7 @@ from dp_hpc.train import checkpoint as ckpt
 from dp_hpc.train.evaluate import evaluate_final
 from dp_hpc.train.loop import train_until_stop
 from dp_hpc.train.trainer import Trainer
+from e2e_helpers import HANG_S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,7 @@ def cli(run: Path, *args: str) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = HANG_S) -> dict:
     t = time.monotonic()
     while time.monotonic() - t < timeout:
         latest = ckpt.latest_checkpoint(run)
@@ -170,7 +171,7 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
     proc = cli(run, "--no-plateau-exit")
     wait_for_checkpoint(run, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=HANG_S)
     killed_at = ckpt.latest_checkpoint(run)[1]
     assert killed_at["stop_reason"] is None and killed_at["step"] < 200, "killed too late to test anything"
     ts = train_until_stop(run, plateau_exit=False)
@@ -186,7 +187,7 @@ def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path, train):
     proc = cli(run, "--no-plateau-exit")
     first = wait_for_checkpoint(run, proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err[-2000:]
     ts = json.loads(out.strip().splitlines()[-1])
     assert ts["stop_reason"] == "preempted" and first["step"] < ts["step"] < 200
@@ -248,7 +249,7 @@ class HeldWrites:
             self.active += 1
             self.most_at_once = max(self.most_at_once, self.active)
             try:
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + HANG_S
                 while background and self.trained_to < ts["step"] + 3:
                     assert time.monotonic() < deadline, "training did not go on during the write"
                     time.sleep(0.005)

@@ -38,9 +38,10 @@ class PatienceConfig:
 
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
-    classifier: Literal["digits_cnn", "vit_b_16", "resnet50"] = "digits_cnn"
+    classifier: Literal["digits_cnn", "vit_b_16", "resnet50", "resnet18"] = "digits_cnn"
     """Classifier architecture, random init. digits_cnn: a 0.1M-parameter CNN for the 8x8 digits.
-    vit_b_16 (the paper's ViT-B/16) and resnet50: the torchvision models, fed at `input_size`."""
+    vit_b_16 (the paper's ViT-B/16), resnet50 and resnet18 (a smaller BatchNorm network): the
+    torchvision models, fed at `input_size`; what this file says of resnet50 holds for resnet18."""
     input_size: int = 224
     """Side of the square image vit_b_16 and resnet50 see: they resize the pool's stored resolution
     to it inside the module (digits_cnn ignores it)."""

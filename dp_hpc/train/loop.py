@@ -268,7 +268,9 @@ def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_
             _save(trainer, ts, d, writer)
         if stop_reason is not None:
             compute_s = time.perf_counter() - t0
-            rlog.info("stop at step %d: %s (%d steps in %.1f s)", prog.step, stop_reason, done_here, compute_s)
+            # every rank's own weights and buffers: the ranks (and the checkpoint) must agree
+            rlog.info("stop at step %d: %s (%d steps in %.1f s; state fingerprint %s)", prog.step, stop_reason,
+                      done_here, compute_s, trainer.fingerprint())
             if d.is_main:
                 metrics.append_compute(run_dir, {"kind": "train", "round": pool_info["round"], "steps": done_here,
                                                  "world_size": d.world_size, "startup_s": startup_s,

@@ -3,9 +3,10 @@ stored resolution, and does its own preprocessing (resizing, normalisation), so 
 entropy guidance and the training loop feed it the same thing.
 
 - digits_cnn: a small CNN for the 8x8 grey digits.
-- vit_b_16, resnet50: torchvision's models (random init), behind `TorchvisionClassifier`, which
-  resizes to `input_size` and applies the ImageNet mean/std. At 100 classes: ViT-B/16 85.9M
-  parameters, ResNet-50 23.7M. One fp32 training step of ViT-B/16 at 224 px, batch 8, took 14-23 s
+- vit_b_16, resnet50, resnet18: torchvision's models (random init), behind `TorchvisionClassifier`,
+  which resizes to `input_size` and applies the ImageNet mean/std. At 100 classes: ViT-B/16 85.9M
+  parameters, ResNet-50 23.7M, ResNet-18 11.2M (the ResNets hold BatchNorm statistics: buffers that
+  the trainer keeps equal across ranks and in its EMA). One fp32 training step of ViT-B/16 at 224 px, batch 8, took 14-23 s
   on a shared 2-core CPU (measured): the CPU path is for tests at small `input_size`.
 """
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLASSIFIERS = ("digits_cnn", "vit_b_16", "resnet50")
+CLASSIFIERS = ("digits_cnn", "vit_b_16", "resnet50", "resnet18")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,7 +85,7 @@ def build_classifier(name: str, num_classes: int, in_channels: int, *, input_siz
     if name == "vit_b_16":
         net = models.vit_b_16(weights=None, num_classes=num_classes, image_size=input_size)
     else:
-        net = models.resnet50(weights=None, num_classes=num_classes)
+        net = getattr(models, name)(weights=None, num_classes=num_classes)  # resnet50, resnet18
     return TorchvisionClassifier(net, input_size)
 
 

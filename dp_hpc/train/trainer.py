@@ -6,6 +6,7 @@ bench/gpu_check.py times it on a GPU.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,7 +42,7 @@ class Trainer:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self.ema_params = list(self.ema.parameters())
-        # Persistent buffers (BatchNorm statistics of resnet50; digits_cnn and ViT have none): not
+        # Persistent buffers (BatchNorm statistics of the ResNets; digits_cnn and ViT have none): not
         # averaged by the EMA but copied to it, and averaged over ranks with the gradients.
         self.buffers, self.ema_buffers = _persistent_buffers(self.model), _persistent_buffers(self.ema)
         hyper = dict(lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
@@ -108,6 +109,10 @@ class Trainer:
             self._stop_event.synchronize()
         return bool(self._stop_host.item() > 0)
 
+    def fingerprint(self) -> str:
+        """state_fingerprint of this rank's model and EMA (weights and buffers)."""
+        return state_fingerprint(self.model.state_dict(), self.ema.state_dict())
+
     def pop_train_loss(self) -> torch.Tensor:
         """Mean training loss since the last call (a device scalar; no sync)."""
         out = self.loss_sum / max(self.loss_count, 1)
@@ -132,6 +137,22 @@ def decays(name: str, p: torch.Tensor) -> bool:
     """DeiT/timm's ViT recipe: no weight decay on biases and norm gains (1-D), nor on ViT's
     position embedding and class token."""
     return p.ndim > 1 and not name.endswith(("pos_embedding", "class_token"))
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def state_fingerprint(*state_dicts: dict) -> str:
+    """16 hex digits that change when any value of these tensors changes (weights and buffers, in
+    state_dict order): each tensor's bits read as integers and summed exactly (int64, so the order
+    of the sum does not matter), then hashed. Ranks that print the same fingerprint, or a rank and a
+    checkpoint (`state_fingerprint(state["model"], state["ema"])`), hold the same bits; a permutation
+    of values within one tensor goes unseen. On a GPU: one sum per tensor there, one small copy to
+    the host."""
+    sums = [t.detach().reshape(-1).view(_BITS[t.element_size()]).sum(dtype=torch.int64)
+            for sd in state_dicts for t in sd.values()]
+    data = torch.stack(sums).cpu().numpy().tobytes() if sums else b""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
