@@ -127,6 +127,33 @@ def plot_dynamics(df: pd.DataFrame, runs: pd.DataFrame, path: Path) -> int | Non
     return seed
 
 
+def plot_paired(cells: dict, paired: pd.DataFrame, path: Path) -> bool:
+    """One column per row of the paired table (`analysis.paired.paired_table`): each matched seed's
+    accuracy difference (dots), their mean and its 95% interval (bar), 0 dashed. False (nothing
+    drawn) without rows."""
+    if paired is None or not len(paired):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(paired) + 1.5), 3.6))
+    rng = np.random.default_rng(0)  # jitter only
+    for i, r in enumerate(paired.itertuples(index=False)):
+        a, b = cells[(r.first, r.budget)], cells[(r.second, r.budget)]
+        per_seed = [100 * (np.mean(a[s]) - np.mean(b[s])) for s in sorted(set(a) & set(b))]
+        ax.scatter(i + rng.uniform(-0.18, 0.18, len(per_seed)), per_seed, s=10, alpha=0.5, color="tab:gray")
+        if r.diff_lo == r.diff_lo:
+            ax.errorbar([i], [100 * r.diff], yerr=[[100 * (r.diff - r.diff_lo)], [100 * (r.diff_hi - r.diff)]],
+                        fmt="o", color="tab:red", capsize=5, lw=2)
+    ax.axhline(0, ls="--", color="k", lw=0.8)
+    ax.set_xticks(range(len(paired)))
+    ax.set_xticklabels([f"{r.first} − {r.second}\n{r.budget:,}" for r in paired.itertuples(index=False)], fontsize=8)
+    ax.set_ylabel("test accuracy difference (points)")
+    ax.set_title("paired differences: seeds (dots), mean and 95% interval (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_report_figures(df: pd.DataFrame, runs: pd.DataFrame, summ: pd.DataFrame, stt: dict, fits: list[dict],
                         out: Path) -> int | None:
     """Every figure of the report into `out`: accuracy vs generated samples (with the power-law

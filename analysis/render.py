@@ -121,6 +121,7 @@ def _paired(d: ReportData) -> list[str]:
         "",
         paired_text(d.paired, POWER_DELTA, POWER_TARGET),
         "",
+        *(["![paired differences](paired.png)", ""] if d.paired is not None and len(d.paired) else []),
     ]
 
 

@@ -15,6 +15,7 @@ failed runs are included and marked. Writes into the out folder:
     report.html              the same as one self-contained page (figures embedded)
     rounds.csv               one row per generated round, with its generation statistics
     acc_vs_model_compute.png only when jobs record their own model compute seconds (`compute_s`)
+    paired.png               only with paired comparisons: each seed's difference, mean and interval
 
 Layout: the files of `analysis/` follow the data, and this module reads them top to bottom.
 `analysis.read` does the I/O (`read_sweep`, `read_run`, `job_times`); `analysis.frames` turns
@@ -31,7 +32,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.figures import plot_report_figures
+from analysis.figures import plot_paired, plot_report_figures
 from analysis.frames import jobs_frame, per_run, rounds_frame, rows_frame
 from analysis.paired import correct_cells, is_complete, paired_replicates, paired_table
 from analysis.read import NotASweep, check_sweep, read_generator_jobs, read_sweep
@@ -71,6 +72,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     stt = samples_to_target(summ, reps=preps if is_complete(cells, grid_runs) else reps, fits=fits)
     # figures
     seed = plot_report_figures(df, runs, summ, stt, fits, out)
+    plot_paired(cells, paired, out / "paired.png")
     # report.md, report.html
     data = ReportData(meta=meta, sweep_dir=sweep_dir, df=df, runs=runs, summ=summ, stt=stt, fits=fits, jobs=jobs,
                       gen_jobs=gen_jobs, seed=seed, rounds=rounds, paired=paired)

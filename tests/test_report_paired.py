@@ -47,6 +47,7 @@ def test_paired_comparisons_from_per_image_results(tmp_path):
     assert "## Paired comparisons: same seeds, same test images" in md
     assert "| dp − static | 100 | 2 | +15.00 [" in md
     assert "- dp − static at budget 100: +15.00 points" in md and "**significant** at 5% after Holm" in md
+    assert (tmp_path / "rep" / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](paired.png)" in md
     # samples-to-target's intervals come from the same joint draws
     assert "resampling the seeds and the test images jointly" in md
 
@@ -56,4 +57,5 @@ def test_an_older_sweep_without_per_image_results_still_reports(tmp_path):
     md = write_report(grid, tmp_path / "rep").read_text()
     assert "No pair of arms has per-image test results" in md
     assert "resampling every cell's seeds" in md
+    assert not (tmp_path / "rep" / "paired.png").exists() and "paired.png" not in md
     assert (tmp_path / "rep" / "paired.csv").read_text().strip() == ""  # no rows
