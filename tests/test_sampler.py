@@ -81,7 +81,7 @@ def _reference_ddim_cfg(unet, scheduler, labels, seeds, cfg) -> torch.Tensor:
         for t in sched.timesteps:
             eps_c = unet(x, t, labels).sample
             eps_u = unet(x, t, null).sample
-            eps = (1 + lam) * eps_c - lam * eps_u  # = eps_u + (1 + lam) (eps_c - eps_u), guidance_scale 1 + lam
+            eps = eps_u + (1 + lam) * (eps_c - eps_u)  # diffusers' CFG, guidance_scale 1 + lam
             noise = torch.stack([torch.randn((1, r, r), generator=g) for g in gens]) if cfg.eta > 0 else None
             x = sched.step(eps, t, x, eta=cfg.eta, variance_noise=noise).prev_sample
     return x

@@ -214,7 +214,7 @@ def entropy_guided_ddim_step(
     if classifier is None:
         with torch.no_grad():
             if cfg.cfg_lambda and getattr(model, "batches_cfg", False):
-                eps_c, eps_u = model.eps(torch.cat([x_t, x_t]), t, torch.cat([cond, null])).chunk(2)
+                eps_u, eps_c = model.eps(torch.cat([x_t, x_t]), t, torch.cat([null, cond])).chunk(2)
             else:
                 eps_c = model.eps(x_t, t, cond)  # (B, *latent_shape)
     else:
@@ -240,7 +240,10 @@ def entropy_guided_ddim_step(
         if eps_u is None:
             with torch.no_grad():
                 eps_u = model.eps(x_t, t, null)
-        eps = (1.0 + cfg.cfg_lambda) * eps_c - cfg.cfg_lambda * eps_u
+        # diffusers' own combination (StableDiffusionPipeline, guidance_scale = 1 + lambda), not the
+        # algebraically equal (1 + lambda) eps_c - lambda eps_u: the same float operations give the
+        # same bytes on every CPU, where the other form rounds a few pixels a grey level apart
+        eps = eps_u + (1.0 + cfg.cfg_lambda) * (eps_c - eps_u)
     else:
         eps = eps_c
     if grad is not None:
