@@ -34,7 +34,7 @@ def _run_row(run: RunDir) -> dict:
         st = read_json(run.state, {}) or {}
     except ValueError:  # torn or truncated (a purged scratch file): said in the row, not a traceback
         st = {"error": f"{run.state.name} is unreadable: check it with python -m dp_hpc.verify"}
-    ck = latest_train_state(run.path) or {}
+    ck = latest_train_state(run.path)
     ev = read_json(run.eval, {}) or {}
     done_rounds = set(Pool(run.path).complete_rounds())
     return {
@@ -44,8 +44,8 @@ def _run_row(run: RunDir) -> dict:
         "phase": st.get("phase", "new"),
         "pool_size": sum(r["kept"] for r in st.get("rounds", []) if r["index"] in done_rounds),
         "generated": sum(r["generated"] for r in st.get("rounds", []) if r["index"] in done_rounds),
-        "step": ck.get("step", 0),
-        "best_val_acc": ck.get("best_val_acc"),
+        "step": ck.step if ck else 0,
+        "best_val_acc": ck.best_val_acc if ck else None,
         "test_acc": ev.get("acc"),
         "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
         "jobs": [(kind, jid, ex, run.logs) for kind, jid, ex in running_jobs_in(st)],

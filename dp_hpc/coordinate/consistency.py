@@ -52,14 +52,14 @@ def state_problems(run: RunDir, st: RunState) -> list[str]:
                 out.append(f"round {r}: state.json says {rec.kind} x{rec.generated}, the pool {a['kind']} x{a['n']}")
     phase = (st.failed_phase or "generate") if st.phase == "failed" else st.phase
     ck = latest_train_state(run.path)
-    if phase == "eval" and (ck is None or ck.get("stop_reason") != "budget"):
+    if phase == "eval" and (ck is None or not ck.finished):
         where = ("no complete checkpoint" if ck is None else
-                 f"the newest checkpoint (step {ck['step']}) stopped for {ck.get('stop_reason')!r}")
+                 f"the newest checkpoint (step {ck.step}) stopped for {ck.stop_reason!r}")
         out.append(f"phase eval, but {where}: evaluation needs the end of training")
     if phase == "done" and not run.eval.exists():
         out.append(f"phase done without {run.eval.name}")
-    if ck is not None and max(ck.get("pool_rounds") or [0]) > st.round:
-        out.append(f"the newest checkpoint (step {ck['step']}) trained on rounds {ck['pool_rounds']}, "
+    if ck is not None and max(ck.pool_rounds or [0]) > st.round:
+        out.append(f"the newest checkpoint (step {ck.step}) trained on rounds {list(ck.pool_rounds)}, "
                    f"state.json is at round {st.round}")
     return out
 
@@ -73,13 +73,13 @@ def state_from_disk(run: RunDir, cfg: RunConfig, old: RunState | None = None) ->
     if not indices:
         st = P.initial_state(method)
     else:
-        plateau = {tuple(ts.get("pool_rounds", ())): int(ts["step"])  # pool rounds -> plateau step
-                   for _, ts in complete_checkpoints(owner.path) if ts.get("stop_reason") == "plateau"}
+        plateau = {ts.pool_rounds: ts.step  # pool rounds -> plateau step
+                   for _, ts in complete_checkpoints(owner.path) if ts.plateaued}
         rounds = [_record(pool, owner, r, method, plateau, old) for r in indices]
         ck = latest_train_state(run.path)
         if run.eval.exists():
             phase = "done"
-        elif ck is not None and ck.get("stop_reason") == "budget":
+        elif ck is not None and ck.finished:
             phase = "eval"
         else:
             phase = "train" if pool.is_complete(indices[-1]) else "generate"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dp_hpc import jobs
 from dp_hpc.config import RunConfig
+from dp_hpc.contracts import PendingSubmission
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
@@ -119,10 +120,10 @@ class Coordinator:
         return own + [f"{self.name}/{b.name}" for b in self.branches.values() if b.state.phase == "failed"]
 
     def summary(self) -> dict:
-        ck = latest_train_state(self.run_dir) or {}
+        ck = latest_train_state(self.run_dir)
         return {"phase": self.state.phase, "round": self.state.round,
                 "pool_size": sum(r.kept for r in self.state.rounds if self.pool.is_complete(r.index)),
-                "step": ck.get("step", 0), "best_val_acc": ck.get("best_val_acc")}
+                "step": ck.step if ck else 0, "best_val_acc": ck.best_val_acc if ck else None}
 
     def retry_if_failed(self) -> None:
         """A relaunch retries a failed run from the phase it failed in, and forgives earlier
@@ -252,9 +253,8 @@ class Coordinator:
         st = self.state
 
         def save_intent(name: str, submitted: float) -> None:
-            st.pending = {"name": name, "kind": kind, "round": st.round if round_index is None else round_index,
-                          "submitted": submitted,
-                          "details": details[:n], "executor": self.runner.kind}
+            st.pending = PendingSubmission(name=name, kind=kind, round=st.round if round_index is None else round_index,
+                                           submitted=submitted, details=details[:n], executor=self.runner.kind)
             save_state(self.run_dir, st)
 
         try:
@@ -269,9 +269,9 @@ class Coordinator:
 
     def _record(self, ids: list[str]) -> None:
         st, pending = self.state, self.state.pending
-        for jid, detail in zip(ids, pending["details"]):
-            st.add_job(JobRecord(job_id=jid, kind=pending["kind"], round=pending["round"],
-                                 submitted=pending["submitted"], detail=detail, executor=self.runner.kind))
+        for jid, detail in zip(ids, pending.details):
+            st.add_job(JobRecord(job_id=jid, kind=pending.kind, round=pending.round,
+                                 submitted=pending.submitted, detail=detail, executor=self.runner.kind))
         st.pending = None
         save_state(self.run_dir, st)
 
@@ -280,11 +280,11 @@ class Coordinator:
         made (found by their name), or forget it if there are none. False: cannot tell yet."""
         pending = self.state.pending
         try:
-            ids = adopt_unrecorded(self.runner, self.logs, pending["name"], self._record)
+            ids = adopt_unrecorded(self.runner, self.logs, pending.name, self._record)
         except SubmitError as e:
             log.warning("%s: %s", self.name, e)
             return False
-        log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending["name"])
+        log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending.name)
         return True
 
     def _apply(self, action: P.Action, slots: Slots) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AbstractSet, Any
 
+from dp_hpc.contracts import PendingSubmission
 from dp_hpc.io import atomic_write_json, read_json
 from dp_hpc.layout import JOB_DETAILS, RunDir
 
@@ -158,7 +159,7 @@ class RunState:
     lost_work: dict = field(default_factory=dict)  # work key -> times its jobs died without a result in a row
     error: str | None = None
     failed_phase: str | None = None  # the phase a relaunch retries after a failure
-    pending: dict | None = None  # a submission under way: job name, kind, round, details (see Coordinator._submit)
+    pending: PendingSubmission | None = None  # a submission under way (see Coordinator._submit)
     updated: float = 0.0
     _saved: dict = field(default_factory=lambda: {"ended": set(), "details": {}}, repr=False, compare=False)
     """What save_state already wrote elsewhere: ids of ended records in jobs.jsonl (by `id()` of the
@@ -208,6 +209,7 @@ class RunState:
         """Every saved field but `jobs`: what state.json holds besides the job records."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("jobs", "_saved", "_index")}
         d["rounds"] = [dataclasses.asdict(r) for r in self.rounds]
+        d["pending"] = None if self.pending is None else self.pending.to_json()
         return d
 
     def to_json(self) -> dict[str, Any]:
@@ -224,7 +226,8 @@ class RunState:
         d.pop("lost_in_a_row", None)  # older files: now derived from lost_work
         d["rounds"] = [RoundRecord(**r) for r in d.get("rounds", [])]
         d["jobs"] = [JobRecord(**j) for j in jobs]
-        d["pending"] = resolve_pending(d.get("pending"), run_dir)
+        pending = resolve_pending(d.get("pending"), run_dir)
+        d["pending"] = None if pending is None else PendingSubmission.from_json(pending)
         st = cls(**d)
         st._saved["details"] = details
         st._saved["ended"] = {id(j) for j in st.jobs if (j.job_id, j.submitted) in ended}
@@ -415,10 +418,11 @@ def save_state(run_dir: Path, st: RunState) -> None:
     index.newly_ended = []
     d = st.fields_json()
     d["jobs"], d["job_arrays"] = index.compact()
-    if st.pending is not None and len(st.pending.get("details") or ()) > PENDING_INLINE:
-        path = rd.job_details(f"pending-{st.pending['name'].replace('/', '_')}")  # written once per submission
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, st.pending["details"])
-        d["pending"] = {**st.pending, "details": None, "details_file": path.name}
+    if st.pending is not None:
+        if len(st.pending.details) > PENDING_INLINE:
+            path = rd.job_details(f"pending-{st.pending.name.replace('/', '_')}")  # written once per submission
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(path, d["pending"]["details"])
+            d["pending"] = {**d["pending"], "details": None, "details_file": path.name}
     atomic_write_json(rd.state, d)
