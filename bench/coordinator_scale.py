@@ -160,7 +160,7 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
 
     def build():
         runner = SlurmRunner(slurm, sweep_name=sweep.name)
-        return runner, [Coordinator(sweep_dir / r.name, r.config, runner, sweep_dir / "gen") for r in runs]
+        return runner, [Coordinator.open(sweep_dir / r.name, r.config, runner, sweep_dir / "gen") for r in runs]
 
     cpu, polls, sacct_before, error = [], 0, 0, None
     per_poll_submitted = []  # array tasks each poll submitted (the cluster takes them in at its tick)

@@ -47,7 +47,7 @@ class ScriptedRunner:
 def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
     runner = ScriptedRunner({"1": JobStatus(FAILED, "Boom: first"), "2": JobStatus(FAILED, "Boom: second"),
                              "3": JobStatus(LOST, "killed")})
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for jid, (a, b) in zip("123", [(0, 4), (4, 8), (8, 12)]):
         c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
     save_state(c.run_dir, c.state)
@@ -66,7 +66,7 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     run-wide, 4 losses failed it); the same chunks dying a 4th time in a row fail the run."""
     states = {str(i): JobStatus(LOST, "node failure") for i in range(6)}
     runner = ScriptedRunner(states)
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for i in range(6):  # six tasks of one round, six different chunk ranges, lost together
         c.state.jobs.append(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
                                       detail={"start": 4 * i, "stop": 4 * i + 4}))
@@ -123,7 +123,7 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
     runner = SlurmRunner(SlurmConfig(), sweep_name="t")
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     c.logs.mkdir(parents=True, exist_ok=True)
     # a live process that looks like a submitit local controller for this run's logs
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit", str(c.logs)])
@@ -154,6 +154,6 @@ def test_a_coordinator_removes_the_temporary_files_a_killed_predecessor_left_mid
     kept = [run / ".metrics.jsonl.q9w8e7.tmp", run / "state.json.bak"]  # not the coordinator's to remove
     for p in left + kept:
         p.write_text("{")
-    Coordinator(run, RunConfig(), ScriptedRunner({}), tmp_path / "gen")
+    Coordinator.open(run, RunConfig(), ScriptedRunner({}), tmp_path / "gen")
     assert [p.exists() for p in left] == [False, False] and all(p.exists() for p in kept)
     assert load_state(run) is not None

@@ -462,7 +462,7 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
         wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), HANG_S, 0.2, "accounting to know the jobs")
         coordinators = []
         for i, jid in enumerate(ids):
-            c = Coordinator(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
+            c = Coordinator.open(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
             c.state.phase = "train"
             c.state.jobs.append(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
             save_state(c.run_dir, c.state)
@@ -487,7 +487,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
 
     sweep = unique("adopt")
     runner = SlurmRunner(SlurmConfig(), sweep_name=sweep)
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     c.state.phase = "train"
     c.state.pending = PendingSubmission.from_json({"name": "run-train-0123abcd", "kind": "train", "round": 0,
                                                    "submitted": time.time(), "details": [{"plateau_exit": True}]})
@@ -496,7 +496,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
     jid = subprocess.run(["sbatch", "--parsable", "--hold", "-J", f"{sweep}/run-train-0123abcd", "--wrap", "true"],
                          capture_output=True, text=True, check=True).stdout.strip()
     try:
-        again = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
+        again = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
         again.advance(Slots(free=5))
         st = run_state(tmp_path / "run")
         assert st["pending"] is None
@@ -505,7 +505,7 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
         assert [n for n in queued if n.startswith(sweep)] == [f"{sweep}/run-train-0123abcd"], "submitted again"
 
         # an intent that never reached sbatch is dropped (and the plan may submit afresh)
-        c2 = Coordinator(tmp_path / "run2", RunConfig(), runner, tmp_path / "gen")
+        c2 = Coordinator.open(tmp_path / "run2", RunConfig(), runner, tmp_path / "gen")
         c2.state.phase = "train"
         c2.state.pending = PendingSubmission.from_json({"name": "run2-train-feedbeef", "kind": "train", "round": 0,
                                                         "submitted": time.time(), "details": [{"plateau_exit": True}]})

@@ -20,7 +20,7 @@ from dp_hpc.coordinate.branch import branch_config, create_branch, existing_bran
 from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
 from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Runner, SubmitError
 from dp_hpc.coordinate.runners.local import LocalRunner
-from dp_hpc.coordinate.state import JobRecord, load_state, save_state
+from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.io import remove_stale_temps
 from dp_hpc.layout import JOB_DETAILS, STATE_FILE, RunDir
@@ -57,30 +57,43 @@ class Slots:
 
 
 class Coordinator:
-    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path):
+    """One run's round loop. `Coordinator.open` makes it from the disk; `advance` is one poll."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path, state: RunState):
         self.run_dir = Path(run_dir).resolve()
         self.cfg = cfg
         self.runner = runner
         self.generator_dir = Path(generator_dir).resolve()
+        self.state = state
         self.pool = Pool(self.run_dir)
         self.layout = RunDir(self.run_dir)
         self.logs = self.layout.logs
-        # this coordinator is the one writer of the run's state files (the sweep lock): temporary
-        # files there are what a killed predecessor left mid-write (found by tests/test_chaos.py)
-        for folder, names in ((self.run_dir, STATE_FILE), (self.run_dir / JOB_DETAILS, "*.json")):
+        self.gaps: dict[int, frozenset[int]] = {}  # passed rounds' chunks without a marker (see _mend)
+        self.branches: dict[int, Coordinator] = {}  # branch-outs by the round they branch after
+        self._local_reader: LocalRunner | None = None  # see _reader_of
+
+    @classmethod
+    def open(cls, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path) -> "Coordinator":
+        """The coordinator of the run in `run_dir` as the disk has it: temporary files a killed
+        predecessor left mid-write removed (this coordinator is the one writer of the run's state
+        files, under the sweep lock; found by tests/test_chaos.py), state.json loaded (created for a
+        new run), passed rounds whose chunk markers `dp_hpc.verify --repair` removed found, and the
+        coordinators of its branch-outs opened."""
+        run_dir = Path(run_dir).resolve()
+        for folder, names in ((run_dir, STATE_FILE), (run_dir / JOB_DETAILS, "*.json")):
             for tmp in remove_stale_temps(folder, names):
-                log.info("%s: removed %s, left by a coordinator killed while writing", self.name, tmp.name)
-        st = load_state(self.run_dir)
+                log.info("%s: removed %s, left by a coordinator killed while writing", run_dir.name, tmp.name)
+        st = load_state(run_dir)
         if st is None:
             st = P.initial_state(cfg.method)
-            save_state(self.run_dir, st)
-        self.state = st
-        self._local_reader: LocalRunner | None = None  # see _reader_of
-        self.gaps = self._pool_gaps(P.passed_rounds(st))  # what dp_hpc.verify --repair unmarked (see _mend)
-        self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
+            save_state(run_dir, st)
+        c = cls(run_dir, cfg, runner, generator_dir, st)
+        c.gaps = c._pool_gaps(P.passed_rounds(st))
+        c.branches = {r: c._open_branch(r, d) for r, d in existing_branches(run_dir).items()}
+        return c
 
-    def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
-        return Coordinator(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir)
+    def _open_branch(self, round_index: int, path: Path) -> "Coordinator":
+        return Coordinator.open(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir)
 
     # -- what the launcher shows
     @property
@@ -141,15 +154,23 @@ class Coordinator:
 
     # -- the loop body
     def advance(self, slots: Slots) -> None:
+        """One poll, never blocking: the branch-outs first (not while this run regenerates pool
+        chunks they read), then a submission an earlier coordinator left unrecorded, the ends of
+        this run's jobs, the pool's purged chunks, and planned steps until the plan waits."""
         mending = bool(self.gaps) and self.state.phase != "failed"
-        for b in self.branches.values() if not mending else ():  # they read this pool
-            b.advance(slots)
+        if not mending:
+            for b in self.branches.values():
+                b.advance(slots)
         if self.state.pending is not None and not self._adopt_pending():
-            return
+            return  # the runner cannot tell yet which jobs that submission made
         self._refresh_jobs()
         if mending and self._mend(slots):
             return
-        for _ in range(100):  # bounded: each iteration changes state or returns
+        self._follow_plan(slots)
+
+    def _follow_plan(self, slots: Slots) -> None:
+        """Planned steps until the plan waits, a step waits for a free slot, or the run has ended."""
+        for _ in range(100):  # bounded: each step changes the state or returns
             if self.state.phase in ("done", "failed"):
                 return
             action = P.plan(self.state, self._observe(), self.cfg.method, self.cfg.pool)
@@ -180,9 +201,7 @@ class Coordinator:
             if action is None:
                 log.info("%s: pool mended; continuing", self.name)
                 return False
-            if isinstance(action, P.CompleteRound):
-                self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
-            elif isinstance(action, P.Wait) or not self._apply(action, slots):
+            if isinstance(action, P.Wait) or not self._apply(action, slots):
                 return True
         return True
 
@@ -288,47 +307,52 @@ class Coordinator:
         return True
 
     def _apply(self, action: P.Action, slots: Slots) -> bool:
-        """Carry out one planned step; False when it has to wait for a free slot."""
+        """Carry out one step; False when it has to wait for a free slot. Each arm says whether the
+        run's state changed, and every change is saved below, the same way; a submission saves
+        inside the record-then-submit protocol instead (the intent before the runner is asked, the
+        job ids after: `_submit`)."""
         st, run = self.state, str(self.run_dir)
-        if isinstance(action, P.CreateRound):
-            rec, spec = action.record, dataset_spec(self.cfg.data)
-            self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=spec.image_shape,
-                                             chunk_size=self.cfg.pool.chunk_size, num_classes=spec.num_classes,
-                                             run_seed=self.cfg.seed, kind=rec.kind))
-            return True
-        if isinstance(action, P.SubmitShards):
-            step = st.rounds[action.round_index].classifier_step
-            threads = self.runner.threads_for("generate")
-            args = [(run, action.round_index, a, b, str(self.generator_dir), step, threads)
-                    for a, b in action.shards]
-            details = [{"start": a, "stop": b} for a, b in action.shards]
-            return self._submit("generate", jobs.GenerateShard(), args, details, slots, action.round_index)
-        if isinstance(action, P.CompleteRound):
-            self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
-            st.rounds[action.round_index].stats = self.pool.round_stats(action.round_index)
-            st.phase = "train"
-        elif isinstance(action, P.GoTo):
-            if st.phase == "generate" and not st.rounds[st.round].stats:  # died between complete and save
-                st.rounds[st.round].stats = self.pool.round_stats(st.round)
-            st.phase = action.phase
-        elif isinstance(action, P.StartRound):
-            st.rounds.append(action.record)
-            st.round, st.phase = action.record.index, "generate"
-        elif isinstance(action, P.Branch):
-            path = create_branch(self.run_dir, self.cfg, st, action.round_index, action.checkpoint_step)
-            log.info("%s: branch-out after round %d at step %d -> %s", self.name, action.round_index,
-                     action.checkpoint_step, path)
-            self.branches[action.round_index] = self._branch_coordinator(action.round_index, path)
-            return True
-        elif isinstance(action, P.StopAddingData):
-            log.info("%s: no more data (%s); training to the end of the budget", self.name, action.reason)
-            st.adding_data = False
-        elif isinstance(action, P.SubmitTrain):
-            args = (run, action.plateau_exit, self.runner.threads_for("train"), self.runner.train_procs())
-            return self._submit("train", jobs.Train(), [args], [{"plateau_exit": action.plateau_exit}], slots)
-        elif isinstance(action, P.SubmitEval):
-            return self._submit("eval", jobs.evaluate, [(run, self.runner.threads_for("eval"))], [{}], slots)
-        else:
-            raise TypeError(f"unknown action {action!r}")
-        save_state(self.run_dir, st)
+        match action:
+            case P.CreateRound(record=rec):
+                spec = dataset_spec(self.cfg.data)
+                self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=spec.image_shape,
+                                                 chunk_size=self.cfg.pool.chunk_size, num_classes=spec.num_classes,
+                                                 run_seed=self.cfg.seed, kind=rec.kind))
+                changed = False
+            case P.SubmitShards(round_index=r, shards=shards):
+                step = st.rounds[r].classifier_step
+                threads = self.runner.threads_for("generate")
+                args = [(run, r, a, b, str(self.generator_dir), step, threads) for a, b in shards]
+                details = [{"start": a, "stop": b} for a, b in shards]
+                return self._submit("generate", jobs.GenerateShard(), args, details, slots, r)
+            case P.CompleteRound(round_index=r, keep=keep, per_class=per_class):
+                self.pool.complete_round(r, keep=keep, per_class=per_class)
+                changed = r == st.round and st.phase == "generate"  # else a passed round mended: recorded already
+                if changed:
+                    st.rounds[r].stats = self.pool.round_stats(r)
+                    st.phase = "train"
+            case P.GoTo(phase=phase):
+                if st.phase == "generate" and not st.rounds[st.round].stats:  # died between complete and save
+                    st.rounds[st.round].stats = self.pool.round_stats(st.round)
+                st.phase, changed = phase, True
+            case P.StartRound(record=rec):
+                st.rounds.append(rec)
+                st.round, st.phase, changed = rec.index, "generate", True
+            case P.Branch(round_index=r, checkpoint_step=step):
+                path = create_branch(self.run_dir, self.cfg, st, r, step)
+                log.info("%s: branch-out after round %d at step %d -> %s", self.name, r, step, path)
+                self.branches[r] = self._open_branch(r, path)
+                changed = False  # the branch-out's folder records it (existing_branches)
+            case P.StopAddingData(reason=reason):
+                log.info("%s: no more data (%s); training to the end of the budget", self.name, reason)
+                st.adding_data, changed = False, True
+            case P.SubmitTrain(plateau_exit=plateau_exit):
+                args = (run, plateau_exit, self.runner.threads_for("train"), self.runner.train_procs())
+                return self._submit("train", jobs.Train(), [args], [{"plateau_exit": plateau_exit}], slots)
+            case P.SubmitEval():
+                return self._submit("eval", jobs.evaluate, [(run, self.runner.threads_for("eval"))], [{}], slots)
+            case _:
+                raise TypeError(f"unknown action {action!r}")
+        if changed:
+            save_state(self.run_dir, st)
         return True

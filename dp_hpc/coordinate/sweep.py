@@ -95,7 +95,7 @@ def drive(coordinators, runner, max_jobs: int, poll_s: float, flag) -> None:
 def run_sweep(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path, runner: Runner,
               retry_failed: bool = True) -> int:
     """Drive the sweep from this process to its end; the launcher's exit status (see launch.main)."""
-    coordinators = [Coordinator(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config))
+    coordinators = [Coordinator.open(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config))
                     for r in runs]
     if all(c.finished and not c.failed_runs() for c in coordinators):
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
