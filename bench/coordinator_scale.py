@@ -173,7 +173,7 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
                 n_writes = len(writes.sizes)
                 t0 = time.process_time()
                 try:
-                    step_sweep(coords, runner, runner.max_jobs)
+                    step_sweep(coords, runner, runner.policy.max_jobs)
                 except OSError as e:  # e.g. an sacct command line over the kernel's limit
                     error = f"poll {polls}: {type(e).__name__}: {str(e)[:80]}"
                     break

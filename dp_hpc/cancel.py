@@ -53,7 +53,7 @@ import yaml
 
 from dp_hpc.coordinate.records import JobFile, recorded_executor
 from dp_hpc.coordinate.runners import record_readers
-from dp_hpc.coordinate.runners.base import SUCCEEDED, JobStatus, QueryError, Runner, SubmitError
+from dp_hpc.coordinate.runners.base import SUCCEEDED, JobControl, JobStatus, QueryError, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import read_json, try_lock
 from dp_hpc.layout import GeneratorDir, RunDir, SweepDir
@@ -100,7 +100,7 @@ class Cancel:
         self.problems.append(line)
         print(f"error: {line}", file=sys.stderr, flush=True)
 
-    def reader(self, executor: str, what: str) -> Runner | None:
+    def reader(self, executor: str, what: str) -> JobControl | None:
         """The runner that reads jobs of `executor`; None (said as a problem) where this machine has none."""
         if executor not in self.readers:
             self.problem(f"{what} is recorded under an unknown executor {executor!r}")

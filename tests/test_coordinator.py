@@ -12,7 +12,7 @@ from submitit.core.utils import cloudpickle_dump
 
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate.coordinator import Coordinator, Slots
-from dp_hpc.coordinate.runners.base import FAILED, LOST, SUCCEEDED, JobStatus
+from dp_hpc.coordinate.runners.base import FAILED, JOB_KINDS, LOST, SUCCEEDED, JobPolicy, JobStatus
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import run_lock
@@ -23,10 +23,15 @@ class ScriptedRunner:
     """Answers job states from a dict; records cancellations."""
 
     kind = "scripted"
+    policy = JobPolicy(poll_interval_s=0.0, max_jobs=10, max_submitted_per_poll=None,
+                       threads=dict.fromkeys(JOB_KINDS, 1), train_procs=None)
 
     def __init__(self, states: dict[str, JobStatus]):
         self.states = states
         self.cancelled: list[str] = []
+
+    def surely_running(self):
+        return frozenset()
 
     def reads(self, executor):
         return True
@@ -36,9 +41,6 @@ class ScriptedRunner:
 
     def cancel(self, folder, job_ids):
         self.cancelled += list(job_ids)
-
-    def threads_for(self, kind):
-        return 1
 
     def submit(self, *a, **k):  # the failed run must not submit anything
         raise AssertionError("nothing may be submitted after a failure")

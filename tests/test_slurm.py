@@ -749,7 +749,7 @@ def submit_training(run: Path, sweep_name: str) -> str:
     cfg = from_dict(SlurmConfig, {"signal_delay_s": 30, "training": {"cpus_per_task": 1, "time_min": 60, "nodes": N_NODES}})
     runner = SlurmRunner(cfg, env={"PYTHONPATH": str(ROOT)}, sweep_name=sweep_name)
     [job_id] = runner.submit(run / "logs", "train", jobs.Train(),
-                             [(str(run), False, runner.threads_for("train"), runner.train_procs())], kind="train")
+                             [(str(run), False, runner.policy.threads_for("train"), runner.policy.train_procs)], kind="train")
     return job_id
 
 

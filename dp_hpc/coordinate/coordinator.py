@@ -18,8 +18,8 @@ from dp_hpc.contracts import PendingSubmission
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
-from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Runner, SubmitError
-from dp_hpc.coordinate.runners.local import LocalRunner
+from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, JobControl, Runner, SubmitError
+from dp_hpc.coordinate.runners import RecordReaders, record_readers
 from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.io import remove_stale_temps
@@ -59,7 +59,8 @@ class Slots:
 class Coordinator:
     """One run's round loop. `Coordinator.open` makes it from the disk; `advance` is one poll."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path, state: RunState):
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path, state: RunState,
+                 readers: RecordReaders):
         self.run_dir = Path(run_dir).resolve()
         self.cfg = cfg
         self.runner = runner
@@ -70,15 +71,17 @@ class Coordinator:
         self.logs = self.layout.logs
         self.gaps: dict[int, frozenset[int]] = {}  # passed rounds' chunks without a marker (see _mend)
         self.branches: dict[int, Coordinator] = {}  # branch-outs by the round they branch after
-        self._local_reader: LocalRunner | None = None  # see _reader_of
+        self.readers = readers  # of job records that `runner` cannot read (see _reader_of)
 
     @classmethod
-    def open(cls, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path) -> "Coordinator":
+    def open(cls, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path,
+             readers: RecordReaders | None = None) -> "Coordinator":
         """The coordinator of the run in `run_dir` as the disk has it: temporary files a killed
         predecessor left mid-write removed (this coordinator is the one writer of the run's state
         files, under the sweep lock; found by tests/test_chaos.py), state.json loaded (created for a
         new run), passed rounds whose chunk markers `dp_hpc.verify --repair` removed found, and the
-        coordinators of its branch-outs opened."""
+        coordinators of its branch-outs opened. `readers`: the sweep's record readers
+        (dp_hpc.coordinate.runners.record_readers; made here if not given)."""
         run_dir = Path(run_dir).resolve()
         for folder, names in ((run_dir, STATE_FILE), (run_dir / JOB_DETAILS, "*.json")):
             for tmp in remove_stale_temps(folder, names):
@@ -87,13 +90,14 @@ class Coordinator:
         if st is None:
             st = P.initial_state(cfg.method)
             save_state(run_dir, st)
-        c = cls(run_dir, cfg, runner, generator_dir, st)
+        readers = record_readers(RunDir(run_dir).sweep.name) if readers is None else readers
+        c = cls(run_dir, cfg, runner, generator_dir, st, readers)
         c.gaps = c._pool_gaps(P.passed_rounds(st))
         c.branches = {r: c._open_branch(r, d) for r, d in existing_branches(run_dir).items()}
         return c
 
     def _open_branch(self, round_index: int, path: Path) -> "Coordinator":
-        return Coordinator.open(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir)
+        return Coordinator.open(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir, self.readers)
 
     # -- what the launcher shows
     @property
@@ -118,15 +122,16 @@ class Coordinator:
         own = [j.job_id for j in running if ours[j.executor]]
         return own + [i for b in self.branches.values() for i in b.running_job_ids()]
 
-    def _reader_of(self, job: JobRecord) -> Runner:
-        """The runner that can tell this job's state. A sweep relaunched under SLURM after a local
-        launch may still hold records of local jobs: their ids are pids, which sacct does not know
-        (or knows as some other job), so they are looked up as local processes."""
-        if not self.runner.reads(job.executor):
-            if self._local_reader is None:
-                self._local_reader = LocalRunner("local")
-            return self._local_reader
-        return self.runner
+    def _reader_of(self, job: JobRecord) -> JobControl:
+        """What can tell this job's state. A sweep relaunched under SLURM after a local launch may
+        still hold records of local jobs: their ids are pids, which sacct does not know (or knows
+        as some other job), so they are read by the record reader of their executor."""
+        if self.runner.reads(job.executor):
+            return self.runner
+        reader = self.readers.get(job.executor)
+        if reader is None:
+            raise RuntimeError(f"{self.name}: no reader here for {job.executor} job {job.job_id}")
+        return reader
 
     def failed_runs(self) -> list[str]:
         own = [self.name] if self.state.phase == "failed" else []
@@ -219,8 +224,7 @@ class Coordinator:
 
     def _refresh_jobs(self) -> None:
         st, changed = self.state, False
-        surely_running = getattr(self.runner, "surely_running", None)  # test doubles may lack it
-        skip = surely_running() if surely_running else frozenset()
+        skip = self.runner.surely_running()
         for job in st.running_jobs():
             if job.job_id in skip and job.executor == self.runner.kind:  # the runner's own job (_reader_of)
                 continue  # status() would say RUNNING: at 100k tasks in flight, asking costs most of a poll
@@ -321,7 +325,7 @@ class Coordinator:
                 changed = False
             case P.SubmitShards(round_index=r, shards=shards):
                 step = st.rounds[r].classifier_step
-                threads = self.runner.threads_for("generate")
+                threads = self.runner.policy.threads_for("generate")
                 args = [(run, r, a, b, str(self.generator_dir), step, threads) for a, b in shards]
                 details = [{"start": a, "stop": b} for a, b in shards]
                 return self._submit("generate", jobs.GenerateShard(), args, details, slots, r)
@@ -347,10 +351,10 @@ class Coordinator:
                 log.info("%s: no more data (%s); training to the end of the budget", self.name, reason)
                 st.adding_data, changed = False, True
             case P.SubmitTrain(plateau_exit=plateau_exit):
-                args = (run, plateau_exit, self.runner.threads_for("train"), self.runner.train_procs())
+                args = (run, plateau_exit, self.runner.policy.threads_for("train"), self.runner.policy.train_procs)
                 return self._submit("train", jobs.Train(), [args], [{"plateau_exit": plateau_exit}], slots)
             case P.SubmitEval():
-                return self._submit("eval", jobs.evaluate, [(run, self.runner.threads_for("eval"))], [{}], slots)
+                return self._submit("eval", jobs.evaluate, [(run, self.runner.policy.threads_for("eval"))], [{}], slots)
             case _:
                 raise TypeError(f"unknown action {action!r}")
         if changed:

@@ -64,7 +64,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner: Runner, m
             gdir = waiting.pop(0)
             log.info("training the generator in %s", gdir)
             rec = files[gdir].submit(runner, "generator", jobs.train_generator,
-                                     (str(gdir), runner.threads_for("generator")), kind="generator")
+                                     (str(gdir), runner.policy.threads_for("generator")), kind="generator")
             running[gdir] = (rec["job_id"], rec["submitted"])
         runner.poll([jid for jid, _ in running.values()])
         for gdir, (jid, submitted) in list(running.items()):
