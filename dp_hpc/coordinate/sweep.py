@@ -22,11 +22,11 @@ from dp_hpc.coordinate.coordinator import Coordinator, Slots
 from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, generator_dir_for
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
+from dp_hpc.coordinate.table import print_table
 from dp_hpc.io import atomic_write_json, is_disk_full, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
 from dp_hpc.signals import PreemptFlag, sleep_unless, stopping
-from dp_hpc.status import print_table
 
 log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
 
