@@ -10,7 +10,6 @@ Precedence: dataclass defaults -> sweep YAML `base` -> `--set key=value` -> the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import types
@@ -405,18 +404,3 @@ def load_sweep_tracking(run_dir: str | Path) -> tuple[str, TrackingConfig] | Non
         return str(raw.get("name") or sweep.name), _convert(TrackingConfig, raw.get("tracking") or {}, "tracking")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.key}", e.message) from None
-
-
-# what a generator depends on, per dataset: the images it learns from (digits) or the classes it
-# is prompted with and the stored resolution (imagenet; the evaluation files do not matter)
-GENERATOR_DATA_FIELDS = {"digits": ("dataset", "split_seed", "val_fraction", "test_fraction"),
-                         "imagenet": ("dataset", "classes", "resolution")}
-
-
-def generator_key(cfg: RunConfig) -> str:
-    """Runs whose generators would be the same share one trained (or prepared) generator. Only
-    the fields that make the generator count, so that adding config keys keeps existing keys."""
-    data = to_dict(cfg.data)
-    blob = json.dumps({"data": {k: data[k] for k in GENERATOR_DATA_FIELDS[cfg.data.dataset]},
-                       "generator": cfg.generator.identity()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
