@@ -13,13 +13,7 @@ dict <-> dataclass, dotted keys), sweep.py (a sweep file read and its grid expan
 dp_hpc.generate.cache.generator_key.
 """
 
-from dp_hpc.config.loader import flatten, from_dict, parse_override, set_dotted, to_dict
-from dp_hpc.config.run_folder import dump_run_config, load_run_config, load_sweep_tracking
-from dp_hpc.config.schema import ExecutorConfig, RunConfig, SweepConfig
-from dp_hpc.config.sweep import PlannedRun, expand_grid, load_sweep, run_name
-
-__all__ = [
-    "ExecutorConfig", "PlannedRun", "RunConfig", "SweepConfig", "dump_run_config", "expand_grid", "flatten",
-    "from_dict", "load_run_config", "load_sweep", "load_sweep_tracking", "parse_override", "run_name",
-    "set_dotted", "to_dict",
-]
+from dp_hpc.config.loader import flatten, from_dict, parse_override, set_dotted, to_dict  # noqa: F401
+from dp_hpc.config.run_folder import dump_run_config, load_run_config, load_sweep_tracking  # noqa: F401
+from dp_hpc.config.schema import ExecutorConfig, RunConfig, SweepConfig  # noqa: F401
+from dp_hpc.config.sweep import PlannedRun, expand_grid, load_sweep, run_name  # noqa: F401
