@@ -407,7 +407,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     t0 = time.time()
     c = subprocess.run([sys.executable, "-m", "dp_hpc.cancel", str(out / name)], capture_output=True, text=True,
                        cwd=ROOT, timeout=300)
-    said = f"cancel ({time.time() - t0:.1f} s, training at step {ckpt.latest_train_state(run)['step']}):\n{c.stdout}"
+    said = f"cancel ({time.time() - t0:.1f} s, training at step {ckpt.latest_train_state(run).step}):\n{c.stdout}"
     assert c.returncode == 0, said + c.stderr
     lines = c.stdout.splitlines()
     assert lines[0] == f"stopped the coordinator: SLURM job {first} (RUNNING)", said  # first: it would submit more
@@ -418,7 +418,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", HANG_S, 0.5, "accounting")
     rec = next(j for j in run_state(run)["jobs"] if j["job_id"] == train["job_id"])
     assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
-    stopped_at = ckpt.latest_train_state(run)["step"]
+    stopped_at = ckpt.latest_train_state(run).step
     assert 0 < stopped_at < steps, said
 
     r = run_launch(sweep, out, "--executor", "slurm")
