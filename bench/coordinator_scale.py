@@ -98,7 +98,7 @@ class SimPool:
 
 
 class StateWrites:
-    """Wraps the atomic JSON writer of dp_hpc.coordinate.state: bytes and seconds per state change."""
+    """Wraps the atomic JSON writer of dp_hpc.coordinate.state.store: bytes and seconds per state change."""
 
     def __init__(self):
         self.sizes: list[int] = []
@@ -106,7 +106,7 @@ class StateWrites:
         self.once: list[int] = []  # sizes of the write-once files beside it (task details)
 
     def install(self):
-        import dp_hpc.coordinate.state as state_mod
+        import dp_hpc.coordinate.state.store as state_mod
 
         real = state_mod.atomic_write_json
 
