@@ -269,7 +269,7 @@ class Cancel:
                 p = st.pending
                 for jid, detail in zip(self.adopted[run][1], p.details):  # as Coordinator._record
                     st.jobs.add(JobRecord(job_id=jid, kind=p.kind, round=p.round, submitted=p.submitted,
-                                             detail=dict(detail), executor=p.executor))
+                                          detail=dict(detail), executor=p.executor))
                 st.pending, changed = None, True
             for t in targets:
                 job = next((j for j in st.jobs if j.job_id == t.job_id and j.status == "running"), None)

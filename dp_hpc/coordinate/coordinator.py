@@ -290,7 +290,7 @@ class Coordinator:
         st, pending = self.state, self.state.pending
         for jid, detail in zip(ids, pending.details):
             st.jobs.add(JobRecord(job_id=jid, kind=pending.kind, round=pending.round,
-                                 submitted=pending.submitted, detail=detail, executor=self.runner.kind))
+                                  submitted=pending.submitted, detail=detail, executor=self.runner.kind))
         st.pending = None
         save_state(self.run_dir, st)
 
