@@ -268,8 +268,8 @@ class Cancel:
             if run in self.adopted and st.pending is not None and st.pending.name == self.adopted[run][0]:
                 p = st.pending
                 for jid, detail in zip(self.adopted[run][1], p.details):  # as Coordinator._record
-                    st.jobs.append(JobRecord(job_id=jid, kind=p.kind, round=p.round, submitted=p.submitted,
-                                             detail=dict(detail), executor=p.executor))
+                    st.jobs.add(JobRecord(job_id=jid, kind=p.kind, round=p.round, submitted=p.submitted,
+                                          detail=dict(detail), executor=p.executor))
                 st.pending, changed = None, True
             for t in targets:
                 job = next((j for j in st.jobs if j.job_id == t.job_id and j.status == "running"), None)
@@ -278,7 +278,7 @@ class Cancel:
                 status: JobStatus = self.readers[t.executor].status(run.logs, t.job_id, job.submitted)
                 if status.state == SUCCEEDED:
                     continue  # it finished anyway: the next coordinator reads its result
-                job.status, job.error, job.log_path = "lost", STOPPED_ERROR.format(time=now), status.log_path
+                st.jobs.end(job, "lost", STOPPED_ERROR.format(time=now), status.log_path)
                 if status.usage:
                     job.detail.update(status.usage)
                 changed = True

@@ -109,6 +109,7 @@ class PendingSubmission:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PendingSubmission":
-        """From state.json's `pending` with its details in place (state.py reads a details file)."""
+        """From state.json's `pending` with its details in place (dp_hpc.coordinate.state.store reads
+        a details file)."""
         d = {**d, "executor": executor_of(d.get("name"), d.get("executor"))}
         return cls(**_fields_from_json(cls, d, "pending submission"))

@@ -51,7 +51,7 @@ def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
                              "3": JobStatus(LOST, "killed")})
     c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for jid, (a, b) in zip("123", [(0, 4), (4, 8), (8, 12)]):
-        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
+        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=2))
     st = load_state(c.run_dir)
@@ -70,8 +70,8 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     runner = ScriptedRunner(states)
     c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for i in range(6):  # six tasks of one round, six different chunk ranges, lost together
-        c.state.jobs.append(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
-                                      detail={"start": 4 * i, "stop": 4 * i + 4}))
+        c.state.jobs.add(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
+                                   detail={"start": 4 * i, "stop": 4 * i + 4}))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=0))  # no slots: the redo is planned but nothing is submitted
     st = load_state(c.run_dir)
@@ -79,8 +79,8 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     for attempt in range(3):  # chunks 0-3 lost again, by tasks that cover them differently
         jid = f"again{attempt}"
         runner.states[jid] = JobStatus(LOST, "killed")
-        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
-                                      detail={"start": 2, "stop": 6}))
+        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
+                                   detail={"start": 2, "stop": 6}))
         c.advance(Slots(free=0))
     st = load_state(c.run_dir)
     assert st.phase == "failed" and "jobs keep dying without a result" in st.error and "again2" in st.error
@@ -131,8 +131,8 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit", str(c.logs)])
     try:
         c.state.phase = "done"
-        c.state.jobs.append(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
-                                      detail={}, executor="local"))
+        c.state.jobs.add(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
+                                   detail={}, executor="local"))
         save_state(c.run_dir, c.state)
         assert c.running_job_ids() == [], "a local pid must not be polled through sacct"
         c.advance(Slots(free=1))

@@ -25,10 +25,10 @@ def test_generate_phase_creates_then_submits_missing_shards_then_completes():
     assert isinstance(P.plan(st, P.Observation(), m, POOL), P.CreateRound)
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL)
     assert a == P.SubmitShards(0, ((2, 4), (4, 5)))  # shard (0,2) is done; chunk 3 done but 2 not
-    st.jobs.append(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 2, "stop": 4}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 2, "stop": 4}))
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL)
     assert a == P.SubmitShards(0, ((4, 5),))  # only what no running task covers
-    st.jobs.append(JobRecord(job_id="2", kind="generate", round=0, submitted=0, detail={"start": 4, "stop": 5}))
+    st.jobs.add(JobRecord(job_id="2", kind="generate", round=0, submitted=0, detail={"start": 4, "stop": 5}))
     assert isinstance(P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL), P.Wait)
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset(range(5))), m, POOL)
     assert a == P.CompleteRound(0, None)
@@ -66,9 +66,9 @@ def test_static_never_adds_data_and_eval_finishes():
     assert P.plan(st, P.Observation(), m, POOL) == P.SubmitTrain(plateau_exit=False)
     st.phase = "eval"
     assert P.plan(st, P.Observation(), m, POOL) == P.SubmitEval()
-    st.jobs.append(JobRecord(job_id="9", kind="eval", round=0, submitted=0))
+    st.jobs.add(JobRecord(job_id="9", kind="eval", round=0, submitted=0))
     assert isinstance(P.plan(st, P.Observation(eval_done=True), m, POOL), P.Wait)  # its process still runs
-    st.jobs[-1].status = "succeeded"
+    st.jobs.end(st.jobs[-1], "succeeded")
     assert P.plan(st, P.Observation(eval_done=True), m, POOL) == P.GoTo("done")
 
 
@@ -101,10 +101,10 @@ def test_no_phase_change_while_a_job_of_the_run_still_runs():
     m = MethodConfig(name="static", budget=100)
     st = P.initial_state(m)
     st.phase = "train"
-    st.jobs.append(JobRecord(job_id="7", kind="train", round=0, submitted=0))
+    st.jobs.add(JobRecord(job_id="7", kind="train", round=0, submitted=0))
     budget = train_state(240, "budget", (0,))
     assert isinstance(P.plan(st, P.Observation(checkpoint=budget), m, POOL), P.Wait)  # saved, not exited
-    st.jobs[-1].status = "succeeded"
+    st.jobs.end(st.jobs[-1], "succeeded")
     assert P.plan(st, P.Observation(checkpoint=budget), m, POOL) == P.GoTo("eval")
 
 
@@ -113,5 +113,5 @@ def test_a_previous_rounds_shard_still_exiting_does_not_hold_back_the_new_round(
     st = P.initial_state(m)
     st.rounds.append(P.next_round(st, m, 10))
     st.round = 1
-    st.jobs.append(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
     assert P.plan(st, P.Observation(round_created=True), m, POOL) == P.SubmitShards(1, ((0, 2), (2, 4), (4, 5)))

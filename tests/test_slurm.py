@@ -464,7 +464,7 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
         for i, jid in enumerate(ids):
             c = Coordinator.open(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
             c.state.phase = "train"
-            c.state.jobs.append(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
+            c.state.jobs.add(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
             save_state(c.run_dir, c.state)
             coordinators.append(c)
         step_sweep(coordinators, runner, max_jobs=10)

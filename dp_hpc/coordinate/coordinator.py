@@ -231,7 +231,7 @@ class Coordinator:
             status = self._reader_of(job).status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
-            st.end_job(job, status.state, status.error, status.log_path)
+            st.jobs.end(job, status.state, status.error, status.log_path)
             changed = True
             if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
                 job.detail.update(status.usage)
@@ -293,8 +293,8 @@ class Coordinator:
     def _record(self, ids: list[str]) -> None:
         st, pending = self.state, self.state.pending
         for jid, detail in zip(ids, pending.details):
-            st.add_job(JobRecord(job_id=jid, kind=pending.kind, round=pending.round,
-                                 submitted=pending.submitted, detail=detail, executor=self.runner.kind))
+            st.jobs.add(JobRecord(job_id=jid, kind=pending.kind, round=pending.round,
+                                  submitted=pending.submitted, detail=detail, executor=self.runner.kind))
         st.pending = None
         save_state(self.run_dir, st)
 
