@@ -1,6 +1,6 @@
 """Print where every run of a sweep stands, with the ids and states of its jobs in flight (asked
 of the runner of each job's executor in one go: SLURM's queue state from one squeue, a local job
-'running' while its process is a job of the run). The table is dp_hpc.coordinate.table's, which
+'running' while its process is a job of the run). The table is dp_hpc.coordinate.sweep_table's, which
 the sweep loop prints too.
 
     python -m dp_hpc.status runs/digits
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dp_hpc.coordinate.table import print_table
+from dp_hpc.coordinate.sweep_table import print_table
 from dp_hpc.layout import SweepDir
 
 

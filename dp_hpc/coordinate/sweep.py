@@ -23,7 +23,7 @@ from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, gen
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners import record_readers
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
-from dp_hpc.coordinate.table import print_table
+from dp_hpc.coordinate.sweep_table import print_table
 from dp_hpc.io import atomic_write_json, is_disk_full, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
