@@ -25,8 +25,9 @@ import numpy as np
 def sample_pairs(run_dir: Path, round_index: int, per_class: int, omega: float | None = None) -> dict:
     import torch
 
-    from dp_hpc.config import generator_key, load_run_config
+    from dp_hpc.config import load_run_config
     from dp_hpc.coordinate.state import load_state
+    from dp_hpc.generate.cache import generator_key
     from dp_hpc.generate.sampler import sample_images
     from dp_hpc.generate.shard import load_oracle, load_sampling_model, oracle_labels
     from dp_hpc.layout import RunDir, SweepDir

@@ -40,8 +40,8 @@ plan's shard ranges were cached and compact_jobs lost its per-job regex, cpu_max
 cpu_last_polls_max_s 1.57 s; a second run, with the array-task split cached too, 1.74 / 1.64 s
 (the spread is the shared machine's): short of the 1 s goal. Under cProfile, 8 polls at 30k in
 flight (26 polls in all) went from 28.0 s to 7.0 s of profiled time, the worst poll from 2.6 to
-0.5-1.1 s of CPU. Then RunState's index of running jobs (JobIndex: save_state writes what changed,
-the plan reads running shards from it), sacct's answer read from a temporary file instead of a pipe
+0.5-1.1 s of CPU. Then RunState's index of running jobs (JobIndex, now the JobTable of
+dp_hpc.coordinate.state: save_state writes what changed, the plan reads running shards from it), sacct's answer read from a temporary file instead of a pipe
 (0.17 s of CPU in select/read for 6 MB from a pipe, 0.01 s from a file) and parsed in one pass:
 cpu_last_polls_max_s 0.70-0.80 s in five runs; cpu_max_s (a poll submitting 2,000 tasks at ~80k in
 flight; submitit alone costs ~1.27 s of CPU for 2,000 tasks on a busy machine) 0.93 s quiet, 1.1-1.95 s
@@ -98,7 +98,7 @@ class SimPool:
 
 
 class StateWrites:
-    """Wraps the atomic JSON writer of dp_hpc.coordinate.state: bytes and seconds per state change."""
+    """Wraps the atomic JSON writer of dp_hpc.coordinate.state.store: bytes and seconds per state change."""
 
     def __init__(self):
         self.sizes: list[int] = []
@@ -106,7 +106,7 @@ class StateWrites:
         self.once: list[int] = []  # sizes of the write-once files beside it (task details)
 
     def install(self):
-        import dp_hpc.coordinate.state as state_mod
+        import dp_hpc.coordinate.state.store as state_mod
 
         real = state_mod.atomic_write_json
 
@@ -160,7 +160,7 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
 
     def build():
         runner = SlurmRunner(slurm, sweep_name=sweep.name)
-        return runner, [Coordinator(sweep_dir / r.name, r.config, runner, sweep_dir / "gen") for r in runs]
+        return runner, [Coordinator.open(sweep_dir / r.name, r.config, runner, sweep_dir / "gen") for r in runs]
 
     cpu, polls, sacct_before, error = [], 0, 0, None
     per_poll_submitted = []  # array tasks each poll submitted (the cluster takes them in at its tick)
@@ -173,7 +173,7 @@ def simulate(tasks: int, workdir: Path, seed: int = 0, faults: Faults | None = N
                 n_writes = len(writes.sizes)
                 t0 = time.process_time()
                 try:
-                    step_sweep(coords, runner, runner.max_jobs)
+                    step_sweep(coords, runner, runner.policy.max_jobs)
                 except OSError as e:  # e.g. an sacct command line over the kernel's limit
                     error = f"poll {polls}: {type(e).__name__}: {str(e)[:80]}"
                     break

@@ -43,8 +43,9 @@ from pathlib import Path
 
 from submitit.core.utils import cloudpickle_dump, pickle_load
 
+from dp_hpc.contracts import TrainState
 from dp_hpc.io import atomic_write_json
-from dp_hpc.layout import RunDir
+from dp_hpc.layout import TRAIN_STATE_FILE, RunDir
 
 
 @dataclass
@@ -307,8 +308,11 @@ class SimCluster:
             step = (steps[-1] if steps else 0) + 1000
             ck = run.checkpoint(step)
             ck.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(ck / "train_state.json", {"step": step, "stop_reason": "plateau" if plateau else "budget",
-                                                        "pool_rounds": done, "best_val_acc": 0.5})
+            ts = TrainState(round=max(done), pool_rounds=tuple(done), pool_size=0, step=step, best_val_acc=0.5,
+                            best_step=step, patience_counter=0, patience_limit=1,
+                            stop_reason="plateau" if plateau else "budget", last_val_acc=0.5, lr=0.0, world_size=1,
+                            time="")
+            atomic_write_json(ck / TRAIN_STATE_FILE, ts.to_json())
         elif kind == "eval":
             atomic_write_json(run.eval, {"acc": 0.5})
         cloudpickle_dump(("success", None), Path(a["folder"]) / f"{jid}_0_result.pkl")

@@ -53,7 +53,7 @@ import yaml
 
 from dp_hpc.coordinate.records import JobFile, recorded_executor
 from dp_hpc.coordinate.runners import record_readers
-from dp_hpc.coordinate.runners.base import SUCCEEDED, JobStatus, QueryError, Runner, SubmitError
+from dp_hpc.coordinate.runners.base import SUCCEEDED, JobControl, JobStatus, QueryError, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import read_json, try_lock
 from dp_hpc.layout import GeneratorDir, RunDir, SweepDir
@@ -100,7 +100,7 @@ class Cancel:
         self.problems.append(line)
         print(f"error: {line}", file=sys.stderr, flush=True)
 
-    def reader(self, executor: str, what: str) -> Runner | None:
+    def reader(self, executor: str, what: str) -> JobControl | None:
         """The runner that reads jobs of `executor`; None (said as a problem) where this machine has none."""
         if executor not in self.readers:
             self.problem(f"{what} is recorded under an unknown executor {executor!r}")
@@ -180,15 +180,15 @@ class Cancel:
             for j in st.running_jobs():
                 if j.executor != "debug":  # debug jobs ran inside the launcher
                     found.append(Target(f"{label}: {j.kind} job {j.job_id}", j.executor, j.job_id, run.logs, run))
-            if st.pending and (reader := self.reader(recorded_executor(st.pending), f"{label}'s pending submission")):
+            if st.pending and (reader := self.reader(st.pending.executor, f"{label}'s pending submission")):
                 try:
-                    ids = reader.find_submitted(run.logs, st.pending["name"])
+                    ids = reader.find_submitted(run.logs, st.pending.name)
                 except SubmitError as e:
                     self.problem(f"{label}: {e}")
                     ids = []
                 if ids:
-                    self.adopted[run] = (st.pending["name"], ids)
-                found += [Target(f"{label}: {st.pending['kind']} job {jid} (unrecorded)", reader.kind, jid, run.logs,
+                    self.adopted[run] = (st.pending.name, ids)
+                found += [Target(f"{label}: {st.pending.kind} job {jid} (unrecorded)", reader.kind, jid, run.logs,
                                  run) for jid in ids]
         for gdir in sorted(p for p in self.sd.generators.glob("*") if p.is_dir()):
             g = GeneratorDir(gdir)
@@ -265,11 +265,11 @@ class Cancel:
             if st is None:
                 continue
             changed = False
-            if run in self.adopted and st.pending is not None and st.pending["name"] == self.adopted[run][0]:
+            if run in self.adopted and st.pending is not None and st.pending.name == self.adopted[run][0]:
                 p = st.pending
-                for jid, detail in zip(self.adopted[run][1], p["details"]):  # as Coordinator._record
-                    st.jobs.append(JobRecord(job_id=jid, kind=p["kind"], round=p["round"], submitted=p["submitted"],
-                                             detail=dict(detail), executor=recorded_executor(p)))
+                for jid, detail in zip(self.adopted[run][1], p.details):  # as Coordinator._record
+                    st.jobs.add(JobRecord(job_id=jid, kind=p.kind, round=p.round, submitted=p.submitted,
+                                          detail=dict(detail), executor=p.executor))
                 st.pending, changed = None, True
             for t in targets:
                 job = next((j for j in st.jobs if j.job_id == t.job_id and j.status == "running"), None)
@@ -278,7 +278,7 @@ class Cancel:
                 status: JobStatus = self.readers[t.executor].status(run.logs, t.job_id, job.submitted)
                 if status.state == SUCCEEDED:
                     continue  # it finished anyway: the next coordinator reads its result
-                job.status, job.error, job.log_path = "lost", STOPPED_ERROR.format(time=now), status.log_path
+                st.jobs.end(job, "lost", STOPPED_ERROR.format(time=now), status.log_path)
                 if status.usage:
                     job.detail.update(status.usage)
                 changed = True

@@ -22,11 +22,10 @@ from dp_hpc.coordinate.generators import generator_dir_for
 from dp_hpc.coordinate.consistency import read_state, state_from_disk, state_problems
 from dp_hpc.coordinate.plan import passed_rounds
 from dp_hpc.coordinate.state import RunState, save_state
-from dp_hpc.io import read_json
 from dp_hpc.layout import TRAIN_STATE_FILE, GeneratorDir, RunDir
 from dp_hpc.pool import Pool
 from dp_hpc.pool_check import GENERATED, check_pool, repair_pool
-from dp_hpc.train.checkpoint import checkpoint_damage, unmark_checkpoint, unreadable_train_states
+from dp_hpc.train.checkpoint import checkpoint_damage, read_train_state, unmark_checkpoint, unreadable_train_states
 
 REWRITE_STATE = "rewrite it from the disk (pool, checkpoints, eval.json)"
 
@@ -87,12 +86,12 @@ def _checkpoint_problems(run: RunDir, deep: bool) -> list[Problem]:
         return out
     bad, damaged, fallback = {p for p, _ in unreadable}, [], None
     for _, p in reversed(run.checkpoint_folders()):
-        ts = None if p in bad else read_json(p / TRAIN_STATE_FILE)
+        ts = None if p in bad else read_train_state(p)
         if ts is None:
             continue
         why = checkpoint_damage(p, ts)
         if why is None:
-            fallback = ts["step"]
+            fallback = ts.step
             break
         damaged.append((p, why))
     to = "training restarts from scratch" if fallback is None else f"a resume falls back to step {fallback}"
@@ -143,7 +142,7 @@ def _safe_unmarked(pool: Pool, r: int) -> bool:
 
 def _classifier_problem(folder: Path, deep: bool) -> str | None:
     try:
-        ts = read_json(folder / TRAIN_STATE_FILE)
+        ts = read_train_state(folder)
     except ValueError:
         return f"its {TRAIN_STATE_FILE} is unreadable"
     if ts is None:

@@ -121,16 +121,17 @@ class Train(Checkpointable):
 
     def __call__(self, run_dir: str, plateau_exit: bool, threads: int = 1, procs_per_node: int | None = None) -> dict:
         _setup(threads)
-        before = latest_train_state(Path(run_dir)) or {}
+        before = latest_train_state(Path(run_dir))
         if procs_per_node is None:
             from dp_hpc.train.loop import train_until_stop
 
             state = train_until_stop(Path(run_dir), plateau_exit=plateau_exit)
         else:
             run_torchrun(run_dir, plateau_exit, threads, procs_per_node)
-            state = latest_train_state(Path(run_dir)) or {}
+            state = latest_train_state(Path(run_dir))
         requeue_if_asked()
-        return {**state, "start_step": before.get("step", 0)}  # lets tests check no step is trained twice
+        # the train state's JSON and where the job started: lets tests check no step is trained twice
+        return {**(state.to_json() if state else {}), "start_step": before.step if before else 0}
 
 
 def torchrun_command(run_dir: str, plateau_exit: bool, threads: int, procs_per_node: int, num_nodes: int,

@@ -29,9 +29,9 @@ from submitit.helpers import Checkpointable
 
 from dp_hpc import code_snapshot
 from dp_hpc.config import PlannedRun, SweepConfig, dump_run_config, load_sweep, to_dict
+from dp_hpc.config.keys import format_keys, sweep_keys
 from dp_hpc.coordinate.runners import make_runner, resolve_kind
 from dp_hpc.coordinate.runners.base import Runner
-from dp_hpc.config_keys import format_keys, sweep_keys
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError

@@ -46,8 +46,8 @@ ORACLE = "oracle.pt"  # digits_unet: the label-fidelity judge (a classifier trai
 # -- a run folder
 CONFIG_FILE = "config.yaml"  # resolved, frozen config (written before any work)
 STATE_FILE = "state.json"  # the coordinator's state
-JOBS_LOG = "jobs.jsonl"  # the whole record of every ended job, one line each (dp_hpc.coordinate.state)
-JOB_DETAILS = "jobs"  # <array id>.json: each array task's details, written once (dp_hpc.coordinate.state)
+JOBS_LOG = "jobs.jsonl"  # the whole record of every ended job, one line each (dp_hpc.coordinate.state.store)
+JOB_DETAILS = "jobs"  # <array id>.json: each array task's details, written once (dp_hpc.coordinate.state.store)
 POOL_DIR = "pool.zarr"
 MARKER_DIR = "pool_markers"
 COMPLETE = "COMPLETE"  # a round usable for training

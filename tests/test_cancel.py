@@ -107,7 +107,7 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
             st = run_state(run) or {"jobs": []}
             job = next((j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"), None)
             ts = latest_train_state(run) if job else None
-            return job if ts and 0 < ts["step"] < LONG // 2 else None
+            return job if ts and 0 < ts.step < LONG // 2 else None
 
         train = wait_for(training, HANG_S, 0.05, "a training checkpoint")
         r = cancel(out / "smoke")
@@ -124,7 +124,7 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
     st = run_state(run)
     assert not [j["job_id"] for j in st["jobs"] if is_live_job(j["job_id"], run / "logs")], "a job still runs"
     stopped_at = latest_train_state(run)
-    assert stopped_at["stop_reason"] == "preempted" and 0 < stopped_at["step"] < LONG, stopped_at
+    assert stopped_at.stop_reason == "preempted" and 0 < stopped_at.step < LONG, stopped_at
 
     again = run_launch(sweep, out, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -134,7 +134,7 @@ def test_a_sweep_cancelled_while_training_continues_at_the_next_launch(smoke, tm
     generate = [j for j in st["jobs"] if j["kind"] == "generate"]
     assert len(generate) == 4 and {j["status"] for j in generate} == {"succeeded"}, generate  # one per shard
     trains = [c for c in read_jsonl(run / "compute.jsonl") if c["kind"] == "train"]
-    assert [c["steps"] for c in trains] == [stopped_at["step"], LONG - stopped_at["step"]], trains
+    assert [c["steps"] for c in trains] == [stopped_at.step, LONG - stopped_at.step], trains
     val_steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "val"]
     assert val_steps == list(range(20, LONG + 1, 20)), "an evaluation logged twice or missing"
     # each job attempt says where it ran (no GPU here); each launch is in the manifest

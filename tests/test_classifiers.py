@@ -192,11 +192,11 @@ def test_recipe_run_resumes_exactly(tmp_path):
     uninterrupted one bit for bit (every draw depends on (seed, step, rank) only)."""
     train = {**RECIPE, "total_steps": 40, "warmup_steps": 4, "cooldown_steps": 8}
     ref = make_run(tmp_path / "ref", train=train)
-    assert train_until_stop(ref, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(ref, plateau_exit=False).stop_reason == "budget"
     run = make_run(tmp_path / "run", train=train)
-    assert train_until_stop(run, plateau_exit=False, max_steps=15)["step"] == 15
-    assert train_until_stop(run, plateau_exit=False, max_steps=7)["step"] == 22
-    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(run, plateau_exit=False, max_steps=15).step == 15
+    assert train_until_stop(run, plateau_exit=False, max_steps=7).step == 22
+    assert train_until_stop(run, plateau_exit=False).stop_reason == "budget"
     assert_same_state(final_state(run), final_state(ref))
     assert val_lines(run) == val_lines(ref)
     # and the recipe did change training: a plain run ends elsewhere

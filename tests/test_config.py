@@ -151,7 +151,7 @@ def test_dry_run_into_a_closed_pipe_exits_quietly():
 def test_list_keys_names_every_key_with_its_type_default_and_help():
     """Read from the dataclasses: every key a run config or a sweep section has, none without help."""
     from dp_hpc.config import SweepConfig, flatten
-    from dp_hpc.config_keys import sweep_keys
+    from dp_hpc.config.keys import sweep_keys
 
     keys = {k.key: k for k in sweep_keys()}
     run_keys = set(flatten(to_dict(RunConfig()))) - {"name"}

@@ -12,7 +12,7 @@ from submitit.core.utils import cloudpickle_dump
 
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate.coordinator import Coordinator, Slots
-from dp_hpc.coordinate.runners.base import FAILED, LOST, SUCCEEDED, JobStatus
+from dp_hpc.coordinate.runners.base import FAILED, JOB_KINDS, LOST, SUCCEEDED, JobPolicy, JobStatus
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
 from dp_hpc.io import run_lock
@@ -23,10 +23,15 @@ class ScriptedRunner:
     """Answers job states from a dict; records cancellations."""
 
     kind = "scripted"
+    policy = JobPolicy(poll_interval_s=0.0, max_jobs=10, max_submitted_per_poll=None,
+                       threads=dict.fromkeys(JOB_KINDS, 1), train_procs=None)
 
     def __init__(self, states: dict[str, JobStatus]):
         self.states = states
         self.cancelled: list[str] = []
+
+    def surely_running(self):
+        return frozenset()
 
     def reads(self, executor):
         return True
@@ -37,9 +42,6 @@ class ScriptedRunner:
     def cancel(self, folder, job_ids):
         self.cancelled += list(job_ids)
 
-    def threads_for(self, kind):
-        return 1
-
     def submit(self, *a, **k):  # the failed run must not submit anything
         raise AssertionError("nothing may be submitted after a failure")
 
@@ -47,9 +49,9 @@ class ScriptedRunner:
 def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
     runner = ScriptedRunner({"1": JobStatus(FAILED, "Boom: first"), "2": JobStatus(FAILED, "Boom: second"),
                              "3": JobStatus(LOST, "killed")})
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for jid, (a, b) in zip("123", [(0, 4), (4, 8), (8, 12)]):
-        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
+        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=2))
     st = load_state(c.run_dir)
@@ -66,10 +68,10 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     run-wide, 4 losses failed it); the same chunks dying a 4th time in a row fail the run."""
     states = {str(i): JobStatus(LOST, "node failure") for i in range(6)}
     runner = ScriptedRunner(states)
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for i in range(6):  # six tasks of one round, six different chunk ranges, lost together
-        c.state.jobs.append(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
-                                      detail={"start": 4 * i, "stop": 4 * i + 4}))
+        c.state.jobs.add(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
+                                   detail={"start": 4 * i, "stop": 4 * i + 4}))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=0))  # no slots: the redo is planned but nothing is submitted
     st = load_state(c.run_dir)
@@ -77,8 +79,8 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     for attempt in range(3):  # chunks 0-3 lost again, by tasks that cover them differently
         jid = f"again{attempt}"
         runner.states[jid] = JobStatus(LOST, "killed")
-        c.state.jobs.append(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
-                                      detail={"start": 2, "stop": 6}))
+        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
+                                   detail={"start": 2, "stop": 6}))
         c.advance(Slots(free=0))
     st = load_state(c.run_dir)
     assert st.phase == "failed" and "jobs keep dying without a result" in st.error and "again2" in st.error
@@ -123,14 +125,14 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
     runner = SlurmRunner(SlurmConfig(), sweep_name="t")
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     c.logs.mkdir(parents=True, exist_ok=True)
     # a live process that looks like a submitit local controller for this run's logs
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit", str(c.logs)])
     try:
         c.state.phase = "done"
-        c.state.jobs.append(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
-                                      detail={}, executor="local"))
+        c.state.jobs.add(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
+                                   detail={}, executor="local"))
         save_state(c.run_dir, c.state)
         assert c.running_job_ids() == [], "a local pid must not be polled through sacct"
         c.advance(Slots(free=1))
@@ -154,6 +156,6 @@ def test_a_coordinator_removes_the_temporary_files_a_killed_predecessor_left_mid
     kept = [run / ".metrics.jsonl.q9w8e7.tmp", run / "state.json.bak"]  # not the coordinator's to remove
     for p in left + kept:
         p.write_text("{")
-    Coordinator(run, RunConfig(), ScriptedRunner({}), tmp_path / "gen")
+    Coordinator.open(run, RunConfig(), ScriptedRunner({}), tmp_path / "gen")
     assert [p.exists() for p in left] == [False, False] and all(p.exists() for p in kept)
     assert load_state(run) is not None

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from coordinator_scale import simulate  # noqa: E402
 from slurm_sim import Faults  # noqa: E402
 
-from dp_hpc.coordinate.state import (JobRecord, RunState, compact_jobs, full_state_json, load_state,  # noqa: E402
-                                     parse_ranges, ranges_text, save_state)
+from dp_hpc.coordinate.state import (JobRecord, JobTable, RunState, compact_jobs, full_state_json,  # noqa: E402
+                                     load_state, parse_ranges, ranges_text, save_state)
 
 
 def test_the_in1k_plan_under_seeded_faults_loses_nothing_and_submits_nothing_twice(tmp_path):
@@ -49,10 +49,9 @@ def test_ranges_round_trip_and_compact_jobs_group_array_tasks():
 
 
 def test_an_old_state_json_with_every_job_inline_loads_and_moves_ended_jobs_out(tmp_path):
-    old = RunState()
-    old.jobs = [JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
-                          detail={"start": i, "stop": i + 1}, status="succeeded" if i < 2 else "running")
-                for i in range(4)]
+    old = RunState(jobs=JobTable(JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
+                                           detail={"start": i, "stop": i + 1}, status="succeeded" if i < 2 else "running")
+                                 for i in range(4)))
     from dp_hpc.io import atomic_write_json
 
     atomic_write_json(tmp_path / "state.json", old.to_json())  # the format before job_arrays
@@ -67,17 +66,17 @@ def test_an_old_state_json_with_every_job_inline_loads_and_moves_ended_jobs_out(
 
 
 def _array_state(n: int = 4) -> RunState:
-    st = RunState()
-    st.jobs = [JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
-                         detail={"start": i, "stop": i + 1}) for i in range(n)]
-    st.jobs.append(JobRecord(job_id="8", kind="train", round=0, submitted=2.0, executor="slurm"))
+    st = RunState(jobs=JobTable(JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
+                                          detail={"start": i, "stop": i + 1}) for i in range(n)))
+    st.jobs.add(JobRecord(job_id="8", kind="train", round=0, submitted=2.0, executor="slurm"))
     return st
 
 
 def test_full_state_json_gives_every_job_as_state_json_used_to(tmp_path):
     st = _array_state()
     save_state(tmp_path, st)
-    st.jobs[0].status, st.jobs[4].status, st.jobs[4].error = "succeeded", "failed", "boom"
+    st.jobs.end(st.jobs[0], "succeeded")
+    st.jobs.end(st.jobs[4], "failed", "boom")
     save_state(tmp_path, st)
     full = full_state_json(tmp_path)
     assert "job_arrays" not in full and full["phase"] == "generate"
@@ -89,14 +88,14 @@ def test_full_state_json_gives_every_job_as_state_json_used_to(tmp_path):
 def test_a_torn_last_line_of_jobs_jsonl_is_skipped_and_the_next_append_is_whole(tmp_path):
     st = _array_state()
     save_state(tmp_path, st)
-    st.jobs[0].status = "succeeded"
+    st.jobs.end(st.jobs[0], "succeeded")
     save_state(tmp_path, st)
-    st.jobs[1].status = "lost"
+    st.jobs.end(st.jobs[1], "lost")
     with open(tmp_path / "jobs.jsonl", "a") as f:  # a crash while appending 7_1's end: state.json still says running
         f.write(json.dumps(dataclasses.asdict(st.jobs[1]))[:40])
     again = load_state(tmp_path)
     assert [(j.job_id, j.status) for j in again.jobs[:2]] == [("7_0", "succeeded"), ("7_1", "running")]
-    again.jobs[1].status = "lost"  # the coordinator asks about it again
+    again.jobs.end(again.jobs[1], "lost")  # the coordinator asks about it again
     save_state(tmp_path, again)
     assert [(j.job_id, j.status) for j in load_state(tmp_path).jobs[:2]] == [("7_0", "succeeded"), ("7_1", "lost")]
     assert len((tmp_path / "jobs.jsonl").read_text().splitlines()) == 3  # the torn line stays a line of its own
@@ -107,7 +106,7 @@ def test_a_verify_repair_does_not_append_ended_jobs_again(tmp_path):
     from dp_hpc.layout import RunDir
 
     st = _array_state()
-    st.jobs[0].status = "succeeded"
+    st.jobs.end(st.jobs[0], "succeeded")
     save_state(tmp_path, st)
     old = load_state(tmp_path)
     from dp_hpc.config import RunConfig
@@ -131,10 +130,10 @@ def test_a_round_bigger_than_one_polls_submissions_goes_out_over_several_polls_a
 
 
 def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
-    """RunState.add_job / end_job keep the running jobs and the next save's work up to date job by
-    job (JobIndex); a change made around them (a status set by hand, a list replaced) is noticed.
-    Whatever the mix, each save writes what compact_jobs gives for the whole list, and jobs.jsonl
-    gets every ended job once."""
+    """JobTable.add / end keep the running jobs and the next save's work up to date job by job,
+    also in a table that load_state rebuilt from the files (a requeued coordinator). Whatever the
+    mix, each save writes what compact_jobs gives for the whole list, and jobs.jsonl gets every
+    ended job once."""
     import random
 
     rng = random.Random(0)
@@ -146,17 +145,18 @@ def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
             submitted += 1
             array = str(100 + step)
             for t in range(rng.randint(1, 6)):
-                st.add_job(JobRecord(job_id=f"{array}_{t}", kind="generate", round=0, submitted=submitted,
+                st.jobs.add(JobRecord(job_id=f"{array}_{t}", kind="generate", round=0, submitted=submitted,
                                      executor="slurm", detail={"start": t, "stop": t + 1}))
             if rng.random() < 0.3:
-                st.add_job(JobRecord(job_id=array, kind="train", round=0, submitted=submitted, executor="slurm"))
+                st.jobs.add(JobRecord(job_id=array, kind="train", round=0, submitted=submitted, executor="slurm"))
         elif move < 0.8:
             j = rng.choice(running)
-            st.end_job(j, rng.choice(["succeeded", "lost", "failed"]), None, f"/logs/{j.job_id}")
-        elif move < 0.9:  # behind the index's back, as a test or dp_hpc.cancel does
-            rng.choice(running).status = "lost"
-        else:
-            st.jobs = list(st.jobs)
+            st.jobs.end(j, rng.choice(["succeeded", "lost", "failed"]), None, f"/logs/{j.job_id}")
+        elif move < 0.9:  # without a log path, as dp_hpc.cancel may
+            st.jobs.end(rng.choice(running), "lost", "stopped")
+        else:  # the state saved and read back, as a requeued coordinator does
+            save_state(tmp_path, st)
+            st = load_state(tmp_path)
         assert st.running_jobs() == [j for j in st.jobs if j.status == "running"]
         assert st.running_jobs("train") == [j for j in st.jobs if j.status == "running" and j.kind == "train"]
         assert set(st.running_shards(0)) == {(j.detail["start"], j.detail["stop"]) for j in st.jobs

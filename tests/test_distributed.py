@@ -62,8 +62,8 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
     out, err = agent.communicate(timeout=HANG_S)
     assert agent.returncode == 0, err[-3000:]
     ts = ckpt.latest_checkpoint(run)[1]
-    s = ts["step"]
-    assert ts["stop_reason"] == "preempted" and ts["world_size"] == 2 and s < TRAIN["total_steps"]
+    s = ts.step
+    assert ts.stop_reason == "preempted" and ts.world_size == 2 and s < TRAIN["total_steps"]
     stops = re.findall(r"\[rank (\d)\] stop at step (\d+): (\w+)", err)
     assert sorted(stops) == [("0", str(s), "preempted"), ("1", str(s), "preempted")], err[-3000:]
     assert sorted(re.findall(r"\[rank (\d)\] process group gloo, world size 2, collective timeout 7(?:\.0)? min", err)) \
@@ -71,14 +71,14 @@ def test_two_ranks_match_one_and_agree_on_preemption(tmp_path):
 
     # one process, same global batch, same number of steps
     ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
-    assert train_until_stop(ref, plateau_exit=False, max_steps=s)["step"] == s
+    assert train_until_stop(ref, plateau_exit=False, max_steps=s).step == s
     assert max_diff(final_state(run), final_state(ref)) < 1e-4
     acc = lambda r: [(x["step"], x["acc"]) for x in metrics.read_metrics(r, "val")]  # noqa: E731
     assert acc(run) == acc(ref)
 
     # the 2-rank checkpoint resumes in one process (the global batch does not depend on ranks)
     ts = train_until_stop(run, plateau_exit=False)
-    assert (ts["stop_reason"], ts["world_size"]) == ("budget", 1)
+    assert (ts.stop_reason, ts.world_size) == ("budget", 1)
     train_until_stop(ref, plateau_exit=False)
     assert max_diff(final_state(run), final_state(ref)) < 5e-2
     for (sa, a), (sb, b) in zip(acc(run), acc(ref), strict=True):
@@ -117,11 +117,11 @@ def test_two_nodes_with_a_c10d_rendezvous_match_one_process(tmp_path):
     for a, (_, err) in zip(agents, outs):
         assert a.returncode == 0, err[-3000:]
     ts = ckpt.latest_checkpoint(run)[1]
-    assert (ts["step"], ts["world_size"], ts["stop_reason"]) == (steps, 2, "preempted")
+    assert (ts.step, ts.world_size, ts.stop_reason) == (steps, 2, "preempted")
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000010", "step_00000012"]
 
     ref = make_run(tmp_path / "single", train={**TRAIN, "collective_timeout_min": 7})
-    assert train_until_stop(ref, plateau_exit=False, max_steps=steps)["step"] == steps
+    assert train_until_stop(ref, plateau_exit=False, max_steps=steps).step == steps
     assert max_diff(final_state(run), final_state(ref)) < 1e-4
 
 
@@ -161,7 +161,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose_under_the_lock(tmp_
     err = err_path.read_text()
     starts = sorted(re.findall(r"\[rank (\d)\] \w+ at step (\d+)/", err))
     assert starts == [("0", "30"), ("1", "30")], err[-3000:]
-    assert ckpt.latest_checkpoint(run)[1]["step"] == 40
+    assert ckpt.latest_checkpoint(run)[1].step == 40
 
 
 # ----------------------------------------------------------------------------- a model with buffers
@@ -230,12 +230,12 @@ def test_a_batchnorm_resnet_on_two_ranks_keeps_them_equal_and_resumes_bit_identi
     finally:
         kill_all(agent)
     killed_at = ckpt.latest_checkpoint(run)[1]
-    assert killed_at["stop_reason"] is None and killed_at["step"] < steps, "killed too late to test anything"
+    assert killed_at.stop_reason is None and killed_at.step < steps, "killed too late to test anything"
     agent = two_ranks(run)
     _, err = agent.communicate(timeout=HANG_S)
     assert agent.returncode == 0, err[-3000:]
     starts = sorted(re.findall(r"\[rank (\d)\] (\w+) at step (\d+)/", err))
-    assert starts == [("0", "continue", str(killed_at["step"])), ("1", "continue", str(killed_at["step"]))], err[-3000:]
+    assert starts == [("0", "continue", str(killed_at.step)), ("1", "continue", str(killed_at.step))], err[-3000:]
     assert rank_fingerprints(err) == {"0": (steps, fp), "1": (steps, fp)}, \
         f"ranks {rank_fingerprints(err)}, checkpoint {fp}\n{err[-3000:]}"
     assert_same_state(final_state(run), state)

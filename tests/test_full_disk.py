@@ -24,6 +24,7 @@ from dp_hpc.io import DiskFull, append_jsonl, atomic_write_bytes, read_json, rea
 from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool, RoundSpec
 from dp_hpc.train.checkpoint import checkpoint_dir, latest_checkpoint, save_checkpoint
+from records_helpers import train_state
 
 FULL = "no space left on the device holding"
 
@@ -139,13 +140,13 @@ def test_a_checkpoint_save_on_a_full_disk_leaves_no_marker(tmp_path):
     with tmpfs(tmp_path / "disk", "4m") as disk:
         run = disk / "run"
         state = {"model": {"w": torch.zeros(100_000)}, "ema": {"w": torch.zeros(100_000)}, "step": 10}  # ~800 KB
-        save_checkpoint(run, state, {"step": 10, "stop_reason": None})
+        save_checkpoint(run, state, train_state(10, None))
         fill(disk, leave=256 << 10)
         with pytest.raises(DiskFull) as e:
-            save_checkpoint(run, {**state, "step": 20}, {"step": 20, "stop_reason": "plateau"})
+            save_checkpoint(run, {**state, "step": 20}, train_state(20, "plateau"))
         assert f"{FULL} {checkpoint_dir(run, 20) / 'state.pt'}" in str(e.value), e.value
         assert not (checkpoint_dir(run, 20) / "train_state.json").exists()
-        assert latest_checkpoint(run)[1]["step"] == 10  # a resume starts from the one before
+        assert latest_checkpoint(run)[1].step == 10  # a resume starts from the one before
         assert leftovers(run) == []
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dp_hpc.train import plateau as pl
+from records_helpers import train_state
 from dp_hpc.train.checkpoint import retained
 from dp_hpc.train.config import PatienceConfig, TrainConfig
 from dp_hpc.train.schedule import lr_at, wsd_lr
@@ -126,7 +127,7 @@ def test_no_plateau_exit_or_counting_during_warmup():
 
 
 def test_start_action():
-    ts = lambda reason, rounds: {"step": 100, "stop_reason": reason, "pool_rounds": rounds}  # noqa: E731
+    ts = lambda reason, rounds: train_state(100, reason, rounds)  # noqa: E731
     assert pl.start_action(None, [0], True) == "scratch"
     assert pl.start_action(ts("budget", [0]), [0, 1], True) == "return"
     assert pl.start_action(ts("plateau", [0]), [0], True) == "return"
@@ -142,7 +143,7 @@ def test_start_action():
 
 
 def test_retention_keeps_newest_and_plateaus():
-    cks = [(Path(f"step_{s:08d}"), {"stop_reason": r}) for s, r in
+    cks = [(Path(f"step_{s:08d}"), train_state(s, r)) for s, r in
            [(10, None), (20, "plateau"), (30, None), (40, "preempted"), (50, None)]]
     kept = retained(cks, keep=2)
     assert kept == {Path("step_00000020"), Path("step_00000040"), Path("step_00000050")}

@@ -134,7 +134,7 @@ def now_iso() -> str:
 
 def final_weights(run: Path) -> dict:
     folder, ts = ckpt.latest_checkpoint(run)
-    assert ts["stop_reason"] == "budget"
+    assert ts.stop_reason == "budget"
     state = ckpt.load_state(folder)
     return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
 
@@ -145,7 +145,7 @@ def train_job_with_checkpoint(run: Path) -> dict | None:
     st = run_state(run) or {"jobs": []}
     jobs = [j for j in st["jobs"] if j["kind"] == "train" and j["status"] == "running"]
     latest = ckpt.latest_checkpoint(run) if jobs else None
-    return jobs[0] if latest and 0 < latest[1]["step"] < 200 else None
+    return jobs[0] if latest and 0 < latest[1].step < 200 else None
 
 
 def running_train_job(run: Path) -> dict | None:
@@ -401,13 +401,13 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     def training():
         job = running_train_job(run)
         ts = ckpt.latest_train_state(run) if job else None
-        return job if ts and 0 < ts["step"] < steps // 2 else None
+        return job if ts and 0 < ts.step < steps // 2 else None
 
     train = wait_for(training, 300, 0.05, "a training checkpoint")
     t0 = time.time()
     c = subprocess.run([sys.executable, "-m", "dp_hpc.cancel", str(out / name)], capture_output=True, text=True,
                        cwd=ROOT, timeout=300)
-    said = f"cancel ({time.time() - t0:.1f} s, training at step {ckpt.latest_train_state(run)['step']}):\n{c.stdout}"
+    said = f"cancel ({time.time() - t0:.1f} s, training at step {ckpt.latest_train_state(run).step}):\n{c.stdout}"
     assert c.returncode == 0, said + c.stderr
     lines = c.stdout.splitlines()
     assert lines[0] == f"stopped the coordinator: SLURM job {first} (RUNNING)", said  # first: it would submit more
@@ -418,7 +418,7 @@ def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(
     wait_for(lambda: slurm_state(first) == slurm_state(train["job_id"]) == "CANCELLED", HANG_S, 0.5, "accounting")
     rec = next(j for j in run_state(run)["jobs"] if j["job_id"] == train["job_id"])
     assert rec["status"] == "lost" and "dp_hpc.cancel" in rec["error"], (rec, said)  # not a failed run
-    stopped_at = ckpt.latest_train_state(run)["step"]
+    stopped_at = ckpt.latest_train_state(run).step
     assert 0 < stopped_at < steps, said
 
     r = run_launch(sweep, out, "--executor", "slurm")
@@ -462,9 +462,9 @@ def test_job_states_are_polled_in_one_sacct_call_per_sweep_poll(cluster, tmp_pat
         wait_for(lambda: all(slurm_state(j) == "PENDING" for j in ids), HANG_S, 0.2, "accounting to know the jobs")
         coordinators = []
         for i, jid in enumerate(ids):
-            c = Coordinator(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
+            c = Coordinator.open(tmp_path / f"run{i}", RunConfig(), runner, tmp_path / "gen")
             c.state.phase = "train"
-            c.state.jobs.append(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
+            c.state.jobs.add(JobRecord(job_id=jid, kind="train", round=0, submitted=time.time(), executor="slurm"))
             save_state(c.run_dir, c.state)
             coordinators.append(c)
         step_sweep(coordinators, runner, max_jobs=10)
@@ -481,21 +481,22 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
     from dp_hpc.config import RunConfig
     from dp_hpc.coordinate.config import SlurmConfig
     from dp_hpc.coordinate.coordinator import Coordinator, Slots
+    from dp_hpc.contracts import PendingSubmission
     from dp_hpc.coordinate.runners.slurm import SlurmRunner
     from dp_hpc.coordinate.state import save_state
 
     sweep = unique("adopt")
     runner = SlurmRunner(SlurmConfig(), sweep_name=sweep)
-    c = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
+    c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     c.state.phase = "train"
-    c.state.pending = {"name": "run-train-0123abcd", "kind": "train", "round": 0, "submitted": time.time(),
-                       "details": [{"plateau_exit": True}]}
+    c.state.pending = PendingSubmission.from_json({"name": "run-train-0123abcd", "kind": "train", "round": 0,
+                                                   "submitted": time.time(), "details": [{"plateau_exit": True}]})
     save_state(c.run_dir, c.state)
     # what the dead coordinator's sbatch did: a job under that name (held, so it stays queued)
     jid = subprocess.run(["sbatch", "--parsable", "--hold", "-J", f"{sweep}/run-train-0123abcd", "--wrap", "true"],
                          capture_output=True, text=True, check=True).stdout.strip()
     try:
-        again = Coordinator(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
+        again = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")  # the next coordinator
         again.advance(Slots(free=5))
         st = run_state(tmp_path / "run")
         assert st["pending"] is None
@@ -504,10 +505,10 @@ def test_a_submission_the_coordinator_did_not_record_is_adopted_not_repeated(clu
         assert [n for n in queued if n.startswith(sweep)] == [f"{sweep}/run-train-0123abcd"], "submitted again"
 
         # an intent that never reached sbatch is dropped (and the plan may submit afresh)
-        c2 = Coordinator(tmp_path / "run2", RunConfig(), runner, tmp_path / "gen")
+        c2 = Coordinator.open(tmp_path / "run2", RunConfig(), runner, tmp_path / "gen")
         c2.state.phase = "train"
-        c2.state.pending = {"name": "run2-train-feedbeef", "kind": "train", "round": 0, "submitted": time.time(),
-                            "details": [{"plateau_exit": True}]}
+        c2.state.pending = PendingSubmission.from_json({"name": "run2-train-feedbeef", "kind": "train", "round": 0,
+                                                        "submitted": time.time(), "details": [{"plateau_exit": True}]})
         save_state(c2.run_dir, c2.state)
         c2.advance(Slots(free=0))  # no slot: nothing new may start
         st2 = run_state(tmp_path / "run2")
@@ -686,7 +687,7 @@ def test_a_two_node_training_job_trains_on_both_nodes_like_one_process(two_node_
     check_ran_on_every_node(run, job_id)
     (nodelist,), = [row[1:] for row in sacct("-X", "-j", job_id, "-o", "JobID,NodeList%60")]
     assert nodelist == "dphpc-n[1-2]", nodelist
-    assert ckpt.latest_checkpoint(run)[1]["world_size"] == N_NODES
+    assert ckpt.latest_checkpoint(run)[1].world_size == N_NODES
     mine, ref = final_weights(run), final_weights(smoke[0] / "static")
     diff = max((mine[k] - ref[k]).abs().max().item() for k in ref)
     assert diff < TWO_NODE_TOLERANCE, f"max |dw| {diff} over 240 steps"
@@ -748,7 +749,7 @@ def submit_training(run: Path, sweep_name: str) -> str:
     cfg = from_dict(SlurmConfig, {"signal_delay_s": 30, "training": {"cpus_per_task": 1, "time_min": 60, "nodes": N_NODES}})
     runner = SlurmRunner(cfg, env={"PYTHONPATH": str(ROOT)}, sweep_name=sweep_name)
     [job_id] = runner.submit(run / "logs", "train", jobs.Train(),
-                             [(str(run), False, runner.threads_for("train"), runner.train_procs())], kind="train")
+                             [(str(run), False, runner.policy.threads_for("train"), runner.policy.train_procs)], kind="train")
     return job_id
 
 
@@ -791,7 +792,7 @@ def test_a_two_node_batchnorm_job_ends_with_the_same_weights_and_buffers_on_both
     logs = check_ran_on_every_node(run, job_id)
     check_every_rank_holds_the_checkpoint(run, logs)
     ts = ckpt.latest_checkpoint(run)[1]
-    assert (ts["step"], ts["stop_reason"], ts["world_size"]) == (TWO_NODE_BN_STEPS, "budget", N_NODES)
+    assert (ts.step, ts.stop_reason, ts.world_size) == (TWO_NODE_BN_STEPS, "budget", N_NODES)
 
 
 def test_a_requeued_two_node_batchnorm_job_resumes_bit_identical(two_node_batchnorm_run, cluster, tmp_path):
@@ -810,7 +811,7 @@ def test_a_requeued_two_node_batchnorm_job_resumes_bit_identical(two_node_batchn
     attempts = job_attempts(job_id)
     assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
     logs = check_ran_on_every_node(run, job_id, runs_per_node=2)
-    stopped = [ts["step"] for _, ts in ckpt.complete_checkpoints(run) if ts["stop_reason"] == "preempted"]
+    stopped = [ts.step for _, ts in ckpt.complete_checkpoints(run) if ts.stop_reason == "preempted"]
     assert len(stopped) == 1 and stopped[0] < TWO_NODE_BN_STEPS, "the requeue came too late to test anything"
     for node, text in logs.items():
         assert re.search(rf"\[rank \d\] continue at step {stopped[0]}/", text), f"node {node}:\n{text[-3000:]}"

@@ -19,6 +19,7 @@ import torch
 
 from dp_hpc import metrics
 from dp_hpc.config import RunConfig, dump_run_config, from_dict
+from dp_hpc.contracts import TrainState
 from dp_hpc.data.config import DataConfig
 from dp_hpc.data.digits import load_digit_splits
 from dp_hpc.io import append_jsonl
@@ -28,6 +29,7 @@ from dp_hpc.train.evaluate import evaluate_final
 from dp_hpc.train.loop import train_until_stop
 from dp_hpc.train.trainer import Trainer
 from e2e_helpers import HANG_S
+from records_helpers import train_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +93,7 @@ def cli(run: Path, *args: str) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = HANG_S) -> dict:
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = HANG_S) -> TrainState:
     t = time.monotonic()
     while time.monotonic() - t < timeout:
         latest = ckpt.latest_checkpoint(run)
@@ -108,7 +110,7 @@ def reference(tmp_path_factory) -> Path:
     """One uninterrupted run to the budget; the resume tests must reproduce it bit for bit."""
     run = make_run(tmp_path_factory.mktemp("ref") / "run")
     ts = train_until_stop(run, plateau_exit=False)
-    assert ts["stop_reason"] == "budget" and ts["step"] == 200
+    assert ts.stop_reason == "budget" and ts.step == 200
     return run
 
 
@@ -118,7 +120,7 @@ def reference(tmp_path_factory) -> Path:
 def test_resume_in_process_is_exact(reference, tmp_path):
     run = make_run(tmp_path / "run")
     ts = train_until_stop(run, plateau_exit=False, max_steps=25)  # stops between evaluations
-    assert (ts["step"], ts["stop_reason"]) == (25, "preempted")
+    assert (ts.step, ts.stop_reason) == (25, "preempted")
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000025"]
     # a crash after an eval line but before its checkpoint leaves a line newer than the checkpoint
     # (and its TensorBoard event: both are dropped on resume)
@@ -128,9 +130,9 @@ def test_resume_in_process_is_exact(reference, tmp_path):
     with SummaryWriter(str(run / "tensorboard")) as w:
         w.add_scalar("val/acc", -1.0, 30)
     ts = train_until_stop(run, plateau_exit=False, max_steps=10)
-    assert (ts["step"], ts["stop_reason"]) == (35, "preempted")
+    assert (ts.step, ts.stop_reason) == (35, "preempted")
     ts = train_until_stop(run, plateau_exit=False)
-    assert (ts["step"], ts["stop_reason"]) == (200, "budget")
+    assert (ts.step, ts.stop_reason) == (200, "budget")
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
     assert [r["step"] for r in val_lines(run)] == list(range(10, 201, 10))
@@ -152,14 +154,14 @@ def test_checkpoints_every_n_steps_and_a_resume_redoes_the_evaluations_since(ref
     to the reference (which checkpointed at every evaluation)."""
     run = make_run(tmp_path / "run", train={"checkpoint_every": 30, "checkpoint_keep": 10})
     ts = train_until_stop(run, plateau_exit=False, max_steps=45)
-    assert (ts["step"], ts["stop_reason"]) == (45, "preempted")
+    assert (ts.step, ts.stop_reason) == (45, "preempted")
     assert [c.name for c, _ in ckpt.complete_checkpoints(run)] == ["step_00000030", "step_00000045"]
     import shutil
 
     shutil.rmtree(ckpt.checkpoint_dir(run, 45))  # died before that save: the evaluation at 40 is newer than 30
     assert [r["step"] for r in val_lines(run)] == [10, 20, 30, 40]
     ts = train_until_stop(run, plateau_exit=False)
-    assert (ts["step"], ts["stop_reason"]) == (200, "budget")
+    assert (ts.step, ts.stop_reason) == (200, "budget")
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
     steps = [int(c.name[5:]) for c, _ in ckpt.complete_checkpoints(run)]
@@ -173,9 +175,9 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=HANG_S)
     killed_at = ckpt.latest_checkpoint(run)[1]
-    assert killed_at["stop_reason"] is None and killed_at["step"] < 200, "killed too late to test anything"
+    assert killed_at.stop_reason is None and killed_at.step < 200, "killed too late to test anything"
     ts = train_until_stop(run, plateau_exit=False)
-    assert ts["stop_reason"] == "budget"
+    assert ts.stop_reason == "budget"
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
 
@@ -189,11 +191,11 @@ def test_sigterm_checkpoints_at_step_boundary(reference, tmp_path, train):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err[-2000:]
-    ts = json.loads(out.strip().splitlines()[-1])
-    assert ts["stop_reason"] == "preempted" and first["step"] < ts["step"] < 200
+    ts = TrainState.from_json(json.loads(out.strip().splitlines()[-1]))  # what `python -m dp_hpc.train` prints
+    assert ts.stop_reason == "preempted" and first.step < ts.step < 200
     assert ckpt.latest_checkpoint(run)[1] == ts
     # resuming reproduces the uninterrupted run
-    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(run, plateau_exit=False).stop_reason == "budget"
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
 
@@ -206,12 +208,12 @@ def test_fused_adamw_checkpoints_its_state_and_resumes_exactly(tmp_path):
     our AdamW's format, and a resumed run ends bit for bit where an uninterrupted one does."""
     train = {"fused_adamw": True, "update_clipping": False, "total_steps": 100, "cooldown_steps": 20}
     whole = make_run(tmp_path / "whole", train=train)
-    assert train_until_stop(whole, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(whole, plateau_exit=False).stop_reason == "budget"
     run = make_run(tmp_path / "run", train=train)
-    assert train_until_stop(run, plateau_exit=False, max_steps=25)["step"] == 25
+    assert train_until_stop(run, plateau_exit=False, max_steps=25).step == 25
     opt = final_state(run)["optimizer"]
     assert opt["step"] == 25 and opt["exp_avg"][0].abs().sum() > 0
-    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(run, plateau_exit=False).stop_reason == "budget"
     assert_same_state(final_state(run), final_state(whole))
     assert val_lines(run) == val_lines(whole)
 
@@ -245,12 +247,12 @@ class HeldWrites:
 
         def held_save(run_dir, state, ts):
             background = threading.current_thread() is not threading.main_thread()
-            self.writes.append(("background" if background else "main", ts["step"]))
+            self.writes.append(("background" if background else "main", ts.step))
             self.active += 1
             self.most_at_once = max(self.most_at_once, self.active)
             try:
                 deadline = time.monotonic() + HANG_S
-                while background and self.trained_to < ts["step"] + 3:
+                while background and self.trained_to < ts.step + 3:
                     assert time.monotonic() < deadline, "training did not go on during the write"
                     time.sleep(0.005)
                 return save(run_dir, state, ts)
@@ -270,11 +272,11 @@ def test_async_checkpoints_are_the_sync_files_and_resume_exactly(reference, tmp_
     monkeypatch.setattr(metrics, "utc_now", lambda: "2000-01-01T00:00:00Z")  # train_state's time (in state.pt too)
     sync = make_run(tmp_path / "sync", train={"checkpoint_keep": 10})
     torch.manual_seed(0)  # state.pt holds the process's RNG state (training draws nothing from it)
-    assert train_until_stop(sync, plateau_exit=False, max_steps=25)["step"] == 25
+    assert train_until_stop(sync, plateau_exit=False, max_steps=25).step == 25
     run = make_run(tmp_path / "run", train={"checkpoint_keep": 10, "async_checkpoint": True})
     held = HeldWrites(monkeypatch)
     torch.manual_seed(0)
-    assert train_until_stop(run, plateau_exit=False, max_steps=25)["step"] == 25
+    assert train_until_stop(run, plateau_exit=False, max_steps=25).step == 25
     assert held.writes == [("background", 10), ("background", 20), ("main", 25)] and held.most_at_once == 1
     names = [c.name for c, _ in ckpt.complete_checkpoints(run)]
     assert names == [c.name for c, _ in ckpt.complete_checkpoints(sync)] == \
@@ -284,7 +286,7 @@ def test_async_checkpoints_are_the_sync_files_and_resume_exactly(reference, tmp_
         assert (a / ckpt.TRAIN_STATE_FILE).read_bytes() == (b / ckpt.TRAIN_STATE_FILE).read_bytes()
         assert zip_members(a / ckpt.STATE_FILE) == zip_members(b / ckpt.STATE_FILE)
     ts = train_until_stop(run, plateau_exit=False)
-    assert ts["stop_reason"] == "budget" and held.most_at_once == 1
+    assert ts.stop_reason == "budget" and held.most_at_once == 1
     assert_same_state(final_state(run), final_state(reference))
     assert val_lines(run) == val_lines(reference)
 
@@ -317,7 +319,7 @@ def test_a_pending_writes_error_is_raised_when_the_writer_closes(tmp_path, monke
         raise OSError(errno.EIO, "injected write error")
 
     monkeypatch.setattr(ckpt, "save_checkpoint", failing)
-    state, ts = {"w": torch.ones(3)}, {"step": 10, "stop_reason": None}
+    state, ts = {"w": torch.ones(3)}, train_state(10, None)
     with pytest.raises(OSError, match="injected write error"):
         with ckpt.CheckpointWriter(tmp_path, keep=2, background=True) as writer:
             writer.save(state, ts, wait=False)
@@ -335,9 +337,9 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
     run = make_run(tmp_path / "run", train={"total_steps": 400, "cooldown_steps": 80, "patience": patience},
                    rounds=(64,))
     ts = train_until_stop(run)
-    assert ts["stop_reason"] == "plateau" and ts["step"] < 320
-    assert (ts["patience_counter"], ts["patience_limit"], ts["pool_rounds"], ts["pool_size"]) == (1, 1, [0], 64)
-    plateau_step = ts["step"]
+    assert ts.stop_reason == "plateau" and ts.step < 320
+    assert (ts.patience_counter, ts.patience_limit, ts.pool_rounds, ts.pool_size) == (1, 1, (0,), 64)
+    plateau_step = ts.step
     lines = metrics.read_metrics(run)
     # rerun without new data: nothing happens
     assert train_until_stop(run) == ts
@@ -354,10 +356,10 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
     tb.Reload()
     assert [(e.step, e.value) for e in tb.Scalars("pool/added")] == [(first_new["step"], 128.0)], "the addition marker"
     assert first_new["patience_counter"] in (0, 1)  # reset, then this evaluation's outcome
-    assert ts2["step"] > plateau_step and ts2["pool_rounds"] == [0, 1] and ts2["round"] == 1
-    assert ts2["stop_reason"] in ("plateau", "budget")
+    assert ts2.step > plateau_step and ts2.pool_rounds == (0, 1) and ts2.round == 1
+    assert ts2.stop_reason in ("plateau", "budget")
     # the plateau checkpoint (used for guidance) survives retention
-    kept = {c.name: t["stop_reason"] for c, t in ckpt.complete_checkpoints(run)}
+    kept = {c.name: t.stop_reason for c, t in ckpt.complete_checkpoints(run)}
     assert kept[f"step_{plateau_step:08d}"] == "plateau"
     # the classifier used for guidance: the EMA weights in eval mode
     clf = ckpt.load_classifier(ckpt.checkpoint_dir(run, plateau_step), from_dict(RunConfig, {}))
@@ -373,7 +375,7 @@ def test_plateau_exit_idempotent_then_new_round(tmp_path):
         (only / f).write_bytes((folder / f).read_bytes())
     alone = ckpt.load_classifier(only, from_dict(RunConfig, {}))
     assert all(torch.equal(v, ema[k]) for k, v in alone.state_dict().items())
-    others = [c for c, t in ckpt.complete_checkpoints(run) if t["stop_reason"] != "plateau"]
+    others = [c for c, t in ckpt.complete_checkpoints(run) if t.stop_reason != "plateau"]
     assert others and not any((c / "classifier.pt").exists() for c in others), "only plateau checkpoints have one"
 
 
@@ -400,9 +402,9 @@ def test_no_plateau_exit_trains_through(tmp_path):
     run = make_run(tmp_path / "run", train={"total_steps": 60, "warmup_steps": 6, "cooldown_steps": 12,
                                             "patience": patience}, rounds=(64,))
     ts = train_until_stop(run)
-    assert (ts["step"], ts["stop_reason"]) == (20, "plateau")
+    assert (ts.step, ts.stop_reason) == (20, "plateau")
     ts = train_until_stop(run, plateau_exit=False)  # e.g. the cool-down of a finished data budget
-    assert (ts["step"], ts["stop_reason"], ts["patience_counter"]) == (60, "budget", 5)
+    assert (ts.step, ts.stop_reason, ts.patience_counter) == (60, "budget", 5)
 
 
 # ----------------------------------------------------------------------------- budget and final eval

@@ -22,6 +22,7 @@ from dp_hpc.pool_check import check_pool, repair_pool
 from dp_hpc.train.checkpoint import latest_checkpoint, save_checkpoint
 from dp_hpc.train.loop import _refuse_unmarked_chunks
 from dp_hpc.verify import main as verify_main
+from records_helpers import train_state
 
 
 def truncate(path, keep=0.5):
@@ -89,8 +90,7 @@ def test_plain_rounds_expect_no_entropy_files_and_metadata_loss_is_not_repairabl
 
 def _checkpoint(run_dir, step, stop_reason=None):
     w = {"w": torch.full((3,), float(step))}
-    save_checkpoint(run_dir, {"model": w, "ema": w, "step": step},
-                    {"step": step, "stop_reason": stop_reason, "pool_rounds": [0]})
+    save_checkpoint(run_dir, {"model": w, "ema": w, "step": step}, train_state(step, stop_reason, (0,)))
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
@@ -105,7 +105,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
     assert [p.path.name for p in problems] == ["step_00000020", "step_00000030"]
     assert "state.pt does not load" in problems[1].what and "falls back to step 10" in problems[1].fix
     assert [o for _, o in repair_run(run, problems)] == ["repaired", "repaired"]
-    assert latest_checkpoint(tmp_path)[1]["step"] == 10 and check_run(run, deep=True) == []
+    assert latest_checkpoint(tmp_path)[1].step == 10 and check_run(run, deep=True) == []
     (run.checkpoint(10) / "classifier.pt").write_bytes(b"")  # what guidance loads
     assert "classifier.pt does not load" in check_run(run, deep=True)[0].what
 
@@ -128,9 +128,9 @@ def test_plan_mend_regenerates_passed_rounds_first():
     assert P.passed_rounds(dataclasses.replace(st, phase="failed", failed_phase="generate")) == [0]
     assert P.plan_mend(st, {}, m, pool) is None
     assert P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool) == P.SubmitShards(0, ((0, 2),))
-    st.jobs.append(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
     assert P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool) == P.SubmitShards(1, ((8, 10),))
-    st.jobs.append(JobRecord(job_id="2", kind="generate", round=1, submitted=0, detail={"start": 8, "stop": 10}))
+    st.jobs.add(JobRecord(job_id="2", kind="generate", round=1, submitted=0, detail={"start": 8, "stop": 10}))
     assert isinstance(P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool), P.Wait)
     assert P.plan_mend(st, {1: frozenset()}, m, pool) == P.CompleteRound(1, 30)  # recompute `selected`
 
@@ -188,7 +188,7 @@ def test_damage_is_found_refused_repaired_and_a_relaunch_regenerates_the_same_po
     recorded, _ = read_state(RunDir(ref / "prune"))
     rebuilt, _ = read_state(prune)
     assert rebuilt.phase == "done" and rebuilt.rounds == recorded.rounds
-    assert latest_checkpoint(static.path)[1]["step"] < int(newest.name[5:])  # fell back
+    assert latest_checkpoint(static.path)[1].step < int(newest.name[5:])  # fell back
     assert verify_main([str(sweep_dir)]) == 0
     assert "without a marker" not in capsys.readouterr().out
 

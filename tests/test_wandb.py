@@ -85,10 +85,10 @@ def test_every_job_of_a_run_logs_to_one_offline_wandb_run_in_the_run_folder(tmp_
     """A job preempted at step 25, the job that resumes it to the budget, and the final evaluation:
     three offline folders under <run>/wandb/, one run id, the curves of metrics.jsonl."""
     run = sweep_run(tmp_path, "tracking: {wandb: {project: p}}")
-    assert train_until_stop(run, plateau_exit=False, max_steps=25)["stop_reason"] == "preempted"
+    assert train_until_stop(run, plateau_exit=False, max_steps=25).stop_reason == "preempted"
     assert not wandb_core_children(), "wandb-core outlived the job"
     run_id = (run / "wandb" / "run_id").read_text().strip()
-    assert train_until_stop(run, plateau_exit=False)["stop_reason"] == "budget"
+    assert train_until_stop(run, plateau_exit=False).stop_reason == "budget"
     test = evaluate_final(run)
     assert (run / "wandb" / "run_id").read_text().strip() == run_id
     folders = sorted((run / "wandb").glob("offline-run-*"))
@@ -134,7 +134,7 @@ def test_a_broken_wandb_never_fails_training(tmp_path, monkeypatch, caplog, brea
     breakage(run, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="dp_hpc.train.tracking"):
         ts = train_until_stop(run, plateau_exit=False, max_steps=20)
-    assert (ts["step"], ts["stop_reason"]) == (20, "preempted")
+    assert (ts.step, ts.stop_reason) == (20, "preempted")
     assert [m["step"] for m in metrics.read_metrics(run, "val")] == [10, 20]
     assert any(p.name.startswith("events.") for p in (run / "tensorboard").iterdir()), "TensorBoard unaffected"
     warnings = [r.getMessage() for r in caplog.records if "Weights & Biases tracking off" in r.getMessage()]

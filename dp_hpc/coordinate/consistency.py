@@ -12,11 +12,9 @@ if it parses (jobs recorded as running become "lost": their outcome is unknown),
 
 from __future__ import annotations
 
-import dataclasses
-
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate import plan as P
-from dp_hpc.coordinate.state import PHASES, RoundRecord, RunState
+from dp_hpc.coordinate.state import PHASES, RoundRecord, RunState, state_from_json
 from dp_hpc.io import read_json
 from dp_hpc.layout import RunDir
 from dp_hpc.pool import Pool
@@ -27,7 +25,7 @@ def read_state(run: RunDir) -> tuple[RunState | None, str | None]:
     """(state, None); (None, None) without a state.json; (None, why) when it does not parse."""
     try:
         d = read_json(run.state)
-        return (None if d is None else RunState.from_json(d, run.path)), None
+        return (None if d is None else state_from_json(d, run.path)), None
     except (ValueError, TypeError, KeyError, OSError) as e:  # truncated JSON, missing or unknown fields
         return None, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
 
@@ -52,34 +50,34 @@ def state_problems(run: RunDir, st: RunState) -> list[str]:
                 out.append(f"round {r}: state.json says {rec.kind} x{rec.generated}, the pool {a['kind']} x{a['n']}")
     phase = (st.failed_phase or "generate") if st.phase == "failed" else st.phase
     ck = latest_train_state(run.path)
-    if phase == "eval" and (ck is None or ck.get("stop_reason") != "budget"):
+    if phase == "eval" and (ck is None or not ck.finished):
         where = ("no complete checkpoint" if ck is None else
-                 f"the newest checkpoint (step {ck['step']}) stopped for {ck.get('stop_reason')!r}")
+                 f"the newest checkpoint (step {ck.step}) stopped for {ck.stop_reason!r}")
         out.append(f"phase eval, but {where}: evaluation needs the end of training")
     if phase == "done" and not run.eval.exists():
         out.append(f"phase done without {run.eval.name}")
-    if ck is not None and max(ck.get("pool_rounds") or [0]) > st.round:
-        out.append(f"the newest checkpoint (step {ck['step']}) trained on rounds {ck['pool_rounds']}, "
+    if ck is not None and max(ck.pool_rounds or [0]) > st.round:
+        out.append(f"the newest checkpoint (step {ck.step}) trained on rounds {list(ck.pool_rounds)}, "
                    f"state.json is at round {st.round}")
     return out
 
 
 def state_from_disk(run: RunDir, cfg: RunConfig, old: RunState | None = None) -> RunState:
-    """The state the disk says the run is in (module docstring). Raises ValueError when a guided
-    or pruned round's classifier step cannot be told (its plateau checkpoint is gone, and no
-    readable old state records it)."""
+    """The state the disk says the run is in (module docstring), with `old`'s job table (its running
+    jobs ended as lost) when given. Raises ValueError when a guided or pruned round's classifier
+    step cannot be told (its plateau checkpoint is gone, and no readable old state records it)."""
     method, pool, owner = cfg.method, Pool(run.path), run.pool_owner
     indices = run.complete_rounds() if run.is_branch else run.pool_rounds()
     if not indices:
         st = P.initial_state(method)
     else:
-        plateau = {tuple(ts.get("pool_rounds", ())): int(ts["step"])  # pool rounds -> plateau step
-                   for _, ts in complete_checkpoints(owner.path) if ts.get("stop_reason") == "plateau"}
+        plateau = {ts.pool_rounds: ts.step  # pool rounds -> plateau step
+                   for _, ts in complete_checkpoints(owner.path) if ts.plateaued}
         rounds = [_record(pool, owner, r, method, plateau, old) for r in indices]
         ck = latest_train_state(run.path)
         if run.eval.exists():
             phase = "done"
-        elif ck is not None and ck.get("stop_reason") == "budget":
+        elif ck is not None and ck.finished:
             phase = "eval"
         else:
             phase = "train" if pool.is_complete(indices[-1]) else "generate"
@@ -90,9 +88,9 @@ def state_from_disk(run: RunDir, cfg: RunConfig, old: RunState | None = None) ->
         st = RunState(phase=phase, round=last, rounds=rounds,
                       adding_data=not run.is_branch and method.name != "static" and not stopped)
     if old is not None:
-        st.jobs = [dataclasses.replace(j, status="lost", error="forgotten by dp_hpc.verify --repair")
-                   if j.status == "running" else j for j in old.jobs]
-        st._saved = old._saved  # the ended records jobs.jsonl already holds are not appended again
+        for j in old.jobs.running():  # its table knows which ended records jobs.jsonl holds already
+            old.jobs.end(j, "lost", "forgotten by dp_hpc.verify --repair", j.log_path)
+        st.jobs = old.jobs
     return st
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from dp_hpc import jobs
 from dp_hpc.config import RunConfig
+from dp_hpc.contracts import PendingSubmission
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
-from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Runner, SubmitError
-from dp_hpc.coordinate.runners.local import LocalRunner
-from dp_hpc.coordinate.state import JobRecord, load_state, save_state
+from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, JobControl, Runner, SubmitError
+from dp_hpc.coordinate.runners import RecordReaders, record_readers
+from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.io import remove_stale_temps
 from dp_hpc.layout import JOB_DETAILS, STATE_FILE, RunDir
@@ -56,30 +57,47 @@ class Slots:
 
 
 class Coordinator:
-    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path):
+    """One run's round loop. `Coordinator.open` makes it from the disk; `advance` is one poll."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path, state: RunState,
+                 readers: RecordReaders):
         self.run_dir = Path(run_dir).resolve()
         self.cfg = cfg
         self.runner = runner
         self.generator_dir = Path(generator_dir).resolve()
+        self.state = state
         self.pool = Pool(self.run_dir)
         self.layout = RunDir(self.run_dir)
         self.logs = self.layout.logs
-        # this coordinator is the one writer of the run's state files (the sweep lock): temporary
-        # files there are what a killed predecessor left mid-write (found by tests/test_chaos.py)
-        for folder, names in ((self.run_dir, STATE_FILE), (self.run_dir / JOB_DETAILS, "*.json")):
+        self.gaps: dict[int, frozenset[int]] = {}  # passed rounds' chunks without a marker (see _mend)
+        self.branches: dict[int, Coordinator] = {}  # branch-outs by the round they branch after
+        self.readers = readers  # of job records that `runner` cannot read (see _reader_of)
+
+    @classmethod
+    def open(cls, run_dir: Path, cfg: RunConfig, runner: Runner, generator_dir: Path,
+             readers: RecordReaders | None = None) -> "Coordinator":
+        """The coordinator of the run in `run_dir` as the disk has it: temporary files a killed
+        predecessor left mid-write removed (this coordinator is the one writer of the run's state
+        files, under the sweep lock; found by tests/test_chaos.py), state.json loaded (created for a
+        new run), passed rounds whose chunk markers `dp_hpc.verify --repair` removed found, and the
+        coordinators of its branch-outs opened. `readers`: the sweep's record readers
+        (dp_hpc.coordinate.runners.record_readers; made here if not given)."""
+        run_dir = Path(run_dir).resolve()
+        for folder, names in ((run_dir, STATE_FILE), (run_dir / JOB_DETAILS, "*.json")):
             for tmp in remove_stale_temps(folder, names):
-                log.info("%s: removed %s, left by a coordinator killed while writing", self.name, tmp.name)
-        st = load_state(self.run_dir)
+                log.info("%s: removed %s, left by a coordinator killed while writing", run_dir.name, tmp.name)
+        st = load_state(run_dir)
         if st is None:
             st = P.initial_state(cfg.method)
-            save_state(self.run_dir, st)
-        self.state = st
-        self._local_reader: LocalRunner | None = None  # see _reader_of
-        self.gaps = self._pool_gaps(P.passed_rounds(st))  # what dp_hpc.verify --repair unmarked (see _mend)
-        self.branches = {r: self._branch_coordinator(r, d) for r, d in existing_branches(self.run_dir).items()}
+            save_state(run_dir, st)
+        readers = record_readers(RunDir(run_dir).sweep.name) if readers is None else readers
+        c = cls(run_dir, cfg, runner, generator_dir, st, readers)
+        c.gaps = c._pool_gaps(P.passed_rounds(st))
+        c.branches = {r: c._open_branch(r, d) for r, d in existing_branches(run_dir).items()}
+        return c
 
-    def _branch_coordinator(self, round_index: int, path: Path) -> "Coordinator":
-        return Coordinator(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir)
+    def _open_branch(self, round_index: int, path: Path) -> "Coordinator":
+        return Coordinator.open(path, branch_config(self.cfg, round_index), self.runner, self.generator_dir, self.readers)
 
     # -- what the launcher shows
     @property
@@ -104,25 +122,26 @@ class Coordinator:
         own = [j.job_id for j in running if ours[j.executor]]
         return own + [i for b in self.branches.values() for i in b.running_job_ids()]
 
-    def _reader_of(self, job: JobRecord) -> Runner:
-        """The runner that can tell this job's state. A sweep relaunched under SLURM after a local
-        launch may still hold records of local jobs: their ids are pids, which sacct does not know
-        (or knows as some other job), so they are looked up as local processes."""
-        if not self.runner.reads(job.executor):
-            if self._local_reader is None:
-                self._local_reader = LocalRunner("local")
-            return self._local_reader
-        return self.runner
+    def _reader_of(self, job: JobRecord) -> JobControl:
+        """What can tell this job's state. A sweep relaunched under SLURM after a local launch may
+        still hold records of local jobs: their ids are pids, which sacct does not know (or knows
+        as some other job), so they are read by the record reader of their executor."""
+        if self.runner.reads(job.executor):
+            return self.runner
+        reader = self.readers.get(job.executor)
+        if reader is None:
+            raise RuntimeError(f"{self.name}: no reader here for {job.executor} job {job.job_id}")
+        return reader
 
     def failed_runs(self) -> list[str]:
         own = [self.name] if self.state.phase == "failed" else []
         return own + [f"{self.name}/{b.name}" for b in self.branches.values() if b.state.phase == "failed"]
 
     def summary(self) -> dict:
-        ck = latest_train_state(self.run_dir) or {}
+        ck = latest_train_state(self.run_dir)
         return {"phase": self.state.phase, "round": self.state.round,
                 "pool_size": sum(r.kept for r in self.state.rounds if self.pool.is_complete(r.index)),
-                "step": ck.get("step", 0), "best_val_acc": ck.get("best_val_acc")}
+                "step": ck.step if ck else 0, "best_val_acc": ck.best_val_acc if ck else None}
 
     def retry_if_failed(self) -> None:
         """A relaunch retries a failed run from the phase it failed in, and forgives earlier
@@ -140,15 +159,23 @@ class Coordinator:
 
     # -- the loop body
     def advance(self, slots: Slots) -> None:
+        """One poll, never blocking: the branch-outs first (not while this run regenerates pool
+        chunks they read), then a submission an earlier coordinator left unrecorded, the ends of
+        this run's jobs, the pool's purged chunks, and planned steps until the plan waits."""
         mending = bool(self.gaps) and self.state.phase != "failed"
-        for b in self.branches.values() if not mending else ():  # they read this pool
-            b.advance(slots)
+        if not mending:
+            for b in self.branches.values():
+                b.advance(slots)
         if self.state.pending is not None and not self._adopt_pending():
-            return
+            return  # the runner cannot tell yet which jobs that submission made
         self._refresh_jobs()
         if mending and self._mend(slots):
             return
-        for _ in range(100):  # bounded: each iteration changes state or returns
+        self._follow_plan(slots)
+
+    def _follow_plan(self, slots: Slots) -> None:
+        """Planned steps until the plan waits, a step waits for a free slot, or the run has ended."""
+        for _ in range(100):  # bounded: each step changes the state or returns
             if self.state.phase in ("done", "failed"):
                 return
             action = P.plan(self.state, self._observe(), self.cfg.method, self.cfg.pool)
@@ -179,9 +206,7 @@ class Coordinator:
             if action is None:
                 log.info("%s: pool mended; continuing", self.name)
                 return False
-            if isinstance(action, P.CompleteRound):
-                self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
-            elif isinstance(action, P.Wait) or not self._apply(action, slots):
+            if isinstance(action, P.Wait) or not self._apply(action, slots):
                 return True
         return True
 
@@ -199,15 +224,14 @@ class Coordinator:
 
     def _refresh_jobs(self) -> None:
         st, changed = self.state, False
-        surely_running = getattr(self.runner, "surely_running", None)  # test doubles may lack it
-        skip = surely_running() if surely_running else frozenset()
+        skip = self.runner.surely_running()
         for job in st.running_jobs():
             if job.job_id in skip and job.executor == self.runner.kind:  # the runner's own job (_reader_of)
                 continue  # status() would say RUNNING: at 100k tasks in flight, asking costs most of a poll
             status = self._reader_of(job).status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
-            st.end_job(job, status.state, status.error, status.log_path)
+            st.jobs.end(job, status.state, status.error, status.log_path)
             changed = True
             if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
                 job.detail.update(status.usage)
@@ -252,9 +276,8 @@ class Coordinator:
         st = self.state
 
         def save_intent(name: str, submitted: float) -> None:
-            st.pending = {"name": name, "kind": kind, "round": st.round if round_index is None else round_index,
-                          "submitted": submitted,
-                          "details": details[:n], "executor": self.runner.kind}
+            st.pending = PendingSubmission(name=name, kind=kind, round=st.round if round_index is None else round_index,
+                                           submitted=submitted, details=details[:n], executor=self.runner.kind)
             save_state(self.run_dir, st)
 
         try:
@@ -269,9 +292,9 @@ class Coordinator:
 
     def _record(self, ids: list[str]) -> None:
         st, pending = self.state, self.state.pending
-        for jid, detail in zip(ids, pending["details"]):
-            st.add_job(JobRecord(job_id=jid, kind=pending["kind"], round=pending["round"],
-                                 submitted=pending["submitted"], detail=detail, executor=self.runner.kind))
+        for jid, detail in zip(ids, pending.details):
+            st.jobs.add(JobRecord(job_id=jid, kind=pending.kind, round=pending.round,
+                                  submitted=pending.submitted, detail=detail, executor=self.runner.kind))
         st.pending = None
         save_state(self.run_dir, st)
 
@@ -280,55 +303,60 @@ class Coordinator:
         made (found by their name), or forget it if there are none. False: cannot tell yet."""
         pending = self.state.pending
         try:
-            ids = adopt_unrecorded(self.runner, self.logs, pending["name"], self._record)
+            ids = adopt_unrecorded(self.runner, self.logs, pending.name, self._record)
         except SubmitError as e:
             log.warning("%s: %s", self.name, e)
             return False
-        log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending["name"])
+        log.info("%s: adopting %d job(s) of an unrecorded submission %s", self.name, len(ids), pending.name)
         return True
 
     def _apply(self, action: P.Action, slots: Slots) -> bool:
-        """Carry out one planned step; False when it has to wait for a free slot."""
+        """Carry out one step; False when it has to wait for a free slot. Each arm says whether the
+        run's state changed, and every change is saved below, the same way; a submission saves
+        inside the record-then-submit protocol instead (the intent before the runner is asked, the
+        job ids after: `_submit`)."""
         st, run = self.state, str(self.run_dir)
-        if isinstance(action, P.CreateRound):
-            rec, spec = action.record, dataset_spec(self.cfg.data)
-            self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=spec.image_shape,
-                                             chunk_size=self.cfg.pool.chunk_size, num_classes=spec.num_classes,
-                                             run_seed=self.cfg.seed, kind=rec.kind))
-            return True
-        if isinstance(action, P.SubmitShards):
-            step = st.rounds[action.round_index].classifier_step
-            threads = self.runner.threads_for("generate")
-            args = [(run, action.round_index, a, b, str(self.generator_dir), step, threads)
-                    for a, b in action.shards]
-            details = [{"start": a, "stop": b} for a, b in action.shards]
-            return self._submit("generate", jobs.GenerateShard(), args, details, slots, action.round_index)
-        if isinstance(action, P.CompleteRound):
-            self.pool.complete_round(action.round_index, keep=action.keep, per_class=action.per_class)
-            st.rounds[action.round_index].stats = self.pool.round_stats(action.round_index)
-            st.phase = "train"
-        elif isinstance(action, P.GoTo):
-            if st.phase == "generate" and not st.rounds[st.round].stats:  # died between complete and save
-                st.rounds[st.round].stats = self.pool.round_stats(st.round)
-            st.phase = action.phase
-        elif isinstance(action, P.StartRound):
-            st.rounds.append(action.record)
-            st.round, st.phase = action.record.index, "generate"
-        elif isinstance(action, P.Branch):
-            path = create_branch(self.run_dir, self.cfg, st, action.round_index, action.checkpoint_step)
-            log.info("%s: branch-out after round %d at step %d -> %s", self.name, action.round_index,
-                     action.checkpoint_step, path)
-            self.branches[action.round_index] = self._branch_coordinator(action.round_index, path)
-            return True
-        elif isinstance(action, P.StopAddingData):
-            log.info("%s: no more data (%s); training to the end of the budget", self.name, action.reason)
-            st.adding_data = False
-        elif isinstance(action, P.SubmitTrain):
-            args = (run, action.plateau_exit, self.runner.threads_for("train"), self.runner.train_procs())
-            return self._submit("train", jobs.Train(), [args], [{"plateau_exit": action.plateau_exit}], slots)
-        elif isinstance(action, P.SubmitEval):
-            return self._submit("eval", jobs.evaluate, [(run, self.runner.threads_for("eval"))], [{}], slots)
-        else:
-            raise TypeError(f"unknown action {action!r}")
-        save_state(self.run_dir, st)
+        match action:
+            case P.CreateRound(record=rec):
+                spec = dataset_spec(self.cfg.data)
+                self.pool.create_round(RoundSpec(round_index=rec.index, n=rec.generated, image_shape=spec.image_shape,
+                                                 chunk_size=self.cfg.pool.chunk_size, num_classes=spec.num_classes,
+                                                 run_seed=self.cfg.seed, kind=rec.kind))
+                changed = False
+            case P.SubmitShards(round_index=r, shards=shards):
+                step = st.rounds[r].classifier_step
+                threads = self.runner.policy.threads_for("generate")
+                args = [(run, r, a, b, str(self.generator_dir), step, threads) for a, b in shards]
+                details = [{"start": a, "stop": b} for a, b in shards]
+                return self._submit("generate", jobs.GenerateShard(), args, details, slots, r)
+            case P.CompleteRound(round_index=r, keep=keep, per_class=per_class):
+                self.pool.complete_round(r, keep=keep, per_class=per_class)
+                changed = r == st.round and st.phase == "generate"  # else a passed round mended: recorded already
+                if changed:
+                    st.rounds[r].stats = self.pool.round_stats(r)
+                    st.phase = "train"
+            case P.GoTo(phase=phase):
+                if st.phase == "generate" and not st.rounds[st.round].stats:  # died between complete and save
+                    st.rounds[st.round].stats = self.pool.round_stats(st.round)
+                st.phase, changed = phase, True
+            case P.StartRound(record=rec):
+                st.rounds.append(rec)
+                st.round, st.phase, changed = rec.index, "generate", True
+            case P.Branch(round_index=r, checkpoint_step=step):
+                path = create_branch(self.run_dir, self.cfg, st, r, step)
+                log.info("%s: branch-out after round %d at step %d -> %s", self.name, r, step, path)
+                self.branches[r] = self._open_branch(r, path)
+                changed = False  # the branch-out's folder records it (existing_branches)
+            case P.StopAddingData(reason=reason):
+                log.info("%s: no more data (%s); training to the end of the budget", self.name, reason)
+                st.adding_data, changed = False, True
+            case P.SubmitTrain(plateau_exit=plateau_exit):
+                args = (run, plateau_exit, self.runner.policy.threads_for("train"), self.runner.policy.train_procs)
+                return self._submit("train", jobs.Train(), [args], [{"plateau_exit": plateau_exit}], slots)
+            case P.SubmitEval():
+                return self._submit("eval", jobs.evaluate, [(run, self.runner.policy.threads_for("eval"))], [{}], slots)
+            case _:
+                raise TypeError(f"unknown action {action!r}")
+        if changed:
+            save_state(self.run_dir, st)
         return True

@@ -1,5 +1,5 @@
 """The sweep's generator stage: each distinct generator (data + generator config, see
-`dp_hpc.config.generator_key`) is made once per sweep by a job of its own, before any run starts,
+`dp_hpc.generate.cache.generator_key`) is made once per sweep by a job of its own, before any run starts,
 at most `max_parallel` at once; a finished one is found in `generators/<key>/` and reused.
 
 A relaunch re-attaches to a generator job that a killed launcher had started (its job.json,
@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from dp_hpc import jobs
-from dp_hpc.config import PlannedRun, RunConfig, generator_key, to_dict
+from dp_hpc.config import PlannedRun, RunConfig, to_dict
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners.base import RUNNING, SUCCEEDED, Runner
+from dp_hpc.generate.cache import generator_key
 from dp_hpc.io import atomic_write_text
 from dp_hpc.layout import GeneratorDir, SweepDir
 from dp_hpc.signals import sleep_unless, stopping
@@ -64,7 +65,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner: Runner, m
             gdir = waiting.pop(0)
             log.info("training the generator in %s", gdir)
             rec = files[gdir].submit(runner, "generator", jobs.train_generator,
-                                     (str(gdir), runner.threads_for("generator")), kind="generator")
+                                     (str(gdir), runner.policy.threads_for("generator")), kind="generator")
             running[gdir] = (rec["job_id"], rec["submitted"])
         runner.poll([jid for jid, _ in running.values()])
         for gdir, (jid, submitted) in list(running.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dp_hpc.contracts import TrainState
 from dp_hpc.coordinate.config import MethodConfig, PoolConfig
 from dp_hpc.coordinate.state import RoundRecord, RunState
 from dp_hpc.pool import shard_tuple
@@ -20,7 +21,7 @@ class Observation:
     round_created: bool = False  # the arrays of state.round exist
     round_complete: bool = False  # its COMPLETE marker exists
     done_chunks: frozenset[int] = frozenset()  # chunks of state.round with a marker
-    checkpoint: dict | None = None  # train_state.json of the newest complete checkpoint
+    checkpoint: TrainState | None = None  # train_state.json of the newest complete checkpoint
     eval_done: bool = False
     branches: frozenset[int] = frozenset()  # rounds a branch-out already exists for
 
@@ -169,17 +170,17 @@ def _plan_generate(st: RunState, obs: Observation, method: MethodConfig, pool: P
 
 def _plan_train(st: RunState, obs: Observation, method: MethodConfig) -> Action:
     ck = obs.checkpoint
-    if ck is not None and ck.get("stop_reason") == "budget":
+    if ck is not None and ck.finished:
         if st.running_jobs("train"):  # it saved its last checkpoint but has not exited yet
             return Wait("training job exiting")
         return GoTo("eval")
-    trained_all_rounds = ck is not None and list(ck.get("pool_rounds", [])) == list(range(st.round + 1))
-    if st.adding_data and trained_all_rounds and ck.get("stop_reason") == "plateau":
-        rec = next_round(st, method, classifier_step=int(ck["step"]))
+    trained_all_rounds = ck is not None and ck.pool_rounds == tuple(range(st.round + 1))
+    if st.adding_data and trained_all_rounds and ck.plateaued:
+        rec = next_round(st, method, classifier_step=ck.step)
         if rec is None:  # a branch here would be the run itself: it adds no more data either
             return StopAddingData("data budget spent")
         if st.round in method.branch_at and st.round not in obs.branches:
-            return Branch(st.round, int(ck["step"]))
+            return Branch(st.round, ck.step)
         return StartRound(rec)
     if st.running_jobs("train"):
         return Wait("training")

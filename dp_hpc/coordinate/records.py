@@ -17,11 +17,11 @@ job (the generator's job.json, the sweep's coordinator.json) in a `JobFile`.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dp_hpc.contracts import executor_of
 from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.io import atomic_write_json, read_json
 
@@ -45,11 +45,8 @@ def adopt_unrecorded(runner: Runner, logs: Path, name: str, save_ids: Callable[[
 
 
 def recorded_executor(rec: dict) -> str:
-    """The executor of a job file's record or of a run's pending intent. Records written before
-    they named it: a job name a SLURM runner gave ends in a nonce (SlurmRunner.job_name)."""
-    if rec.get("executor"):  # recorded since 2026-11-29
-        return str(rec["executor"])
-    return "slurm" if re.search(r"-[0-9a-f]{8}$", rec.get("name") or "") else "local"
+    """The executor of a job file's record (older records do not name it: `executor_of`)."""
+    return executor_of(rec.get("name"), rec.get("executor"))
 
 
 class JobFile:

@@ -21,12 +21,13 @@ from dp_hpc.config import PlannedRun, SweepConfig
 from dp_hpc.coordinate.coordinator import Coordinator, Slots
 from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, generator_dir_for
 from dp_hpc.coordinate.records import JobFile
+from dp_hpc.coordinate.runners import record_readers
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
+from dp_hpc.coordinate.sweep_table import print_table
 from dp_hpc.io import atomic_write_json, is_disk_full, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
 from dp_hpc.signals import PreemptFlag, sleep_unless, stopping
-from dp_hpc.status import print_table
 
 log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
 
@@ -70,8 +71,8 @@ def step_sweep(coordinators, runner, max_jobs: int) -> None:
     (submitting at most max_jobs jobs in all, and at most the runner's max_submitted_per_poll now)."""
     runner.poll([i for c in coordinators for i in c.running_job_ids()])
     free = max(0, max_jobs - sum(c.running_jobs() for c in coordinators))
-    if runner.max_submitted_per_poll is not None:
-        free = min(free, runner.max_submitted_per_poll)
+    if runner.policy.max_submitted_per_poll is not None:
+        free = min(free, runner.policy.max_submitted_per_poll)
     slots = Slots(free=free)
     for c in coordinators:
         c.advance(slots)
@@ -95,8 +96,9 @@ def drive(coordinators, runner, max_jobs: int, poll_s: float, flag) -> None:
 def run_sweep(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path, runner: Runner,
               retry_failed: bool = True) -> int:
     """Drive the sweep from this process to its end; the launcher's exit status (see launch.main)."""
-    coordinators = [Coordinator(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config))
-                    for r in runs]
+    readers = record_readers(sweep.name)  # of records the runner cannot read itself, shared by every run
+    coordinators = [Coordinator.open(sweep_dir / r.name, r.config, runner, generator_dir_for(sweep_dir, r.config),
+                                     readers) for r in runs]
     if all(c.finished and not c.failed_runs() for c in coordinators):
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
@@ -105,7 +107,7 @@ def run_sweep(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path, runne
         for c in coordinators:
             c.retry_if_failed()
     todo = [r for r, c in zip(runs, coordinators) if not c.finished]
-    max_jobs, poll_s = runner.max_jobs, runner.poll_interval_s
+    max_jobs, poll_s = runner.policy.max_jobs, runner.policy.poll_interval_s
     print(f"sweep {sweep.name!r}: {len(todo)} of {len(runs)} runs to do, executor {runner.kind}, "
           f"up to {max_jobs} jobs at once -> {sweep_dir}/", flush=True)
     try:

@@ -1,6 +1,6 @@
 """The sweep's generator, made once and shared by all runs with the same data and generator
-config: `<out>/<sweep>/generators/<key>/` (key = hash of those configs, see
-`dp_hpc.config.generator_key`). `config.yaml` there is written by the launcher.
+config: `<out>/<sweep>/generators/<key>/` (key = `generator_key`, a hash of those configs).
+`config.yaml` there is written by the launcher.
 
 digits_unet trains a UNet there (dp_hpc.generate.unet); stable-diffusion checks the model folder and
 caches the prompt embeddings there (dp_hpc.generate.stable_diffusion). The launcher calls
@@ -9,12 +9,14 @@ caches the prompt embeddings there (dp_hpc.generate.stable_diffusion). The launc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from dp_hpc.config import from_dict
+from dp_hpc.config import from_dict, to_dict
 from dp_hpc.data.config import DataConfig
 from dp_hpc.data.digits import NUM_CLASSES, load_digit_splits
 from dp_hpc.data.spec import dataset_spec
@@ -51,3 +53,18 @@ def build_generator(generator_dir: Path) -> dict:
     splits = load_digit_splits(data)
     return train_generator(gen, splits.gen_train.images, splits.gen_train.labels, generator_dir, NUM_CLASSES,
                            eval_splits=splits, sampler_cfg=sampler)
+
+
+# what a generator depends on, per dataset: the images it learns from (digits) or the classes it
+# is prompted with and the stored resolution (imagenet; the evaluation files do not matter)
+GENERATOR_DATA_FIELDS = {"digits": ("dataset", "split_seed", "val_fraction", "test_fraction"),
+                         "imagenet": ("dataset", "classes", "resolution")}
+
+
+def generator_key(cfg: RunConfig) -> str:
+    """Runs whose generators would be the same share one trained (or prepared) generator. Only
+    the fields that make the generator count, so that adding config keys keeps existing keys."""
+    data = to_dict(cfg.data)
+    blob = json.dumps({"data": {k: data[k] for k in GENERATOR_DATA_FIELDS[cfg.data.dataset]},
+                       "generator": cfg.generator.identity()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

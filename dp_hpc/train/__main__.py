@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if rank == "0":
-        print(json.dumps(ts, sort_keys=True))
+        print(json.dumps(ts.to_json(), sort_keys=True))
     return 0
 
 

@@ -9,8 +9,9 @@
                            train_state (a copy)                    (written first, atomically)
         classifier.pt      plateau checkpoints only: the EMA classifier's weights alone, what
                            generation tasks load for guidance (a fraction of state.pt)
-        train_state.json   step, round, pool_rounds, pool_size, best_val_acc, best_step,
-                           patience_counter, patience_limit, stop_reason, last_val_acc, lr, time
+        train_state.json   dp_hpc.contracts.TrainState: round, pool_rounds, pool_size, step,
+                           best_val_acc, best_step, patience_counter, patience_limit,
+                           stop_reason, last_val_acc, lr, world_size, time
                            (written last, atomically: the folder is complete iff it exists)
 
 Readers (the coordinator, generation tasks loading the classifier for entropy guidance) only
@@ -31,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dp_hpc.contracts import TrainState
 from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
 from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, CLASSIFIER_FILE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
 
@@ -52,47 +54,54 @@ def _folders(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return RunDir(run_dir).checkpoint_folders()
 
 
-def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
+def read_train_state(folder: str | os.PathLike) -> TrainState | None:
+    """A checkpoint folder's train_state.json, None while it is incomplete (no such file). A file
+    that does not parse or lacks a field: ValueError."""
+    d = read_json(Path(folder) / TRAIN_STATE_FILE)
+    return None if d is None else TrainState.from_json(d)
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, TrainState]]:
     """(folder, train_state) of every complete checkpoint, oldest first."""
     out = []
     for _, p in _folders(run_dir):
-        ts = read_json(p / TRAIN_STATE_FILE)
+        ts = read_train_state(p)
         if ts is not None:
             out.append((p, ts))
     return out
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, TrainState] | None:
     """The newest complete checkpoint folder and its train_state, or None."""
     for _, p in reversed(_folders(run_dir)):
-        ts = read_json(p / TRAIN_STATE_FILE)
+        ts = read_train_state(p)
         if ts is not None:
             return p, ts
     return None
 
 
-def latest_train_state(run_dir: Path) -> dict | None:
+def latest_train_state(run_dir: Path) -> TrainState | None:
     """train_state of the newest complete checkpoint (None before the first)."""
     latest = latest_checkpoint(run_dir)
     return None if latest is None else latest[1]
 
 
-def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: dict) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: TrainState) -> Path:
     """Write one checkpoint folder (rank 0 only). state.pt first, train_state.json last: a save that
     fails (a full disk: `DiskFull` naming the file) leaves the folder incomplete, never marked."""
     import torch
 
-    folder = checkpoint_dir(run_dir, train_state["step"])
+    folder = checkpoint_dir(run_dir, train_state.step)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRAIN_STATE_FILE).unlink(missing_ok=True)  # overwriting: incomplete until the end
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(folder / STATE_FILE, buf.getvalue())
-    if train_state.get("stop_reason") == "plateau":  # a classifier that guidance will load, many times
+    if train_state.plateaued:  # a classifier that guidance will load, many times
         buf = io.BytesIO()
         torch.save(state["ema"], buf)
         atomic_write_bytes(folder / CLASSIFIER_FILE, buf.getvalue())
-    atomic_write_json(folder / TRAIN_STATE_FILE, train_state)
+    atomic_write_json(folder / TRAIN_STATE_FILE, train_state.to_json())
     return folder
 
 
@@ -126,14 +135,14 @@ class CheckpointWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-write") if background else None
         self._pending: Future | None = None
 
-    def save(self, state: dict, train_state: dict, *, wait: bool = True) -> None:
+    def save(self, state: dict, train_state: TrainState, *, wait: bool = True) -> None:
         self.wait()
         if self._thread is None or wait:
             self._write(state, train_state)
         else:  # the copy is taken here, before the next optimizer step changes the tensors
-            self._pending = self._thread.submit(self._write, snapshot(state), snapshot(train_state))
+            self._pending = self._thread.submit(self._write, snapshot(state), train_state)  # frozen
 
-    def _write(self, state: dict, train_state: dict) -> None:
+    def _write(self, state: dict, train_state: TrainState) -> None:
         save_checkpoint(self.run_dir, state, train_state)
         prune_checkpoints(self.run_dir, self.keep)
 
@@ -168,17 +177,18 @@ def load_state(folder: str | os.PathLike, map_location: str | torch.device = "cp
 
 def unreadable_train_states(run_dir: str | os.PathLike) -> list[tuple[Path, str]]:
     """(folder, why) of every step folder whose train_state.json exists but does not parse (a
-    truncated file): `latest_checkpoint` and the retention would stop with an error at it. Cheap."""
+    truncated file) or lacks a field: `latest_checkpoint` and the retention would stop with an
+    error at it. Cheap."""
     out = []
     for _, p in _folders(run_dir):
         try:
-            read_json(p / TRAIN_STATE_FILE)
+            read_train_state(p)
         except (ValueError, OSError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             out.append((p, f"{TRAIN_STATE_FILE} unreadable ({_first_line(e)})"))
     return out
 
 
-def checkpoint_damage(folder: str | os.PathLike, train_state: dict) -> str | None:
+def checkpoint_damage(folder: str | os.PathLike, train_state: TrainState) -> str | None:
     """Why a complete checkpoint cannot be resumed from, or None: state.pt loads and holds the
     step of its train_state.json, and a plateau checkpoint's classifier.pt (what guidance loads;
     without it guidance loads state.pt) loads. Costs a full torch.load of both."""
@@ -189,8 +199,8 @@ def checkpoint_damage(folder: str | os.PathLike, train_state: dict) -> str | Non
         step = load_state(folder).get("step")
     except Exception as e:  # a truncated or missing file: torch's or the OS's error
         return f"{STATE_FILE} does not load ({_first_line(e)})"
-    if step != train_state.get("step"):
-        return f"{STATE_FILE} holds step {step}, {TRAIN_STATE_FILE} step {train_state.get('step')}"
+    if step != train_state.step:
+        return f"{STATE_FILE} holds step {step}, {TRAIN_STATE_FILE} step {train_state.step}"
     if (folder / CLASSIFIER_FILE).exists():
         try:
             torch.load(folder / CLASSIFIER_FILE, map_location="cpu", weights_only=True)
@@ -210,10 +220,10 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:120] if text else ''}"
 
 
-def retained(checkpoints: list[tuple[Path, dict]], keep: int) -> set[Path]:
+def retained(checkpoints: list[tuple[Path, TrainState]], keep: int) -> set[Path]:
     """Folders to keep: the newest `keep` complete ones and every plateau one. Pure."""
     keep_set = {p for p, _ in checkpoints[-keep:]} if keep > 0 else set()
-    keep_set |= {p for p, ts in checkpoints if ts.get("stop_reason") == "plateau"}
+    keep_set |= {p for p, ts in checkpoints if ts.plateaued}
     return keep_set
 
 

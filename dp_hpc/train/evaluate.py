@@ -151,9 +151,9 @@ def _evaluate_final(run_dir: Path) -> dict:
     if latest is None:
         raise RuntimeError(f"{run_dir}: no complete checkpoint to evaluate; train the run first")
     folder, ts = latest
-    if ts["stop_reason"] != "budget":
+    if not ts.finished:
         raise RuntimeError(f"{run_dir}: the latest checkpoint ({folder.name}) has stop_reason "
-                           f"{ts['stop_reason']!r}, not 'budget'; finish training (python -m dp_hpc.train "
+                           f"{ts.stop_reason!r}, not 'budget'; finish training (python -m dp_hpc.train "
                            f"--run-dir {run_dir} --no-plateau-exit) before the final evaluation")
     cfg = load_run_config(run_dir)
     d = Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -164,18 +164,18 @@ def _evaluate_final(run_dir: Path) -> dict:
     predicted, labels, loss_sum = predict(model, EvalBatches(test, d, cfg.train.eval_workers, cache=False),
                                           d, num, cfg.train.eval_crop_fraction)
     acc, loss = float(np.mean(predicted == labels)) if len(labels) else 0.0, loss_sum / max(len(labels), 1)
-    metrics.append_compute(run_dir, {"kind": "eval", "round": ts["round"], "startup_s": startup_s,
+    metrics.append_compute(run_dir, {"kind": "eval", "round": ts.round, "startup_s": startup_s,
                                      "compute_s": time.perf_counter() - t0})
-    result = {"acc": acc, "loss": loss, "step": ts["step"], "pool_size": ts["pool_size"],
-              "round": ts["round"], "rounds": ts["pool_rounds"], "n_test": len(test), "best_val_acc": ts["best_val_acc"],
-              "last_val_acc": ts["last_val_acc"], "checkpoint": folder.name, "time": metrics.utc_now()}
+    result = {"acc": acc, "loss": loss, "step": ts.step, "pool_size": ts.pool_size,
+              "round": ts.round, "rounds": list(ts.pool_rounds), "n_test": len(test), "best_val_acc": ts.best_val_acc,
+              "last_val_acc": ts.last_val_acc, "checkpoint": folder.name, "time": metrics.utc_now()}
     # before eval.json (which marks the evaluation done): a crash between the two rewrites this
     write_test_predictions(RunDir(run_dir).test_predictions, predicted, labels)
     metrics.drop_split(run_dir, "test")
     metrics.append_metric(run_dir, {"split": "test", **result})
     atomic_write_json(RunDir(run_dir).eval, result)
     # test/acc beside the run's curves; after eval.json: a dashboard slow to start delays no result
-    with Tracker(run_dir, cfg, ts["step"], job_type="eval") as tracker:
+    with Tracker(run_dir, cfg, ts.step, job_type="eval") as tracker:
         tracker.log({"split": "test", **result})
-    log.info("%s: test acc %.4f loss %.4f (step %d, pool %d)", run_dir.name, acc, loss, ts["step"], ts["pool_size"])
+    log.info("%s: test acc %.4f loss %.4f (step %d, pool %d)", run_dir.name, acc, loss, ts.step, ts.pool_size)
     return result

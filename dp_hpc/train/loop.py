@@ -40,6 +40,7 @@ import torch.distributed as dist
 
 from dp_hpc import layout, metrics
 from dp_hpc.config import RunConfig, load_run_config
+from dp_hpc.contracts import TrainState
 from dp_hpc.io import run_lock, try_lock
 from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.data.spec import dataset_spec
@@ -123,7 +124,7 @@ class PoolBatches:
 RUN_LOCK = layout.RUN_LOCK  # held by the one job that trains or evaluates the run
 
 
-def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_steps: int | None = None) -> dict:
+def train_until_stop(run_dir: str | os.PathLike, plateau_exit: bool = True, max_steps: int | None = None) -> TrainState:
     """Train the run's classifier from its latest checkpoint until a plateau (if `plateau_exit`),
     the budget, a preemption signal, or `max_steps` steps in this call. Returns the train_state
     of the checkpoint it ends on. Idempotent for finished runs and for plateaus without new data.
@@ -176,7 +177,7 @@ def _run_lock_for_all_ranks(run_dir: Path, d: Dist):
             held.close()
 
 
-def _agreed_latest(run_dir: Path, d: Dist) -> tuple[Path, dict] | None:
+def _agreed_latest(run_dir: Path, d: Dist) -> tuple[Path, TrainState] | None:
     """The checkpoint to resume from, as rank 0 sees it under the lock: every rank the same one,
     even if a newer one appears while they read (a duplicate job that just released the lock)."""
     latest = ckpt.latest_checkpoint(run_dir) if d.rank == 0 else None
@@ -208,7 +209,7 @@ class _Progress:
 
 
 def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps: int | None,
-           flag: PreemptFlag) -> dict:
+           flag: PreemptFlag) -> TrainState:
     rlog = _RankLog(log, {"rank": d.rank})
     tc = cfg.train
     latest = _agreed_latest(run_dir, d)
@@ -216,7 +217,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
     action = pl.start_action(latest[1] if latest else None, reader.rounds, plateau_exit)
     if action == "return":
         ts = latest[1]
-        rlog.info("nothing to do: step %d stop_reason=%s, no new pool rounds", ts["step"], ts["stop_reason"])
+        rlog.info("nothing to do: step %d stop_reason=%s, no new pool rounds", ts.step, ts.stop_reason)
         return ts
     if not reader.rounds:
         raise RuntimeError(f"{run_dir}: the pool has no complete round to train on")
@@ -225,7 +226,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
     rlog.info("%s at step %d/%d on rounds %s (%d samples), patience %d/%d, world size %d",
               action, prog.step, tc.total_steps, reader.rounds, len(reader), prog.plateau.counter,
               prog.plateau.limit, d.world_size)
-    with Tracker(run_dir, cfg, prog.step, previous_pool=latest[1].get("pool_size") if latest else None,
+    with Tracker(run_dir, cfg, prog.step, previous_pool=latest[1].pool_size if latest else None,
                  enabled=d.is_main) as tracker, \
             ckpt.CheckpointWriter(run_dir, tc.checkpoint_keep, background=tc.async_checkpoint) as writer:
         return _train_loop(run_dir, cfg, d, plateau_exit, max_steps, flag, rlog, reader, trainer, prog, tracker,
@@ -234,7 +235,7 @@ def _train(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps
 
 def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_steps: int | None,
                 flag: PreemptFlag, rlog, reader: PoolReader, trainer: Trainer, prog: _Progress,
-                tracker: Tracker, writer: ckpt.CheckpointWriter) -> dict:
+                tracker: Tracker, writer: ckpt.CheckpointWriter) -> TrainState:
     tc = cfg.train
     batches = PoolBatches(reader, cfg.seed, tc.batch_size, d, tc.jpeg_decode)
     spec = dataset_spec(cfg.data)
@@ -261,10 +262,9 @@ def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_
             stop_reason = "preempted"
         if stop_reason is not None or prog.step % (tc.checkpoint_every or tc.eval_every) == 0:
             p = prog.plateau
-            ts = {**pool_info, "step": prog.step, "best_val_acc": p.best_val_acc, "best_step": p.best_step,
-                  "patience_counter": p.counter, "patience_limit": p.limit, "stop_reason": stop_reason,
-                  "last_val_acc": prog.last_val_acc, "lr": lr, "world_size": d.world_size,
-                  "time": metrics.utc_now()}
+            ts = TrainState(**pool_info, step=prog.step, best_val_acc=p.best_val_acc, best_step=p.best_step,
+                            patience_counter=p.counter, patience_limit=p.limit, stop_reason=stop_reason,
+                            last_val_acc=prog.last_val_acc, lr=lr, world_size=d.world_size, time=metrics.utc_now())
             _save(trainer, ts, d, writer)
         if stop_reason is not None:
             compute_s = time.perf_counter() - t0
@@ -278,7 +278,7 @@ def _train_loop(run_dir: Path, cfg: RunConfig, d: Dist, plateau_exit: bool, max_
             return ts
 
 
-def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] | None, action: str,
+def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, TrainState] | None, action: str,
              newest_round: int) -> tuple[Trainer, _Progress]:
     """A fresh seeded model, or the latest checkpoint; patience reset if the pool grew; metrics
     lines newer than the checkpoint dropped."""
@@ -289,9 +289,9 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, dict] |
     else:
         folder, ts = latest
         trainer.load_state_dict(ckpt.load_state(folder, map_location=d.device))
-        plateau = pl.Plateau(best_val_acc=ts["best_val_acc"], best_step=ts["best_step"],
-                             counter=ts["patience_counter"], limit=ts["patience_limit"])
-        prog = _Progress(step=ts["step"], plateau=plateau, last_val_acc=ts["last_val_acc"])
+        plateau = pl.Plateau(best_val_acc=ts.best_val_acc, best_step=ts.best_step,
+                             counter=ts.patience_counter, limit=ts.patience_limit)
+        prog = _Progress(step=ts.step, plateau=plateau, last_val_acc=ts.last_val_acc)
     if action == "new_rounds":
         prog.plateau = pl.new_round(prog.plateau, newest_round, patience)
     if d.is_main:
@@ -326,13 +326,13 @@ def _evaluate_and_log(run_dir: Path, trainer: Trainer, prog: _Progress, val: Eva
               p.limit, train_loss, lr, rate)
 
 
-def _save(trainer: Trainer, ts: dict, d: Dist, writer: ckpt.CheckpointWriter) -> None:
+def _save(trainer: Trainer, ts: TrainState, d: Dist, writer: ckpt.CheckpointWriter) -> None:
     """Rank 0 writes; every rank waits for it, so a returned job always has its checkpoint. With
     train.async_checkpoint, a checkpoint that does not end the job (no stop_reason) is written in
     the background and nobody waits for the disk; one that ends it waits for that write first."""
-    final = ts["stop_reason"] is not None
+    final = ts.stop_reason is not None
     if d.is_main:
-        state = {**trainer.state_dict(), "step": ts["step"], "train_state": ts,
+        state = {**trainer.state_dict(), "step": ts.step, "train_state": ts.to_json(),
                  "rng": {"torch": torch.get_rng_state()}}
         writer.save(state, ts, wait=final)
     if d.world_size > 1 and (final or not writer.background):

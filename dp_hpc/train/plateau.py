@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from dp_hpc.contracts import TrainState
 from dp_hpc.train.config import PatienceConfig
 
 
@@ -64,7 +65,7 @@ def should_exit(p: Plateau, step: int, decay_start: int, warmup_end: int = 0) ->
 StartAction = Literal["scratch", "return", "continue", "new_rounds"]
 
 
-def start_action(train_state: dict | None, complete_rounds: list[int], plateau_exit: bool) -> StartAction:
+def start_action(train_state: TrainState | None, complete_rounds: list[int], plateau_exit: bool) -> StartAction:
     """What a (re)started training job does, given the latest checkpoint's train_state.
 
     - no checkpoint -> "scratch";
@@ -75,15 +76,15 @@ def start_action(train_state: dict | None, complete_rounds: list[int], plateau_e
     """
     if train_state is None:
         return "scratch"
-    if train_state["stop_reason"] == "budget":
+    if train_state.finished:
         return "return"
-    seen = list(train_state["pool_rounds"])
+    seen = list(train_state.pool_rounds)
     missing = sorted(set(seen) - set(complete_rounds))
     if missing:
-        raise RuntimeError(f"the checkpoint at step {train_state['step']} trained on pool rounds {missing}, "
+        raise RuntimeError(f"the checkpoint at step {train_state.step} trained on pool rounds {missing}, "
                            f"which are no longer complete in the pool (complete: {complete_rounds})")
     if set(complete_rounds) - set(seen):
         return "new_rounds"
-    if train_state["stop_reason"] == "plateau" and plateau_exit:
+    if train_state.plateaued and plateau_exit:
         return "return"
     return "continue"

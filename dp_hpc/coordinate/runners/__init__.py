@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Mapping
 
 from dp_hpc.config import SweepConfig
 from dp_hpc.coordinate.config import SlurmConfig
-from dp_hpc.coordinate.runners.base import Runner
+from dp_hpc.coordinate.runners.base import JobControl, Runner
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.runners.slurm import SlurmRunner
 
@@ -41,9 +42,14 @@ def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
                        poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start)
 
 
-def record_readers(sweep_name: str) -> dict[str, Runner | None]:
+RecordReaders = Mapping[str, JobControl | None]
+
+
+def record_readers(sweep_name: str) -> RecordReaders:
     """A runner with default settings per executor that a job record can name (JobRecord.executor),
-    to read, stop or find a sweep's jobs outside its coordinator (dp_hpc.cancel); None for slurm
+    to read, stop or find a sweep's jobs outside its coordinator (dp_hpc.cancel, dp_hpc.status), and
+    inside it those its own runner cannot read (a local job's record in a sweep relaunched under
+    SLURM: dp_hpc.coordinate.coordinator); None for slurm
     where SLURM's squeue, scancel and sacct are not all on PATH."""
     local = LocalRunner("local")
     has_slurm = all(shutil.which(c) for c in ("squeue", "scancel", "sacct"))

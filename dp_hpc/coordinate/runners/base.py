@@ -1,5 +1,7 @@
 """What the coordinator, `dp_hpc.status` and `dp_hpc.cancel` need from an executor, whichever it
-is: the `Runner` interface, the job states it answers with, and the helpers every runner shares.
+is, by concern: `JobControl` (jobs by id: submit, poll, state, find, stop), `JobPolicy` (a value:
+job limits, poll interval, threads and processes per job), and `Runner`, which adds how jobs are
+deployed; the job states it answers with, and the helpers every runner shares.
 
 A runner submits job arrays, tells the state of jobs by id (also of jobs that an earlier
 coordinator process submitted before it died), finds the jobs of a submission that was not
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Protocol, Sequence
+from typing import AbstractSet, Any, Callable, Mapping, Protocol, Sequence
 
 from submitit.core.utils import pickle_load
 
@@ -42,33 +44,32 @@ class QueryError(RuntimeError):
     """The executor did not answer a question about its jobs (squeue failed): nothing can be said of them."""
 
 
-class Runner(Protocol):
-    """One per sweep; `folder` arguments are where submitit writes a run's pickles and logs."""
+JOB_KINDS = ("generator", "generate", "train", "eval")
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How much a sweep may run, how often it looks, how big its jobs' processes are: what the
+    executor's configuration says (the sweep loop, the coordinator and the generator stage read it)."""
+
+    poll_interval_s: float  # seconds between the sweep's polls
+    max_jobs: int  # jobs (array tasks included) of the sweep running or queued at once
+    max_submitted_per_poll: int | None  # jobs submitted in one poll at most (None: no limit beyond max_jobs)
+    threads: Mapping[str, int]  # torch threads of a job of each kind (JOB_KINDS)
+    train_procs: int | None  # processes per node of a training job started through torchrun; None: in the job's own process
+
+    def threads_for(self, kind: str) -> int:
+        return self.threads[kind]
+
+
+class JobControl(Protocol):
+    """Jobs by id: submit, poll, state, find, stop. All that reading a job record needs (the
+    coordinator's jobs, and `dp_hpc.status` and `dp_hpc.cancel` outside it: `record_readers`)."""
 
     kind: str
     """local | debug | slurm: recorded with every job (JobRecord.executor: how its id is read)."""
-    poll_interval_s: float
-    """Seconds between the sweep's polls."""
-    max_jobs: int
-    """Jobs (array tasks included) of the sweep running or queued at once."""
-    max_submitted_per_poll: int | None
-    """Jobs (array tasks included) submitted in one poll at most (None: no limit beyond max_jobs)."""
-    detached: bool
-    """Jobs outlive the process that submitted them (SLURM): the sweep is driven by a coordinator
-    job, and a Ctrl-C in the terminal does not reach them."""
-    uses_sbatch: bool
-    """Jobs are sbatch jobs: `--dry-run` shows their sbatch options and a GPU-hour estimate."""
     label: str
     """How messages name its jobs ("SLURM job 12", "local job 4711")."""
-    runs_from_snapshot: bool
-    """Jobs run from the sweep's code snapshot (dp_hpc.code_snapshot: SLURM jobs start later, on
-    other machines), not from the checkout the launcher imported."""
-    env: dict[str, str]
-    """Variables every job gets on top of the submitter's environment (the launcher adds the
-    snapshot's PYTHONPATH here)."""
-
-    def check(self, kinds: Sequence[str]) -> None:
-        """Fail early (UsageError) if the executor would refuse these kinds of job."""
 
     def job_name(self, name: str) -> str:
         """The name to submit a job under: unique where the jobs of an unrecorded submission are
@@ -76,12 +77,6 @@ class Runner(Protocol):
 
     def reads(self, executor: str) -> bool:
         """Can this runner tell the state of a job recorded under `executor`?"""
-
-    def threads_for(self, kind: str) -> int:
-        """torch threads of a job of this kind (generator | generate | train | eval)."""
-
-    def train_procs(self) -> int | None:
-        """Processes per node of a training job started through torchrun; None: in the job's own process."""
 
     def poll(self, job_ids: Sequence[str]) -> None:
         """Refresh the states of these jobs in one go."""
@@ -117,6 +112,28 @@ class Runner(Protocol):
     def unrecorded_jobs(self, folders: Sequence[Path]) -> list[tuple[Path, str]]:
         """(folder, job id) of jobs running in these folders that no record names and that
         `find_submitted` cannot find by name ([] where every job can be found by name)."""
+
+
+class Runner(JobControl, Protocol):
+    """One per sweep: job control, the executor's policy, and how jobs are deployed (what the
+    launcher and `--dry-run` need to know). `folder` arguments are where submitit writes a run's
+    pickles and logs."""
+
+    policy: JobPolicy
+    detached: bool
+    """Jobs outlive the process that submitted them (SLURM): the sweep is driven by a coordinator
+    job, and a Ctrl-C in the terminal does not reach them."""
+    uses_sbatch: bool
+    """Jobs are sbatch jobs: `--dry-run` shows their sbatch options and a GPU-hour estimate."""
+    runs_from_snapshot: bool
+    """Jobs run from the sweep's code snapshot (dp_hpc.code_snapshot: SLURM jobs start later, on
+    other machines), not from the checkout the launcher imported."""
+    env: dict[str, str]
+    """Variables every job gets on top of the submitter's environment (the launcher adds the
+    snapshot's PYTHONPATH here)."""
+
+    def check(self, kinds: Sequence[str]) -> None:
+        """Fail early (UsageError) if the executor would refuse these kinds of job."""
 
 
 def tail(path: Path, n: int = 15) -> str:

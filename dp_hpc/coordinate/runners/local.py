@@ -21,7 +21,8 @@ from typing import AbstractSet, Any, Callable, Sequence
 import submitit
 from submitit.core.utils import DelayedSubmission
 
-from dp_hpc.coordinate.runners.base import FAILED, RUNNING, SUCCEEDED, JobStatus, SubmitError, status_from_result
+from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, RUNNING, SUCCEEDED, JobPolicy, JobStatus, SubmitError,
+                                            status_from_result)
 from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job, stale_submissions
 from dp_hpc.jobs import LOCAL_CONTROLLER
 
@@ -43,9 +44,9 @@ class LocalRunner:
         self.kind = kind
         self.timeout_min = timeout_min
         self.threads = threads
-        self.poll_interval_s = poll_interval_s
-        self.max_jobs = max_jobs
-        self.max_submitted_per_poll = None  # max_jobs (a few) bounds a poll's work already
+        # max_jobs (a few) bounds a poll's work already; every job runs in its own process
+        self.policy = JobPolicy(poll_interval_s=poll_interval_s, max_jobs=max_jobs, max_submitted_per_poll=None,
+                                threads=dict.fromkeys(JOB_KINDS, threads), train_procs=None)
         self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> submitit jobs submitted by this process
         self._warm = WarmParent(self.env) if kind == "local" and warm_start else None
@@ -62,14 +63,6 @@ class LocalRunner:
     def reads(self, executor: str) -> bool:  # noqa: ARG002
         """Every recorded job is read as a local process (or a finished debug job)."""
         return True
-
-    def threads_for(self, kind: str) -> int:  # noqa: ARG002 (the slurm runner sizes by kind)
-        """torch threads of a job of this kind (generator | generate | train | eval)."""
-        return self.threads
-
-    def train_procs(self) -> int | None:
-        """Processes per node of a training job started through torchrun; None: in the job's own process."""
-        return None
 
     def poll(self, job_ids: Sequence[str]) -> None:
         """Refresh the states of these jobs in one go (local jobs are looked up one by one)."""

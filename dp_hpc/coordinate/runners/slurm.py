@@ -28,8 +28,8 @@ from typing import AbstractSet, Callable, Container, Iterator, Sequence
 import submitit
 
 from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
-from dp_hpc.coordinate.runners.base import (FAILED, LOST, RUNNING, JobStatus, QueryError, SubmitError, status_from_result,
-                                            tail)
+from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, LOST, RUNNING, JobPolicy, JobStatus, QueryError,
+                                            SubmitError, status_from_result, tail)
 from dp_hpc.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,12 @@ RESULT_GRACE_S = 30.0
 
 RESOURCES = {"generator": "generation", "generate": "generation", "eval": "generation",
              "train": "training", "coordinator": "coordinator"}
+
+
+def threads_per_task(cfg: SlurmConfig, kind: str) -> int:
+    """torch threads of a job of this kind: its cpus_per_task, shared by a training job's processes."""
+    job = getattr(cfg, RESOURCES[kind])
+    return max(1, job.cpus_per_task // (job.procs if kind == "train" else 1))
 
 
 def submitit_parameters(job: SlurmJobConfig, signal_delay_s: int, name: str) -> dict:
@@ -189,9 +195,10 @@ class SlurmRunner:
 
     def __init__(self, cfg: SlurmConfig, env: dict[str, str] | None = None, sweep_name: str = "dp_hpc"):
         self.cfg = cfg
-        self.poll_interval_s = cfg.poll_interval_s
-        self.max_jobs = cfg.max_queued_jobs
-        self.max_submitted_per_poll = cfg.max_submitted_per_poll
+        self.policy = JobPolicy(poll_interval_s=cfg.poll_interval_s, max_jobs=cfg.max_queued_jobs,
+                                max_submitted_per_poll=cfg.max_submitted_per_poll,
+                                threads={kind: threads_per_task(cfg, kind) for kind in JOB_KINDS},
+                                train_procs=cfg.training.procs)
         # torchrun kills its workers 30 s after a SIGTERM by default: give them the warning time
         # to finish a step and save instead (a ViT-B checkpoint is ~1.4 GB)
         self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
@@ -214,13 +221,6 @@ class SlurmRunner:
         """Not local or debug jobs: their ids are pids, which sacct does not know (or knows as some
         other job), so a sweep relaunched under SLURM reads them as local processes."""
         return executor not in ("local", "debug")
-
-    def threads_for(self, kind: str) -> int:
-        job = getattr(self.cfg, RESOURCES[kind])
-        return max(1, job.cpus_per_task // (job.procs if kind == "train" else 1))
-
-    def train_procs(self) -> int | None:
-        return self.cfg.training.procs
 
     # -- before anything is submitted
     def check(self, kinds: Sequence[str] = ("generation", "training")) -> None:

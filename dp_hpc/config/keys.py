@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from dp_hpc.config import RunConfig, SweepConfig, _type_name, to_dict
+from dp_hpc.config.loader import to_dict, type_name
+from dp_hpc.config.schema import RunConfig, SweepConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def describe(cls: type, defaults: Any = None, prefix: str = "") -> Iterator[KeyD
         if section is not None:  # walked into; an optional section (default null) lists its class's defaults
             yield from describe(section, None if value is _REQUIRED else value, f"{prefix}{f.name}.")
             continue
-        yield KeyDoc(prefix + f.name, _type_name(tp), value if value is _REQUIRED else to_dict(value),
+        yield KeyDoc(prefix + f.name, type_name(tp), value if value is _REQUIRED else to_dict(value),
                      docs.get(f.name, ""))
 
 
