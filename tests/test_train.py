@@ -310,6 +310,19 @@ def test_a_failed_background_write_stops_training_at_the_next_save(tmp_path, mon
     assert ckpt.complete_checkpoints(run) == []
 
 
+def test_a_rewritten_checkpoint_folder_drops_the_temporary_files_of_a_killed_write(tmp_path):
+    """A job SIGKILLed while writing step 10's state.pt leaves `.state.pt.<random>.tmp` there; the
+    rerun that writes step 10 again removes it (found by tests/test_chaos.py, seed 3)."""
+    folder = ckpt.checkpoint_dir(tmp_path, 10)
+    folder.mkdir(parents=True)
+    stale = [folder / ".state.pt.k2j4x8ab.tmp", folder / ".classifier.pt.q9w8e7zz.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    w = {"w": torch.ones(3)}
+    ckpt.save_checkpoint(tmp_path, {"model": w, "ema": w, "step": 10}, train_state(10, "plateau"))
+    assert sorted(p.name for p in folder.iterdir()) == ["classifier.pt", "state.pt", "train_state.json"]
+
+
 def test_a_pending_writes_error_is_raised_when_the_writer_closes(tmp_path, monkeypatch):
     """No save after the failed one (the job ends for another reason): leaving the writer's block
     waits for the write and raises its error; if the block itself raised, that error goes on and
@@ -416,7 +429,11 @@ def test_budget_is_idempotent_and_final_eval(reference):
     assert train_until_stop(reference) == ts  # budget reached: returns at once
     assert train_until_stop(reference, plateau_exit=False, max_steps=5) == ts
     assert metrics.read_metrics(reference) == lines
+    stale = [reference / ".eval.json.k2j4x8ab.tmp", reference / ".test_predictions.npz.q9w8e7zz.tmp"]
+    for p in stale:  # an evaluation SIGKILLed mid-write left them: this one removes them
+        p.write_bytes(b"half a file")
     result = evaluate_final(reference)
+    assert not any(p.exists() for p in stale)
     assert 0.5 < result["acc"] <= 1.0 and result["step"] == 200 and result["rounds"] == [0]
     assert json.loads((reference / "eval.json").read_text()) == result
     _check_test_predictions(reference, result)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dp_hpc.contracts import TrainState
-from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json
+from dp_hpc.io import atomic_write_bytes, atomic_write_json, read_json, remove_stale_temps
 from dp_hpc.layout import CHECKPOINT_DIR, CHECKPOINT_STATE, CLASSIFIER_FILE, TRAIN_STATE_FILE, RunDir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the coordinator and `status` can
@@ -94,6 +94,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, train_state: TrainS
     folder = checkpoint_dir(run_dir, train_state.step)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRAIN_STATE_FILE).unlink(missing_ok=True)  # overwriting: incomplete until the end
+    # a job killed mid-write of this step's files left their temporary files (a state.pt's size,
+    # 1.4 GB for ViT-B), and the rerun that completes the folder would keep them (tests/test_chaos.py,
+    # seed 3); this job is the run's one writer (train.lock), and no write of its own is in flight here
+    remove_stale_temps(folder, "*")
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(folder / STATE_FILE, buf.getvalue())

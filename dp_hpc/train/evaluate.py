@@ -31,7 +31,7 @@ from torch import nn
 from dp_hpc import metrics
 from dp_hpc.config import load_run_config
 from dp_hpc.data.eval_data import EvalSplit, open_eval_split
-from dp_hpc.io import atomic_write_json, read_json, run_lock
+from dp_hpc.io import atomic_write_json, read_json, remove_stale_temps, run_lock
 from dp_hpc.layout import EVAL_FILE, RunDir  # noqa: F401 (re-exported)
 from dp_hpc.predictions import write_test_predictions
 from dp_hpc.train.checkpoint import latest_checkpoint, load_classifier
@@ -144,7 +144,10 @@ def evaluate_final(run_dir: str | os.PathLike) -> dict:
 
 
 def _evaluate_final(run_dir: Path) -> dict:
-    done = read_json(RunDir(run_dir).eval)
+    rd = RunDir(run_dir)
+    for name in (rd.eval.name, rd.test_predictions.name):  # left by an evaluation killed mid-write:
+        remove_stale_temps(rd.path, name)  # this one holds the run's lock, so no write is in flight
+    done = read_json(rd.eval)
     if done is not None:
         return done
     latest = latest_checkpoint(run_dir)
