@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis.read import read_sweep
 from dp_hpc.config import flatten
+from dp_hpc.contracts import JobDetail
 
 METHOD_ORDER = ("static", "dp", "prune")
 PHASES = ("new", "generate", "train", "eval", "done", "failed")
@@ -60,7 +61,7 @@ def job_compute_s(job: dict) -> float:
     `detail`; NaN when the job did not record it (older runs)."""
     v = job.get("compute_s")
     if v is None:
-        v = (job.get("detail") or {}).get("compute_s")
+        v = JobDetail.from_json(job.get("detail")).compute_s
     try:
         return math.nan if v is None else float(v)
     except (TypeError, ValueError):
@@ -94,9 +95,8 @@ def gpu_hours(jobs: Sequence[dict]) -> float:
     """GPU-hours from SLURM accounting: sum over the run's ended jobs of elapsed x allocated GPUs
     (`elapsed_s`, `gpus` in a job's detail, recorded by the coordinator from sacct); NaN when no job
     has them (local runs)."""
-    used = [(j.get("detail") or {}) for j in jobs]
-    used = [d for d in used if "elapsed_s" in d and "gpus" in d]
-    return sum(d["elapsed_s"] * d["gpus"] for d in used) / 3600 if used else math.nan
+    used = [u for j in jobs if (u := JobDetail.from_json(j.get("detail")).usage) is not None]
+    return sum(u.elapsed_s * u.gpus for u in used) / 3600 if used else math.nan
 
 
 def run_info(raw: dict, threads: int = 1) -> dict:

@@ -269,7 +269,7 @@ class Cancel:
                 p = st.pending
                 for jid, detail in zip(self.adopted[run][1], p.details):  # as Coordinator._record
                     st.jobs.add(JobRecord(job_id=jid, kind=p.kind, round=p.round, submitted=p.submitted,
-                                          detail=dict(detail), executor=p.executor))
+                                          detail=detail, executor=p.executor))
                 st.pending, changed = None, True
             for t in targets:
                 job = next((j for j in st.jobs if j.job_id == t.job_id and j.status == "running"), None)
@@ -278,9 +278,7 @@ class Cancel:
                 status: JobStatus = self.readers[t.executor].status(run.logs, t.job_id, job.submitted)
                 if status.state == SUCCEEDED:
                     continue  # it finished anyway: the next coordinator reads its result
-                st.jobs.end(job, "lost", STOPPED_ERROR.format(time=now), status.log_path)
-                if status.usage:
-                    job.detail.update(status.usage)
+                st.jobs.end(job, "lost", STOPPED_ERROR.format(time=now), status.log_path, status.usage)
                 changed = True
             if changed:
                 save_state(run.path, st)

@@ -7,6 +7,11 @@ load); a file that lacks a field is refused by name, fields a newer writer added
   Written by the training job (rank 0, the last file of the folder: its completion marker); read
   by the training job that resumes, the coordinator's plan and consistency checks, the final
   evaluation, status, verify, the local runner's job wrapper and the tests.
+- `JobDetail`: what a job record says of its job besides kind and round (`detail` of a record in
+  `<run>/state.json`, `<run>/jobs/<array>.json` and `<run>/jobs.jsonl`), with `JobUsage`, the
+  accounting of an ended SLURM job. Written by the coordinator (a task's work when it submits, the
+  usage when the job has ended) and by `dp_hpc.cancel`; read by the next coordinator, cancel,
+  status, verify and the report.
 - `PendingSubmission`: a submission under way (record-then-submit, dp_hpc.coordinate.records),
   `pending` in `<run>/state.json`. Written by the coordinator before it submits; read by the next
   coordinator (to adopt the jobs by name) and by `dp_hpc.cancel` (to cancel them).
@@ -79,6 +84,56 @@ class TrainState:
         return cls(**_fields_from_json(cls, d, "train_state"))
 
 
+@dataclass(frozen=True, slots=True)
+class JobUsage:
+    """SLURM accounting of an ended job (sacct), for the report's GPU-hours."""
+
+    elapsed_s: int  # wall seconds
+    gpus: int  # GPUs allocated
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    """A job's work and, once it has ended on SLURM, its usage. A field that does not apply to the
+    job is None and absent from the JSON (the format it always had: a generation task's detail is
+    {"start": a, "stop": b}, a training job's {"plateau_exit": true}, an evaluation's {})."""
+
+    start: int | None = None  # generate: the task's first chunk
+    stop: int | None = None  # generate: the chunk after its last
+    plateau_exit: bool | None = None  # train: the job stops at a plateau to ask for new data
+    elapsed_s: int | None = None  # JobUsage of the ended job (SLURM)
+    gpus: int | None = None
+    compute_s: float | None = None  # model compute seconds: runs from before compute.jsonl recorded them here
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(start, stop): the chunk range a generation task writes; None for any other job."""
+        return None if self.start is None or self.stop is None else (self.start, self.stop)
+
+    @property
+    def usage(self) -> JobUsage | None:
+        return None if self.elapsed_s is None or self.gpus is None else JobUsage(self.elapsed_s, self.gpus)
+
+    def with_usage(self, usage: JobUsage) -> "JobDetail":
+        return dataclasses.replace(self, elapsed_s=usage.elapsed_s, gpus=usage.gpus)
+
+    def to_json(self) -> dict[str, Any]:
+        return {n: v for n in _DETAIL_FIELDS if (v := getattr(self, n)) is not None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "JobDetail":
+        """From a record's `detail` (None or absent: no detail); keys it does not know are ignored."""
+        if not d:
+            return _NO_DETAIL
+        if not isinstance(d, dict):
+            raise ValueError(f"job detail: expected a JSON object, got {type(d).__name__}")
+        return cls(**{n: d[n] for n in _DETAIL_FIELDS if n in d})
+
+
+_DETAIL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobDetail))
+_NO_DETAIL = JobDetail()
+
+
 def executor_of(name: str | None, executor: str | None) -> str:
     """The kind of runner that submitted a recorded job: its `executor`, or for records written
     before they named it (2026-11-29), inferred from the job name: a SLURM runner's ends in a
@@ -97,7 +152,7 @@ class PendingSubmission:
     kind: str  # generator | generate | train | eval
     round: int
     submitted: float  # time.time() before the submission
-    details: tuple[dict, ...]  # one per task: its JobRecord's detail
+    details: tuple[JobDetail, ...]  # one per task: its JobRecord's detail
     executor: str  # local | debug | slurm
 
     def __post_init__(self):
@@ -105,11 +160,13 @@ class PendingSubmission:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "round": self.round, "submitted": self.submitted,
-                "details": [dict(d) for d in self.details], "executor": self.executor}
+                "details": [d.to_json() for d in self.details], "executor": self.executor}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PendingSubmission":
         """From state.json's `pending` with its details in place (dp_hpc.coordinate.state.store reads
         a details file)."""
         d = {**d, "executor": executor_of(d.get("name"), d.get("executor"))}
-        return cls(**_fields_from_json(cls, d, "pending submission"))
+        fields = _fields_from_json(cls, d, "pending submission")
+        fields["details"] = tuple(JobDetail.from_json(x) for x in fields["details"] or ())
+        return cls(**fields)

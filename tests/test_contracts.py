@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from dp_hpc.contracts import PendingSubmission, TrainState
+from dp_hpc.contracts import JobDetail, JobUsage, PendingSubmission, TrainState
+from dp_hpc.coordinate.state import JobRecord
 from dp_hpc.train.checkpoint import latest_checkpoint, unreadable_train_states
 
 # a train_state.json as the training loop has written it since its first version (keys in file order)
@@ -42,9 +43,40 @@ def test_pending_submission_round_trips_and_older_intents_name_their_executor():
     old = {"name": "run-train-0123abcd", "kind": "train", "round": 0, "submitted": 5.0,
            "details": [{"plateau_exit": True}]}  # written before intents named their executor
     p = PendingSubmission.from_json(old)
-    assert p.executor == "slurm" and p.details == ({"plateau_exit": True},)
+    assert p.executor == "slurm" and p.details == (JobDetail(plateau_exit=True),)
     assert p.to_json() == {**old, "executor": "slurm"}
     assert PendingSubmission.from_json({**old, "name": "run-train"}).executor == "local"
     assert PendingSubmission.from_json({**old, "executor": "debug"}).executor == "debug"
     with pytest.raises(ValueError, match="pending submission: missing kind"):
         PendingSubmission.from_json({k: v for k, v in old.items() if k != "kind"})
+
+
+def test_job_details_read_and_write_the_formats_each_kind_of_job_has_always_had():
+    for kind, text in (("generate", '{"start": 8, "stop": 12}'), ("train", '{"plateau_exit": false}'), ("eval", "{}"),
+                       ("generate", '{"start": 0, "stop": 4, "elapsed_s": 1800, "gpus": 1}')):
+        d = JobDetail.from_json(json.loads(text))
+        assert json.dumps(d.to_json()) == text, kind
+    d = JobDetail.from_json({"start": 8, "stop": 12})
+    assert (d.shard, d.usage, d.plateau_exit) == ((8, 12), None, None)
+    assert JobDetail(plateau_exit=True).shard is None and JobDetail(start=3).shard is None
+    ended = d.with_usage(JobUsage(elapsed_s=60, gpus=2))
+    assert ended.usage == JobUsage(60, 2) and ended.shard == (8, 12) and d.usage is None  # frozen: d unchanged
+    assert JobDetail.from_json(None) == JobDetail.from_json({}) == JobDetail()
+    assert JobDetail.from_json({"start": 1, "stop": 2, "added_later": 1}) == JobDetail(start=1, stop=2)
+    with pytest.raises(ValueError, match="job detail: expected a JSON object"):
+        JobDetail.from_json([1, 2])
+
+
+def test_a_job_record_round_trips_through_its_json_line_and_its_end_records_the_usage():
+    from dp_hpc.coordinate.state import JobTable
+
+    line = ('{"job_id": "12_3", "kind": "generate", "round": 1, "submitted": 5.0, "status": "running", '
+            '"detail": {"start": 4, "stop": 6}, "error": null, "log_path": null, "executor": "slurm"}')
+    job = JobRecord.from_json(json.loads(line))
+    assert job.detail == JobDetail(start=4, stop=6) and json.dumps(job.to_json()) == line
+    table = JobTable([job])
+    table.end(job, "succeeded", usage=JobUsage(elapsed_s=30, gpus=1))
+    assert job.to_json()["detail"] == {"start": 4, "stop": 6, "elapsed_s": 30, "gpus": 1}
+    assert JobRecord.from_json({**json.loads(line), "detail": None}).detail == JobDetail()  # hand-made states
+    with pytest.raises(TypeError):
+        JobRecord.from_json({"job_id": "1", "kind": "eval"})  # no whole record: read_ended skips such a line

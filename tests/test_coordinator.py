@@ -10,6 +10,7 @@ import time
 
 from submitit.core.utils import cloudpickle_dump
 
+from dp_hpc.contracts import JobDetail
 from dp_hpc.config import RunConfig
 from dp_hpc.coordinate.coordinator import Coordinator, Slots
 from dp_hpc.coordinate.runners.base import FAILED, JOB_KINDS, LOST, SUCCEEDED, JobPolicy, JobStatus
@@ -51,7 +52,7 @@ def test_two_failing_array_tasks_leave_a_run_that_a_relaunch_retries(tmp_path):
                              "3": JobStatus(LOST, "killed")})
     c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for jid, (a, b) in zip("123", [(0, 4), (4, 8), (8, 12)]):
-        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail={"start": a, "stop": b}))
+        c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=0, detail=JobDetail(start=a, stop=b)))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=2))
     st = load_state(c.run_dir)
@@ -71,7 +72,7 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
     c = Coordinator.open(tmp_path / "run", RunConfig(), runner, tmp_path / "gen")
     for i in range(6):  # six tasks of one round, six different chunk ranges, lost together
         c.state.jobs.add(JobRecord(job_id=str(i), kind="generate", round=0, submitted=0,
-                                   detail={"start": 4 * i, "stop": 4 * i + 4}))
+                                   detail=JobDetail(start=4 * i, stop=4 * i + 4)))
     save_state(c.run_dir, c.state)
     c.advance(Slots(free=0))  # no slots: the redo is planned but nothing is submitted
     st = load_state(c.run_dir)
@@ -80,7 +81,7 @@ def test_many_tasks_lost_at_once_do_not_fail_a_run_but_the_same_work_lost_again_
         jid = f"again{attempt}"
         runner.states[jid] = JobStatus(LOST, "killed")
         c.state.jobs.add(JobRecord(job_id=jid, kind="generate", round=0, submitted=1 + attempt,
-                                   detail={"start": 2, "stop": 6}))
+                                   detail=JobDetail(start=2, stop=6)))
         c.advance(Slots(free=0))
     st = load_state(c.run_dir)
     assert st.phase == "failed" and "jobs keep dying without a result" in st.error and "again2" in st.error
@@ -132,7 +133,7 @@ def test_a_run_ends_only_with_its_last_job_and_local_records_are_read_locally_un
     try:
         c.state.phase = "done"
         c.state.jobs.add(JobRecord(job_id=str(proc.pid), kind="eval", round=0, submitted=time.time() - 5,
-                                   detail={}, executor="local"))
+                                   detail=JobDetail(), executor="local"))
         save_state(c.run_dir, c.state)
         assert c.running_job_ids() == [], "a local pid must not be polled through sacct"
         c.advance(Slots(free=1))

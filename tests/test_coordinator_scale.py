@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from coordinator_scale import simulate  # noqa: E402
 from slurm_sim import Faults  # noqa: E402
 
+from dp_hpc.contracts import JobDetail
 from dp_hpc.coordinate.state import (JobRecord, JobTable, RunState, compact_jobs, full_state_json,  # noqa: E402
                                      load_state, parse_ranges, ranges_text, save_state)
 
@@ -50,24 +51,24 @@ def test_ranges_round_trip_and_compact_jobs_group_array_tasks():
 
 def test_an_old_state_json_with_every_job_inline_loads_and_moves_ended_jobs_out(tmp_path):
     old = RunState(jobs=JobTable(JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
-                                           detail={"start": i, "stop": i + 1}, status="succeeded" if i < 2 else "running")
+                                           detail=JobDetail(start=i, stop=i + 1), status="succeeded" if i < 2 else "running")
                                  for i in range(4)))
     from dp_hpc.io import atomic_write_json
 
     atomic_write_json(tmp_path / "state.json", old.to_json())  # the format before job_arrays
     st = load_state(tmp_path)
-    assert [(j.job_id, j.status, j.detail["start"]) for j in st.jobs] == [
+    assert [(j.job_id, j.status, j.detail.start) for j in st.jobs] == [
         ("7_0", "succeeded", 0), ("7_1", "succeeded", 1), ("7_2", "running", 2), ("7_3", "running", 3)]
     save_state(tmp_path, st)
     again = load_state(tmp_path)
-    assert sorted((j.job_id, j.status, j.detail["start"]) for j in again.jobs) == sorted(
-        (j.job_id, j.status, j.detail["start"]) for j in st.jobs)
+    assert sorted((j.job_id, j.status, j.detail.start) for j in again.jobs) == sorted(
+        (j.job_id, j.status, j.detail.start) for j in st.jobs)
     assert (tmp_path / "jobs.jsonl").read_text().count("\n") == 2
 
 
 def _array_state(n: int = 4) -> RunState:
     st = RunState(jobs=JobTable(JobRecord(job_id=f"7_{i}", kind="generate", round=0, submitted=1.0, executor="slurm",
-                                          detail={"start": i, "stop": i + 1}) for i in range(n)))
+                                          detail=JobDetail(start=i, stop=i + 1)) for i in range(n)))
     st.jobs.add(JobRecord(job_id="8", kind="train", round=0, submitted=2.0, executor="slurm"))
     return st
 
@@ -146,7 +147,7 @@ def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
             array = str(100 + step)
             for t in range(rng.randint(1, 6)):
                 st.jobs.add(JobRecord(job_id=f"{array}_{t}", kind="generate", round=0, submitted=submitted,
-                                     executor="slurm", detail={"start": t, "stop": t + 1}))
+                                     executor="slurm", detail=JobDetail(start=t, stop=t + 1)))
             if rng.random() < 0.3:
                 st.jobs.add(JobRecord(job_id=array, kind="train", round=0, submitted=submitted, executor="slurm"))
         elif move < 0.8:
@@ -159,7 +160,7 @@ def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
             st = load_state(tmp_path)
         assert st.running_jobs() == [j for j in st.jobs if j.status == "running"]
         assert st.running_jobs("train") == [j for j in st.jobs if j.status == "running" and j.kind == "train"]
-        assert set(st.running_shards(0)) == {(j.detail["start"], j.detail["stop"]) for j in st.jobs
+        assert set(st.running_shards(0)) == {(j.detail.start, j.detail.stop) for j in st.jobs
                                              if j.status == "running" and j.kind == "generate"}
         if rng.random() < 0.5:
             save_state(tmp_path, st)
@@ -172,5 +173,5 @@ def test_the_job_index_saves_what_a_walk_of_every_record_would(tmp_path):
     assert len(ended) > 20 and st.running_jobs()  # the mix did end many jobs and left some running
     save_state(tmp_path, st)
     again = load_state(tmp_path)  # the running ones rebuilt from state.json's ranges and jobs/<array>.json
-    assert sorted((j.job_id, j.status, j.log_path, j.detail["start"] if j.detail else None) for j in again.jobs) == sorted(
-        (j.job_id, j.status, j.log_path, j.detail["start"] if j.detail else None) for j in st.jobs)
+    assert sorted((j.job_id, j.status, j.log_path, j.detail.start) for j in again.jobs) == sorted(
+        (j.job_id, j.status, j.log_path, j.detail.start) for j in st.jobs)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from dp_hpc.contracts import JobDetail
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.config import MethodConfig, PoolConfig
 from dp_hpc.coordinate.state import JobRecord
@@ -25,10 +26,10 @@ def test_generate_phase_creates_then_submits_missing_shards_then_completes():
     assert isinstance(P.plan(st, P.Observation(), m, POOL), P.CreateRound)
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL)
     assert a == P.SubmitShards(0, ((2, 4), (4, 5)))  # shard (0,2) is done; chunk 3 done but 2 not
-    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 2, "stop": 4}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail=JobDetail(start=2, stop=4)))
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL)
     assert a == P.SubmitShards(0, ((4, 5),))  # only what no running task covers
-    st.jobs.add(JobRecord(job_id="2", kind="generate", round=0, submitted=0, detail={"start": 4, "stop": 5}))
+    st.jobs.add(JobRecord(job_id="2", kind="generate", round=0, submitted=0, detail=JobDetail(start=4, stop=5)))
     assert isinstance(P.plan(st, P.Observation(round_created=True, done_chunks=frozenset({0, 1, 3})), m, POOL), P.Wait)
     a = P.plan(st, P.Observation(round_created=True, done_chunks=frozenset(range(5))), m, POOL)
     assert a == P.CompleteRound(0, None)
@@ -113,5 +114,5 @@ def test_a_previous_rounds_shard_still_exiting_does_not_hold_back_the_new_round(
     st = P.initial_state(m)
     st.rounds.append(P.next_round(st, m, 10))
     st.round = 1
-    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail=JobDetail(start=0, stop=2)))
     assert P.plan(st, P.Observation(round_created=True), m, POOL) == P.SubmitShards(1, ((0, 2), (2, 4), (4, 5)))

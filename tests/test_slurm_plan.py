@@ -13,6 +13,7 @@ import yaml
 
 from dp_hpc.config import load_sweep
 from dp_hpc.coordinate.config import SlurmJobConfig
+from dp_hpc.contracts import JobUsage
 from dp_hpc.coordinate.runners.slurm import expand_job_ids, gpus_in_tres, parse_sacct, parse_sacct_usage, sbatch_flags
 from dp_hpc.errors import ConfigError
 from e2e_helpers import ROOT, SMOKE, run_launch
@@ -33,8 +34,8 @@ def test_sacct_rows_with_elapsed_and_tres_give_states_and_gpu_usage():
     assert parse_sacct(text) == {"12_0": "COMPLETED", "12_1": "PENDING", "12_2": "PENDING", "13": "CANCELLED",
                                  "14": "COMPLETED"}
     usage = parse_sacct_usage(text)
-    assert usage["12_0"] == {"elapsed_s": 3600, "gpus": 2} and usage["13"] == {"elapsed_s": 60, "gpus": 4}
-    assert usage["14"] == {"elapsed_s": 30, "gpus": 0} and usage["12_1"]["elapsed_s"] == 0
+    assert usage["12_0"] == JobUsage(elapsed_s=3600, gpus=2) and usage["13"] == JobUsage(elapsed_s=60, gpus=4)
+    assert usage["14"] == JobUsage(elapsed_s=30, gpus=0) and usage["12_1"].elapsed_s == 0
     assert gpus_in_tres("cpu=8,gres/gpu:h100=3,gres/gpu:a100=1") == 4  # typed counts only: their sum
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dp_hpc.contracts import JobDetail
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.config import MethodConfig, PoolConfig
 from dp_hpc.coordinate.consistency import read_state, state_from_disk
@@ -128,9 +129,9 @@ def test_plan_mend_regenerates_passed_rounds_first():
     assert P.passed_rounds(dataclasses.replace(st, phase="failed", failed_phase="generate")) == [0]
     assert P.plan_mend(st, {}, m, pool) is None
     assert P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool) == P.SubmitShards(0, ((0, 2),))
-    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail={"start": 0, "stop": 2}))
+    st.jobs.add(JobRecord(job_id="1", kind="generate", round=0, submitted=0, detail=JobDetail(start=0, stop=2)))
     assert P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool) == P.SubmitShards(1, ((8, 10),))
-    st.jobs.add(JobRecord(job_id="2", kind="generate", round=1, submitted=0, detail={"start": 8, "stop": 10}))
+    st.jobs.add(JobRecord(job_id="2", kind="generate", round=1, submitted=0, detail=JobDetail(start=8, stop=10)))
     assert isinstance(P.plan_mend(st, {0: frozenset({1}), 1: frozenset({9})}, m, pool), P.Wait)
     assert P.plan_mend(st, {1: frozenset()}, m, pool) == P.CompleteRound(1, 30)  # recompute `selected`
 

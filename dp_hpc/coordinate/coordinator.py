@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dp_hpc import jobs
 from dp_hpc.config import RunConfig
-from dp_hpc.contracts import PendingSubmission
+from dp_hpc.contracts import JobDetail, PendingSubmission
 from dp_hpc.coordinate import plan as P
 from dp_hpc.coordinate.branch import branch_config, create_branch, existing_branches
 from dp_hpc.coordinate.records import adopt_unrecorded, submit_recorded
@@ -37,8 +37,8 @@ def work_keys(job: JobRecord) -> list[str]:
     (a redo may cover them with other tasks), else the job's kind and round. Counted run-wide, a
     node failure that takes a few of a 100k-task round's tasks at once failed the whole run
     (bench/coordinator_scale.py); counted per piece of work, only work that keeps dying does."""
-    if job.kind == "generate" and "start" in job.detail and "stop" in job.detail:
-        return [f"generate:{job.round}:{c}" for c in range(job.detail["start"], job.detail["stop"])]
+    if job.kind == "generate" and job.detail.shard is not None:
+        return [f"generate:{job.round}:{c}" for c in range(*job.detail.shard)]
     return [f"{job.kind}:{job.round}"]
 
 
@@ -231,10 +231,9 @@ class Coordinator:
             status = self._reader_of(job).status(self.logs, job.job_id, job.submitted)
             if status.state == RUNNING:
                 continue
-            st.jobs.end(job, status.state, status.error, status.log_path)
+            # usage (SLURM): elapsed seconds and allocated GPUs, for the report's GPU-hours
+            st.jobs.end(job, status.state, status.error, status.log_path, status.usage)
             changed = True
-            if status.usage:  # SLURM: elapsed seconds and allocated GPUs, for the report's GPU-hours
-                job.detail.update(status.usage)
             if st.phase == "failed" or (st.phase == "done" and not self.gaps):
                 continue  # already ended: a late sibling's outcome changes nothing
             if status.state == SUCCEEDED:
@@ -264,7 +263,7 @@ class Coordinator:
             if self._reader_of(j) is not self.runner:  # a pid is no SLURM job id: never scancel it
                 self._reader_of(j).cancel(self.logs, [j.job_id])
 
-    def _submit(self, kind: str, fn, args_list: list[tuple], details: list[dict], slots: Slots,
+    def _submit(self, kind: str, fn, args_list: list[tuple], details: list[JobDetail], slots: Slots,
                 round_index: int | None = None) -> bool:
         """Submit up to slots.free tasks, record-then-submit (dp_hpc.coordinate.records): the intent
         is saved in state.json first, under a job name of its own, so that if this process dies
@@ -327,7 +326,7 @@ class Coordinator:
                 step = st.rounds[r].classifier_step
                 threads = self.runner.policy.threads_for("generate")
                 args = [(run, r, a, b, str(self.generator_dir), step, threads) for a, b in shards]
-                details = [{"start": a, "stop": b} for a, b in shards]
+                details = [JobDetail(start=a, stop=b) for a, b in shards]
                 return self._submit("generate", jobs.GenerateShard(), args, details, slots, r)
             case P.CompleteRound(round_index=r, keep=keep, per_class=per_class):
                 self.pool.complete_round(r, keep=keep, per_class=per_class)
@@ -352,9 +351,9 @@ class Coordinator:
                 st.adding_data, changed = False, True
             case P.SubmitTrain(plateau_exit=plateau_exit):
                 args = (run, plateau_exit, self.runner.policy.threads_for("train"), self.runner.policy.train_procs)
-                return self._submit("train", jobs.Train(), [args], [{"plateau_exit": plateau_exit}], slots)
+                return self._submit("train", jobs.Train(), [args], [JobDetail(plateau_exit=plateau_exit)], slots)
             case P.SubmitEval():
-                return self._submit("eval", jobs.evaluate, [(run, self.runner.policy.threads_for("eval"))], [{}], slots)
+                return self._submit("eval", jobs.evaluate, [(run, self.runner.policy.threads_for("eval"))], [JobDetail()], slots)
             case _:
                 raise TypeError(f"unknown action {action!r}")
         if changed:

@@ -21,6 +21,8 @@ from typing import AbstractSet, Any, Callable, Mapping, Protocol, Sequence
 
 from submitit.core.utils import pickle_load
 
+from dp_hpc.contracts import JobUsage
+
 RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
 
 
@@ -29,7 +31,7 @@ class JobStatus:
     state: str  # running | succeeded | failed | lost (died without a result: killed, OOM, ...)
     error: str | None = None  # last lines of the traceback or of stderr
     log_path: str | None = None
-    usage: dict | None = None  # SLURM accounting of an ended job: elapsed_s, gpus (allocated)
+    usage: JobUsage | None = None  # SLURM accounting of an ended job
 
 
 class SubmitError(RuntimeError):

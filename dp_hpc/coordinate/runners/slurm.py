@@ -28,6 +28,7 @@ from typing import AbstractSet, Callable, Container, Iterator, Sequence
 import submitit
 
 from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
+from dp_hpc.contracts import JobUsage
 from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, LOST, RUNNING, JobPolicy, JobStatus, QueryError,
                                             SubmitError, status_from_result, tail)
 from dp_hpc.errors import UsageError
@@ -136,19 +137,19 @@ def gpus_in_tres(tres: str) -> int:
     return sum(int(v) for k, v in counts.items() if k.startswith("gres/gpu:"))
 
 
-def parse_sacct_usage(text: str, states: Container[str] | None = None) -> dict[str, dict]:
-    """`sacct -X -n -P -o JobID,State,ElapsedRaw,AllocTRES` output -> {job id: {elapsed_s, gpus}}, for the
+def parse_sacct_usage(text: str, states: Container[str] | None = None) -> dict[str, JobUsage]:
+    """`sacct -X -n -P -o JobID,State,ElapsedRaw,AllocTRES` output -> {job id: its usage}, for the
     GPU-hours of a sweep (elapsed x allocated GPUs; the report sums them). `states`: only rows in these
     states."""
     return parse_sacct_rows(text, states)[1]
 
 
-def parse_sacct_rows(text: str, usage_states: Container[str] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+def parse_sacct_rows(text: str, usage_states: Container[str] | None = None) -> tuple[dict[str, str], dict[str, JobUsage]]:
     """parse_sacct and parse_sacct_usage in one pass over the lines (a poll's sacct answer has a line
     per task in flight: 100k). Usage only of rows in `usage_states` (None: all): the poll reads it for
     ended jobs only, as parsing AllocTRES of every row was a third of a poll's CPU."""
     states: dict[str, str] = {}
-    usage: dict[str, dict] = {}
+    usage: dict[str, JobUsage] = {}
     for line in text.splitlines():
         fields = line.split("|")
         if len(fields) < 2:
@@ -160,7 +161,7 @@ def parse_sacct_rows(text: str, usage_states: Container[str] | None = None) -> t
         if (len(fields) >= 4 and (usage_states is None or state in usage_states)
                 and fields[2].strip().isdigit()):
             for j in ids:
-                usage[j] = {"elapsed_s": int(fields[2]), "gpus": gpus_in_tres(fields[3].strip())}
+                usage[j] = JobUsage(elapsed_s=int(fields[2]), gpus=gpus_in_tres(fields[3].strip()))
     return states, usage
 
 
@@ -204,7 +205,7 @@ class SlurmRunner:
         self.env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, cfg.signal_delay_s - 30)), **(env or {})}
         self.sweep_name = sweep_name
         self._states: dict[str, str] = {}  # job id -> sacct state at the last poll
-        self._usage: dict[str, dict] = {}  # job id -> {elapsed_s, gpus} at the last poll (parse_sacct_usage)
+        self._usage: dict[str, JobUsage] = {}  # job id -> its usage at the last poll (parse_sacct_usage)
         self._queued: set[str] = set()  # of the jobs sacct calls ended-by-preemption: still in squeue
         self._no_result_since: dict[str, float] = {}  # COMPLETED, result file not visible yet
         self._finished: dict[tuple[str, str], JobStatus] = {}

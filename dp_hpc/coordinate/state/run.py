@@ -65,4 +65,4 @@ class RunState:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, every job's whole record in `jobs` (the format of older state.json files)."""
-        return {**self.fields_json(), "jobs": [dataclasses.asdict(j) for j in self.jobs]}
+        return {**self.fields_json(), "jobs": [j.to_json() for j in self.jobs]}

@@ -23,7 +23,6 @@ records the files already hold.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dp_hpc.contracts import PendingSubmission
+from dp_hpc.contracts import JobDetail, PendingSubmission
 from dp_hpc.coordinate.state.run import RoundRecord, RunState
 from dp_hpc.coordinate.state.table import RUNNING, JobRecord, JobTable, array_task, parse_ranges
 from dp_hpc.io import atomic_write_json, read_json
@@ -53,7 +52,7 @@ def state_from_json(d: dict[str, Any], run_dir: Path | None = None) -> RunState:
         task = array_task(j.job_id)
         return task is not None and j.job_id in details.get(task[0], ())
 
-    d["jobs"] = JobTable((JobRecord(**j) for j in jobs), on_disk)
+    d["jobs"] = JobTable((JobRecord.from_json(j) for j in jobs), on_disk)
     pending = resolve_pending(d.get("pending"), run_dir)
     d["pending"] = None if pending is None else PendingSubmission.from_json(pending)
     return RunState(**d)
@@ -71,8 +70,8 @@ def all_jobs(d: dict[str, Any], run_dir: Path | None) -> tuple[list[dict], dict[
                                    read_json(_details_file(run_dir, a["array"]), {}) or {})
         for t in parse_ranges(a["tasks"]):
             jid = f"{a['array']}_{t}"
-            jobs.append(dataclasses.asdict(JobRecord(job_id=jid, kind=a["kind"], round=a["round"], submitted=a["submitted"],
-                                                     detail=dict(known.get(jid, {})), executor=a["executor"])))
+            jobs.append(JobRecord(job_id=jid, kind=a["kind"], round=a["round"], submitted=a["submitted"],
+                                  detail=JobDetail.from_json(known.get(jid)), executor=a["executor"]).to_json())
     ended = read_ended(run_dir) if run_dir is not None else {}
     if ended:
         jobs = [j for j in jobs if (j.get("job_id"), j.get("submitted")) not in ended] + list(ended.values())
@@ -138,7 +137,7 @@ def read_ended(run_dir: Path) -> dict[tuple[str, float], dict]:
     for line in text.splitlines():
         try:
             j = json.loads(line)
-            JobRecord(**j)  # a whole record
+            JobRecord.from_json(j)  # a whole record
         except (ValueError, TypeError):
             continue
         out[(j["job_id"], j["submitted"])] = j
@@ -159,14 +158,14 @@ def save_state(run_dir: Path, st: RunState) -> None:
     for j in table.unwritten_running:
         task = array_task(j.job_id) if j.status == RUNNING else None
         if task:
-            new_details.setdefault(task[0], {})[j.job_id] = j.detail
+            new_details.setdefault(task[0], {})[j.job_id] = j.detail.to_json()
     for array, add in new_details.items():
         path = rd.job_details(array)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {**(read_json(path, {}) or {}), **add})
     if table.unwritten_ended:
         with rd.jobs_log.open("ab+") as f:
-            lines = "".join(json.dumps(dataclasses.asdict(j), sort_keys=True) + "\n" for j in table.unwritten_ended)
+            lines = "".join(json.dumps(j.to_json(), sort_keys=True) + "\n" for j in table.unwritten_ended)
             if f.seek(0, os.SEEK_END) > 0:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":  # a torn last line (a crash while appending): it stays a line of its own

@@ -13,10 +13,11 @@ Also here, pure: how state.json groups running array tasks (`array_entry_key`, `
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Iterable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator
+
+from dp_hpc.contracts import JobDetail, JobUsage
 
 RUNNING = "running"
 
@@ -28,15 +29,27 @@ class JobRecord:
     round: int
     submitted: float
     status: str = RUNNING  # running | succeeded | failed | lost; changed by JobTable.end only
-    detail: dict = field(default_factory=dict)  # e.g. chunk range, plateau_exit
+    detail: JobDetail = field(default_factory=JobDetail)  # its work (chunk range, plateau_exit), its usage
     error: str | None = None
     log_path: str | None = None
     executor: str = "local"  # local | debug | slurm: how the job id is to be read
 
+    def to_json(self) -> dict[str, Any]:
+        """The record as state.json and jobs.jsonl hold it."""
+        return {"job_id": self.job_id, "kind": self.kind, "round": self.round, "submitted": self.submitted,
+                "status": self.status, "detail": self.detail.to_json(), "error": self.error,
+                "log_path": self.log_path, "executor": self.executor}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "JobRecord":
+        """From a record in state.json or jobs.jsonl; TypeError (a field it does not know or lacks) or
+        ValueError (a detail that is no JSON object) for what is no job record."""
+        return cls(**{**d, "detail": JobDetail.from_json(d.get("detail"))})
+
 
 def _shard(j: JobRecord) -> tuple[int, int]:
     """The chunk range a generation job writes."""
-    return j.detail["start"], j.detail["stop"]
+    return j.detail.start, j.detail.stop
 
 
 class JobTable:
@@ -64,11 +77,15 @@ class JobTable:
         """A job just submitted (or a record of one, running or ended)."""
         self._insert(job, True)
 
-    def end(self, job: JobRecord, status: str, error: str | None = None, log_path: str | None = None) -> None:
-        """Running job `job` of this table has ended with `status`, `error` and `log_path`."""
+    def end(self, job: JobRecord, status: str, error: str | None = None, log_path: str | None = None,
+            usage: JobUsage | None = None) -> None:
+        """Running job `job` of this table has ended with `status`, `error`, `log_path` and (SLURM)
+        the `usage` accounting recorded."""
         key = array_entry_key(job)
         del self._running[id(job)]  # KeyError: not a running job of this table
         job.status, job.error, job.log_path = status, error, log_path
+        if usage is not None:
+            job.detail = job.detail.with_usage(usage)
         del self._by_kind[job.kind][id(job)]
         if job.kind == "generate":
             shards = self._shards[job.round]
@@ -140,7 +157,7 @@ class JobTable:
             if key not in self._ranges:
                 self._ranges[key] = ranges_text(list(tasks))
             arrays.append(array_entry(key, self._ranges[key]))
-        return [dataclasses.asdict(j) for j in self._singles.values()], arrays
+        return [j.to_json() for j in self._singles.values()], arrays
 
 
 # -- how state.json groups running array tasks
@@ -186,7 +203,7 @@ def compact_jobs(jobs: Iterable[JobRecord]) -> tuple[list[dict], list[dict]]:
             continue
         key = array_entry_key(j)
         if key is None:
-            singles.append(dataclasses.asdict(j))
+            singles.append(j.to_json())
         else:
             groups.setdefault(key, []).append(array_task(j.job_id)[1])
     return singles, [array_entry(key, ranges_text(ts)) for key, ts in groups.items()]
