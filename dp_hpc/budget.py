@@ -38,7 +38,7 @@ IMAGENET_VAL_PER_CLASS = 50  # ImageNet's val set: 50 images of each class
 # Where a figure comes from when the sweep leaves it at its default (README: "Benchmarks", "GPU check").
 DEFAULT_SOURCES = {
     "plain_images_per_gpu_s": "an estimate for SD-1.5 on an A100, unmeasured: README, GPU check",
-    "guided_cost": "the paper's H100 figure; README's Benchmarks measured 1.24x on the CPU digits UNet",
+    "guided_cost": "the paper's, on an H100; README's Benchmarks: 1.24x on the CPU digits UNet",
     "train_images_per_gpu_s": "an estimate for ViT-B/16 on an A100, unmeasured: README, GPU check",
     "eval_images_per_gpu_s": "3x the training default, a forward pass only; unmeasured",
 }

@@ -115,22 +115,26 @@ def _gh(x: float) -> str:
     return f"{x:,.1f}"
 
 
-def _run_line(g: RunCost) -> str:
+def _run_lines(g: RunCost) -> list[str]:
+    """A run's total, then its generation, training and evaluation, and branch-outs."""
     first, rest = g.rounds[0], g.rounds[1:]
-    text = f"round 0: {first.generated:,} {first.kind} in {first.tasks} tasks ~{_gh(first.gpu_h)} GPU-h"
+    gen = f"round 0: {first.generated:,} {first.kind} in {first.tasks} tasks ~{_gh(first.gpu_h)} GPU-h"
     if rest:
         which = "round 1" if len(rest) == 1 else f"rounds 1-{len(rest)}"
         plain_guided = " (ω=0: plain rate)" if rest[0].kind == "guided" and not rest[0].steered else ""
-        text += (f"; {which}: {rest[0].generated:,} {rest[0].kind}{plain_guided} in {rest[0].tasks} tasks "
-                 f"~{_gh(rest[0].gpu_h)} GPU-h each")
+        gen += (f"; {which}: {rest[0].generated:,} {rest[0].kind}{plain_guided} in {rest[0].tasks} tasks "
+                f"~{_gh(rest[0].gpu_h)} GPU-h each")
     t = g.train
     wall = f" ({t.train_gpu_h / g.gpus:,.1f} h on {g.gpus} GPUs)" if g.gpus else ""
-    text += f"; training {t.steps:,} steps x {t.batch_size} ~{_gh(t.train_gpu_h)} GPU-h{wall}"
-    text += f"; evaluation {t.evals} x val + test ~{_gh(t.eval_gpu_h)} GPU-h"
+    lines = [f"{g.name}: {'up to ' if g.upper_bound else ''}{_gh(g.total)} GPU-h",
+             f"  generation: {gen}",
+             f"  training: {t.steps:,} steps x {t.batch_size} ~{_gh(t.train_gpu_h)} GPU-h{wall}; "
+             f"evaluation: {t.evals} x val + test ~{_gh(t.eval_gpu_h)} GPU-h"]
     if g.branches:
-        text += (f"; {len(g.branches)} branch-out(s) (after rounds {', '.join(str(b.round_index) for b in g.branches)}, "
-                 f"from steps {', '.join(f'{b.train.start_step:,}' for b in g.branches)}) ~{_gh(g.branch_gpu_h)} GPU-h")
-    return f"{text}; total {'up to ' if g.upper_bound else ''}{_gh(g.total)} GPU-h"
+        lines.append(f"  branch-outs: after rounds {', '.join(str(b.round_index) for b in g.branches)}, from steps "
+                     f"{', '.join(f'{b.train.start_step:,}' for b in g.branches)} ~{_gh(g.branch_gpu_h)} GPU-h "
+                     f"(training and evaluation)")
+    return lines
 
 
 def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
@@ -139,24 +143,24 @@ def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     tp = sweep.slurm.throughput
     costs = gpu_hours(sweep, runs)
     figures = {f.key: f for f in throughput_figures(tp)}
-    print("GPU-hours, if every planned round happens (dp and prune rounds come at plateaus, so 'up to'); assumed:")
+    print("GPU-hours, if every planned round happens (dp and prune rounds come at plateaus: 'up to'); assumed:")
     f = figures["plain_images_per_gpu_s"]
     print(f"  plain generation   {f.value:g} images/s per GPU ({f.source})")
     f = figures["guided_cost"]
-    print(f"  guided generation  {f.value:g}x a plain image's time ({f.source}); dp at ω = 0 and prune "
-          f"rounds sample plainly")
+    print(f"  guided generation  {f.value:g}x a plain image's time ({f.source}); dp at ω = 0 and prune rounds: plain")
     f = figures["train_images_per_gpu_s"]
-    print(f"  training           {f.value:g} images/s per GPU ({f.source})")
+    print(f"  training           {f.value:,g} images/s per GPU ({f.source})")
     f = figures["eval_images_per_gpu_s"]
+    print(f"  evaluation         {f.value:,g} images/s per GPU ({f.source})")
     sizes = {(s.val, s.test, s.source) for s in (eval_sizes(r.config.data, dataset_spec(r.config.data).num_classes, tp)
                                                  for r in runs)}
-    what = "; ".join(f"{v:,} val every eval_every steps, {t:,} test at the end ({src})" for v, t, src in sorted(sizes))
-    print(f"  evaluation         {f.value:g} images/s per GPU ({f.source}); {what}")
+    for val, test, src in sorted(sizes):
+        print(f"  evaluation sets    {val:,} val images every eval_every steps, {test:,} test at the end ({src})")
     if any(g.branches for g in costs):
         print("  branch-outs        train from their plateau to the end: plateaus assumed evenly spaced between "
               "warm-up and cool-down")
     for g in costs:
-        print(f"  {g.name}: {_run_line(g)}")
+        print("\n".join(f"  {line}" for line in _run_lines(g)))
     print("per arm (all its budgets and seeds): generation + training + evaluation")
     for a in arm_costs(costs):
         print(f"  {a.arm} ({a.runs} run{'s' if a.runs != 1 else ''}): {_gh(a.generation_gpu_h)} + "

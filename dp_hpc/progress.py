@@ -66,7 +66,7 @@ class SweepProgress:
         self.bars = {}
         self.last: dict[str, tuple] = {}  # run -> (phase, round) of its last line
         self.last_line: dict[str, tuple[float, int]] = {}  # run -> (time, step) of its last line
-        self.first_seen: dict[str, tuple[float, int]] = {}  # run -> (time, step) when first polled
+        self.first_seen: dict[str, tuple[float, int]] = {}  # run -> (time, step) last seen before it moved
         if self.live:
             w = max(len(c.name) for c in coordinators)
             for i, c in enumerate(coordinators):
@@ -86,6 +86,9 @@ class SweepProgress:
                 bar.refresh()
                 continue
             t0, step0 = self.first_seen.setdefault(c.name, (now, s["step"]))
+            if s["step"] == step0:  # not moving yet (generating, queued): the rate counts from its first step
+                t0 = now
+                self.first_seen[c.name] = (t0, step0)
             key = (s["phase"], s["round"])
             last_t, last_step = self.last_line.get(c.name, (now, s["step"]))
             moved_a_while = s["step"] != last_step and now - last_t >= self.interval_s

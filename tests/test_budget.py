@@ -118,3 +118,15 @@ def test_the_in1k_dry_run_ends_with_its_sweep_total(capsys):
     assert any(ln.startswith("  dp (5 runs): ") for ln in lines) and any(ln.startswith("  static (2 runs): ")
                                                                        for ln in lines)
     assert any("1.5 images/s per GPU (the sweep's slurm.throughput.plain_images_per_gpu_s)" in ln for ln in lines)
+
+
+def test_the_readmes_dry_run_budget_is_what_the_dry_run_prints(capsys):
+    from dp_hpc.dry_run import print_budget
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("**A dry run's budget.**")
+    block = readme[readme.index("```\n", start) + 4:]
+    block = block[:block.index("```")]
+    sweep, runs = load_sweep(ROOT / "sweeps" / "in1k.yaml")
+    print_budget(sweep, runs)
+    assert block == capsys.readouterr().out, "README's dry-run block is out of date: paste the output again"

@@ -64,12 +64,20 @@ def test_the_generator_writes_its_progress_at_a_steady_rate(tmp_path, monkeypatc
 def test_the_launcher_prints_a_training_generators_progress(tmp_path, caplog):
     gdir = tmp_path / "generators" / "abc"
     gdir.mkdir(parents=True)
-    log_generator_progress(gdir)  # nothing written yet (or a backend that writes none): no line
+    with caplog.at_level(logging.INFO, logger="dp_hpc.launch"):
+        log_generator_progress(gdir, 20.0)  # nothing written yet: the job is starting
+    assert caplog.records[-1].getMessage() == "generator abc: job starting or preparing (20 s since submission)"
+    caplog.clear()
     atomic_write_json(GeneratorDir(gdir).progress, {"step": 1500, "total": 3000, "start_step": 0, "seconds": 78.5,
                                                     "loss": 0.0321})
     with caplog.at_level(logging.INFO, logger="dp_hpc.launch"):
-        log_generator_progress(gdir)
+        log_generator_progress(gdir, 100.0)
     assert [r.getMessage() for r in caplog.records] == ["generator abc: step 1,500/3,000, loss 0.0321, ~1 min 18 s left"]
+    atomic_write_json(GeneratorDir(gdir).progress, {"step": 3000, "total": 3000, "start_step": 0, "seconds": 157.0,
+                                                    "loss": 0.02, "stage": "quality report and export"})
+    with caplog.at_level(logging.INFO, logger="dp_hpc.launch"):
+        log_generator_progress(gdir, 180.0)
+    assert caplog.records[-1].getMessage() == "generator abc: step 3,000/3,000, loss 0.0200; now: quality report and export"
 
 
 class FakeRun:
@@ -118,3 +126,4 @@ def test_a_training_generator_leaves_its_last_progress_in_its_folder(tmp_path, s
     unet.train_generator(cfg, splits.gen_train.images, splits.gen_train.labels, tmp_path, NUM_CLASSES)
     p = read_json(GeneratorDir(tmp_path).progress)
     assert (p["step"], p["total"], p["start_step"]) == (30, 30, 0) and p["loss"] > 0 and p["seconds"] > 0
+    assert p["stage"] == "quality report and export"  # what the job does after its last step

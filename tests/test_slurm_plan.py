@@ -83,7 +83,7 @@ def test_dry_run_on_slurm_prints_sbatch_options_and_gpu_hours(tmp_path):
     # dp: 128 plain (2 tasks of 64) at 0.1/s = 0.36 GPU-h; 128 guided at 2x = 0.71 GPU-h;
     # training 240 steps x 64 images at 64/s per GPU = 240 GPU-s = 0.07 GPU-h
     assert "round 0: 128 plain in 2 tasks ~0.4 GPU-h; round 1: 128 guided in 2 tasks ~0.7 GPU-h each" in out
-    assert "training 240 steps x 64 ~0.1 GPU-h" in out
+    assert "training: 240 steps x 64 ~0.1 GPU-h" in out
     assert not (tmp_path / "out").exists()
 
 
@@ -131,6 +131,6 @@ def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
     assert static.total == pytest.approx(static_budget / tp["plain_images_per_gpu_s"] / 3600 + train_h + eval_h)
 
     print_slurm_plan(sweep, runs)
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"  dp-budget{budget}:"))
-    assert line.endswith(f"total up to {expected_total:,.1f} GPU-h")
-    assert f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in line
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index(f"  dp-budget{budget}: up to {expected_total:,.1f} GPU-h")
+    assert lines[at + 2].startswith("    training: ") and f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in lines[at + 2]

@@ -143,6 +143,8 @@ def train_generator(
             t.save(GeneratorDir(out_dir).checkpoint)
     if t.state["step"] < cfg.train_steps:
         return {"complete": False, "step": t.state["step"]}
+    if losses:
+        progress.update(t.state["step"], losses[-cfg.log_every :], stage="quality report and export")
     return _finish(t, out_dir, len(y_all), eval_splits, sampler_cfg)
 
 
@@ -154,11 +156,13 @@ class _ProgressFile:
         self.path, self.start_step, self.total, self.clock = path, start_step, total, clock
         self.t0, self.due = clock(), Every(PROGRESS_EVERY_S, clock)
 
-    def update(self, step: int, recent_losses: list[float]) -> None:
-        if self.due():
-            atomic_write_json(self.path, {"step": step, "total": self.total, "start_step": self.start_step,
-                                          "seconds": round(self.clock() - self.t0, 2),
-                                          "loss": float(np.mean(recent_losses))})
+    def update(self, step: int, recent_losses: list[float], stage: str | None = None) -> None:
+        """`stage`: the work after the last step, written at once (the launcher's last line says it)."""
+        if stage is None and not self.due():
+            return
+        record = {"step": step, "total": self.total, "start_step": self.start_step,
+                  "seconds": round(self.clock() - self.t0, 2), "loss": float(np.mean(recent_losses))}
+        atomic_write_json(self.path, record if stage is None else {**record, "stage": stage})
 
 
 class _Training:
