@@ -45,7 +45,7 @@ from torch import nn
 from dp_hpc.data.digits import Splits
 from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator  # noqa: F401 (MARKER: re-exported)
 from dp_hpc.generate.sampler import sample_images
-from dp_hpc.io import atomic_write_bytes, atomic_write_json
+from dp_hpc.io import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from dp_hpc.layout import GENERATOR_CHECKPOINT, GeneratorDir
 from dp_hpc.progress import Every
 from dp_hpc.train.model import build_classifier, predictive_entropy
@@ -154,6 +154,7 @@ class _ProgressFile:
 
     def __init__(self, path: Path, start_step: int, total: int, clock=time.monotonic):
         self.path, self.start_step, self.total, self.clock = path, start_step, total, clock
+        remove_stale_temps(path.parent, path.name)  # of a killed write (this job holds the generator lock)
         self.t0, self.due = clock(), Every(PROGRESS_EVERY_S, clock)
 
     def update(self, step: int, recent_losses: list[float], stage: str | None = None) -> None:
@@ -162,7 +163,10 @@ class _ProgressFile:
             return
         record = {"step": step, "total": self.total, "start_step": self.start_step,
                   "seconds": round(self.clock() - self.t0, 2), "loss": float(np.mean(recent_losses))}
-        atomic_write_json(self.path, record if stage is None else {**record, "stage": stage})
+        try:
+            atomic_write_json(self.path, record if stage is None else {**record, "stage": stage})
+        except OSError as e:  # only what the launcher shows: never a reason to stop training
+            logger.warning("progress not written (%s); training goes on", e)
 
 
 class _Training:
