@@ -1,5 +1,6 @@
 """Progress of long work at a steady rate: a live line per run while a sweep runs (tqdm on a
-terminal; plain log lines otherwise, at least every `interval_s` while a run's step moves), and the
+terminal; plain log lines otherwise: at each phase change, and every `interval_s` while a run's
+training step or its round's written chunks move), and the
 pieces other loops use (the generator's training): `Every` (a rate limit on an injectable clock)
 and `progress_line` (step, loss, time left)."""
 
@@ -57,6 +58,15 @@ def progress_line(what: str, step: int, total: int, seconds: float, start_step: 
     return text
 
 
+def generated_chunks(c) -> tuple[int, int] | None:
+    """(chunks written, chunks) of the round a run is generating: one listing of its markers."""
+    rounds = c.state.rounds
+    if not rounds or c.state.round >= len(rounds):
+        return None
+    total = -(-rounds[c.state.round].generated // c.cfg.pool.chunk_size)
+    return len(c.pool.done_chunks(c.state.round)), total
+
+
 class SweepProgress:
     def __init__(self, coordinators, interval_s: float = LINE_EVERY_S, clock: Callable[[], float] = time.monotonic,
                  live: bool | None = None):
@@ -65,7 +75,7 @@ class SweepProgress:
         self.interval_s, self.clock = interval_s, clock
         self.bars = {}
         self.last: dict[str, tuple] = {}  # run -> (phase, round) of its last line
-        self.last_line: dict[str, tuple[float, int]] = {}  # run -> (time, step) of its last line
+        self.last_line: dict[str, tuple[float, tuple]] = {}  # run -> (time, (step, chunks)) of its last line
         self.first_seen: dict[str, tuple[float, int]] = {}  # run -> (time, step) last seen before it moved
         if self.live:
             w = max(len(c.name) for c in coordinators)
@@ -78,7 +88,9 @@ class SweepProgress:
         for c in self.coordinators:
             s = c.summary()
             acc = "-" if s["best_val_acc"] is None else f"{s['best_val_acc']:.3f}"
-            text = f"{s['phase']} r{s['round']} pool={s['pool_size']} val={acc}"
+            chunks = generated_chunks(c) if s["phase"] == "generate" else None
+            text = f"{s['phase']} r{s['round']}" + (f" chunks {chunks[0]}/{chunks[1]}" if chunks else "") + \
+                f" pool={s['pool_size']} val={acc}"
             if self.live:
                 bar = self.bars[c.name]
                 bar.n = s["step"]
@@ -89,12 +101,12 @@ class SweepProgress:
             if s["step"] == step0:  # not moving yet (generating, queued): the rate counts from its first step
                 t0 = now
                 self.first_seen[c.name] = (t0, step0)
-            key = (s["phase"], s["round"])
-            last_t, last_step = self.last_line.get(c.name, (now, s["step"]))
-            moved_a_while = s["step"] != last_step and now - last_t >= self.interval_s
+            key, where = (s["phase"], s["round"]), (s["step"], chunks)
+            last_t, last_where = self.last_line.get(c.name, (now, where))
+            moved_a_while = where != last_where and now - last_t >= self.interval_s
             if self.last.get(c.name) != key or moved_a_while:  # a line per phase change, and while it runs
                 log.info("%s (%s)", progress_line(c.name, s["step"], c.cfg.train.total_steps, now - t0, step0), text)
-                self.last_line[c.name] = (now, s["step"])
+                self.last_line[c.name] = (now, where)
             self.last[c.name] = key
 
     def close(self) -> None:

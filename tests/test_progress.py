@@ -109,6 +109,23 @@ def test_a_sweep_without_a_terminal_logs_each_run_at_a_steady_rate_while_it_move
     assert caplog.records[-1].getMessage().startswith("dp-seed0: step 1,000/1,000 (eval r0")
 
 
+def test_a_generating_run_reports_its_chunks_while_they_are_written(caplog):
+    clock, run = FakeClock(), FakeRun("dp-seed0")
+    done: set[int] = set()
+    run.s.update(phase="generate", round=1, step=500)
+    run.state = SimpleNamespace(round=1, rounds=[SimpleNamespace(generated=256), SimpleNamespace(generated=640)])
+    run.cfg.pool = SimpleNamespace(chunk_size=64)
+    run.pool = SimpleNamespace(done_chunks=lambda r: set(done) if r == 1 else set())
+    progress = SweepProgress([run], interval_s=15.0, clock=clock, live=False)
+    with caplog.at_level(logging.INFO, logger="dp_hpc.progress"):
+        for t in range(40):  # a chunk every 4 s, 10 chunks of 64 in all
+            done.update(range(min(t // 4, 10)))
+            progress.update()
+            clock.now += 1
+    assert [r.getMessage().split("(")[1].split(" pool")[0] for r in caplog.records] == [
+        "generate r1 chunks 0/10", "generate r1 chunks 3/10", "generate r1 chunks 7/10"]
+
+
 def test_a_finished_launch_says_where_the_results_are_and_what_to_run_next():
     text = next_steps_text(Path("runs/digits"))
     assert "results: runs/digits/" in text
