@@ -164,7 +164,7 @@ def eval_sizes(data: DataConfig, num_classes: int, tp: ThroughputConfig) -> Eval
     `test_images`, else 50 per class on imagenet (its val set) and the split's size on digits."""
     if data.dataset == "digits":
         val, test = round(DIGITS_IMAGES * data.val_fraction), round(DIGITS_IMAGES * data.test_fraction)
-        source = f"the digits splits of {DIGITS_IMAGES} images"
+        source = f"the digits splits of {DIGITS_IMAGES:,} images"
     else:
         val = test = IMAGENET_VAL_PER_CLASS * num_classes
         source = f"{IMAGENET_VAL_PER_CLASS} per class, the size of ImageNet's val set"

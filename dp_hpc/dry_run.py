@@ -112,7 +112,8 @@ def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
 
 
 def _gh(x: float) -> str:
-    return f"{x:,.1f}"
+    """GPU-hours: one decimal, two significant digits below 0.1 (a small sweep is not all 0.0)."""
+    return f"{x:.2g}" if 0 < x < 0.1 else f"{x:,.1f}"
 
 
 def _run_lines(g: RunCost) -> list[str]:
@@ -131,7 +132,8 @@ def _run_lines(g: RunCost) -> list[str]:
              f"  training: {t.steps:,} steps x {t.batch_size} ~{_gh(t.train_gpu_h)} GPU-h{wall}; "
              f"evaluation: {t.evals} x val + test ~{_gh(t.eval_gpu_h)} GPU-h"]
     if g.branches:
-        lines.append(f"  branch-outs: after rounds {', '.join(str(b.round_index) for b in g.branches)}, from steps "
+        s = "s" if len(g.branches) > 1 else ""
+        lines.append(f"  branch-outs: after round{s} {', '.join(str(b.round_index) for b in g.branches)}, from step{s} "
                      f"{', '.join(f'{b.train.start_step:,}' for b in g.branches)} ~{_gh(g.branch_gpu_h)} GPU-h "
                      f"(training and evaluation)")
     return lines

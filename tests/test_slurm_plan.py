@@ -83,7 +83,7 @@ def test_dry_run_on_slurm_prints_sbatch_options_and_gpu_hours(tmp_path):
     # dp: 128 plain (2 tasks of 64) at 0.1/s = 0.36 GPU-h; 128 guided at 2x = 0.71 GPU-h;
     # training 240 steps x 64 images at 64/s per GPU = 240 GPU-s = 0.07 GPU-h
     assert "round 0: 128 plain in 2 tasks ~0.4 GPU-h; round 1: 128 guided in 2 tasks ~0.7 GPU-h each" in out
-    assert "training: 240 steps x 64 ~0.1 GPU-h" in out
+    assert "training: 240 steps x 64 ~0.067 GPU-h" in out
     assert not (tmp_path / "out").exists()
 
 
