@@ -1,22 +1,22 @@
 """`launch --dry-run`: the plan of a sweep before anything runs: per run its planned rounds and pool
-storage, and on SLURM the sbatch options of every kind of job and a GPU-hour estimate.
+storage, and on SLURM the sbatch options of every kind of job and the GPU-hour budget (per run, per
+arm, and a closing `sweep total:` line).
 
-The numbers are pure functions of the sweep (`plan_rows`, `gpu_hours`), printed by `print_plan`
-and `print_slurm_plan`; `dry_run` prints them and then runs every check of dp_hpc.preflight.
+The numbers are pure functions of the sweep (`plan_rows`, dp_hpc.budget via `gpu_hours`), printed by
+`print_plan`, `print_slurm_plan` and `print_budget`; `dry_run` prints them and then runs every check of dp_hpc.preflight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dp_hpc.budget import RunCost, arm_costs, eval_sizes, sweep_costs, sweep_total, throughput_figures
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig
-from dp_hpc.coordinate.config import ThroughputConfig
 from dp_hpc.coordinate.runners import make_runner, runner_class
 from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.spec import dataset_spec
@@ -38,30 +38,6 @@ class PlanRow:
     pool_bytes: float
     steps: int
     rounds: str  # describe_rounds
-
-
-@dataclass(frozen=True)
-class RoundHours:
-    kind: str  # plain | guided | prune
-    generated: int
-    tasks: int  # array tasks (shards)
-    gpu_h: float
-
-
-@dataclass(frozen=True)
-class GpuHours:
-    """One run's GPU-hour estimate, if every planned round happens (dp rounds happen at plateaus)."""
-
-    name: str
-    rounds: list[RoundHours]
-    train_steps: int
-    batch_size: int
-    train_gpu_h: float
-    gpus: int  # GPUs of one training job
-
-    @property
-    def total(self) -> float:
-        return sum(r.gpu_h for r in self.rounds) + self.train_gpu_h
 
 
 def describe_rounds(cfg: RunConfig) -> str:
@@ -90,24 +66,12 @@ def plan_rows(runs: list[PlannedRun]) -> list[PlanRow]:
     return rows
 
 
-def gpu_hours(sweep: SweepConfig, runs: list[PlannedRun]) -> list[GpuHours]:
-    """Generation at `throughput.plain_images_per_gpu_s` (guided images cost `guided_cost` times a
-    plain one), training at `train_images_per_gpu_s`, every planned round counted."""
-    tp: ThroughputConfig = sweep.slurm.throughput
-    tr = sweep.slurm.training
-    out = []
-    for r in runs:
-        m, shard = r.config.method, r.config.pool.shard_size
-        rounds = []
-        for i, kept in enumerate(m.round_sizes()):
-            n = m.generated(i, kept)
-            kind = m.round_kind(i)
-            h = n / tp.plain_images_per_gpu_s * (tp.guided_cost if kind == "guided" else 1.0) / 3600
-            rounds.append(RoundHours(kind, n, math.ceil(n / shard), h))
-        t = r.config.train
-        train_h = t.total_steps * t.batch_size / tp.train_images_per_gpu_s / 3600
-        out.append(GpuHours(r.name, rounds, t.total_steps, t.batch_size, train_h, tr.nodes * tr.gpus_per_node))
-    return out
+def gpu_hours(sweep: SweepConfig, runs: list[PlannedRun]) -> list[RunCost]:
+    """Every run's GPU-hours (dp_hpc.budget) at the sweep's `slurm.throughput` figures."""
+    tp, tr = sweep.slurm.throughput, sweep.slurm.training
+    named = [(r.name, r.config) for r in runs]
+    sizes = [eval_sizes(r.config.data, dataset_spec(r.config.data).num_classes, tp) for r in runs]
+    return sweep_costs(named, tp, sizes, tr.nodes * tr.gpus_per_node)
 
 
 # ----------------------------------------------------------------------------- printing
@@ -135,7 +99,7 @@ def print_plan(sweep: SweepConfig, runs: list[PlannedRun], out: Path) -> None:
 
 def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     """sbatch options of every kind of job, and per run its arrays and a GPU-hour estimate."""
-    sc, tp = sweep.slurm, sweep.slurm.throughput
+    sc = sweep.slurm
     tr = sc.training
     print("SLURM jobs (sbatch options):")
     print(f"  coordinator (1 per sweep): sbatch {' '.join(sbatch_flags(sc.coordinator, sc.signal_delay_s))}")
@@ -144,18 +108,69 @@ def print_slurm_plan(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     print(f"  generator prep, eval     : sbatch {' '.join(sbatch_flags(sc.generation, sc.signal_delay_s))}")
     print(f"  training                 : sbatch {' '.join(sbatch_flags(tr, sc.signal_delay_s))}  "
           f"-> torchrun {tr.nodes} node(s) x {tr.procs} process(es)")
-    print(f"GPU-hours (assumed: {tp.plain_images_per_gpu_s:g} plain images/s per GPU, guided x{tp.guided_cost:g}, "
-          f"training {tp.train_images_per_gpu_s:g} images/s per GPU; dp rounds happen at plateaus, so 'up to'):")
-    for g in gpu_hours(sweep, runs):
-        first, rest = g.rounds[0], g.rounds[1:]
-        text = f"round 0: {first.generated:,} {first.kind} in {first.tasks} tasks ~{first.gpu_h:,.1f} GPU-h"
-        if rest:
-            which = "round 1" if len(rest) == 1 else f"rounds 1-{len(rest)}"
-            text += (f"; {which}: {rest[0].generated:,} {rest[0].kind} in {rest[0].tasks} tasks "
-                     f"~{rest[0].gpu_h:,.1f} GPU-h each")
-        wall = f" ({g.train_gpu_h / g.gpus:,.1f} h on {g.gpus} GPUs)" if g.gpus else ""
-        print(f"  {g.name}: {text}; training {g.train_steps:,} steps x {g.batch_size} "
-              f"~{g.train_gpu_h:,.1f} GPU-h{wall}; total {'up to ' if rest else ''}{g.total:,.1f} GPU-h")
+    print_budget(sweep, runs)
+
+
+def _gh(x: float) -> str:
+    """GPU-hours: one decimal, two significant digits below 0.1 (a small sweep is not all 0.0)."""
+    return f"{x:.2g}" if 0 < x < 0.1 else f"{x:,.1f}"
+
+
+def _run_lines(g: RunCost) -> list[str]:
+    """A run's total, then its generation, training and evaluation, and branch-outs."""
+    first, rest = g.rounds[0], g.rounds[1:]
+    gen = f"round 0: {first.generated:,} {first.kind} in {first.tasks} tasks ~{_gh(first.gpu_h)} GPU-h"
+    if rest:
+        which = "round 1" if len(rest) == 1 else f"rounds 1-{len(rest)}"
+        plain_guided = " (ω=0: plain rate)" if rest[0].kind == "guided" and not rest[0].steered else ""
+        gen += (f"; {which}: {rest[0].generated:,} {rest[0].kind}{plain_guided} in {rest[0].tasks} tasks "
+                f"~{_gh(rest[0].gpu_h)} GPU-h each")
+    t = g.train
+    wall = f" ({t.train_gpu_h / g.gpus:,.1f} h on {g.gpus} GPUs)" if g.gpus else ""
+    lines = [f"{g.name}: {'up to ' if g.upper_bound else ''}{_gh(g.total)} GPU-h",
+             f"  generation: {gen}",
+             f"  training: {t.steps:,} steps x {t.batch_size} ~{_gh(t.train_gpu_h)} GPU-h{wall}; "
+             f"evaluation: {t.evals} x val + test ~{_gh(t.eval_gpu_h)} GPU-h"]
+    if g.branches:
+        s = "s" if len(g.branches) > 1 else ""
+        lines.append(f"  branch-outs: after round{s} {', '.join(str(b.round_index) for b in g.branches)}, from step{s} "
+                     f"{', '.join(f'{b.train.start_step:,}' for b in g.branches)} ~{_gh(g.branch_gpu_h)} GPU-h "
+                     f"(training and evaluation)")
+    return lines
+
+
+def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
+    """The GPU-hour budget (dp_hpc.budget): the assumed figures and their sources, per run, per arm,
+    and a closing `sweep total:` line."""
+    tp = sweep.slurm.throughput
+    costs = gpu_hours(sweep, runs)
+    figures = {f.key: f for f in throughput_figures(tp)}
+    print("GPU-hours, if every planned round happens (dp and prune rounds come at plateaus: 'up to'); assumed:")
+    f = figures["plain_images_per_gpu_s"]
+    print(f"  plain generation   {f.value:g} images/s per GPU ({f.source})")
+    f = figures["guided_cost"]
+    print(f"  guided generation  {f.value:g}x a plain image's time ({f.source}); dp at ω = 0 and prune rounds: plain")
+    f = figures["train_images_per_gpu_s"]
+    print(f"  training           {f.value:,g} images/s per GPU ({f.source})")
+    f = figures["eval_images_per_gpu_s"]
+    print(f"  evaluation         {f.value:,g} images/s per GPU ({f.source})")
+    sizes = {(s.val, s.test, s.source) for s in (eval_sizes(r.config.data, dataset_spec(r.config.data).num_classes, tp)
+                                                 for r in runs)}
+    for val, test, src in sorted(sizes):
+        print(f"  evaluation sets    {val:,} val images every eval_every steps, {test:,} test at the end ({src})")
+    if any(g.branches for g in costs):
+        print("  branch-outs        train from their plateau to the end: plateaus assumed evenly spaced between "
+              "warm-up and cool-down")
+    for g in costs:
+        print("\n".join(f"  {line}" for line in _run_lines(g)))
+    print("per arm (all its budgets and seeds): generation + training + evaluation")
+    for a in arm_costs(costs):
+        print(f"  {a.arm} ({a.runs} run{'s' if a.runs != 1 else ''}): {_gh(a.generation_gpu_h)} + "
+              f"{_gh(a.training_gpu_h)} + {_gh(a.eval_gpu_h)} = {_gh(a.total)} GPU-h")
+    t = sweep_total(costs)
+    bound = "up to " if any(g.upper_bound for g in costs) else ""
+    print(f"sweep total: {bound}{_gh(t.total)} GPU-h for {t.runs} runs (generation {_gh(t.generation_gpu_h)}, "
+          f"training {_gh(t.training_gpu_h)}, evaluation {_gh(t.eval_gpu_h)})")
 
 
 def print_quietly(text: str) -> int:

@@ -40,6 +40,7 @@ GENERATOR_MARKER = "generator.json"  # written last, when the generator folder i
 GENERATOR_LOCK = "generator.lock"  # held (flock) by the one job making the generator
 UNET_DIR, SCHEDULER_DIR = "unet", "scheduler"  # digits_unet: the trained model (diffusers folders)
 GENERATOR_CHECKPOINT = "checkpoint.pt"  # digits_unet: training state, to resume
+GENERATOR_PROGRESS = "progress.json"  # digits_unet: step, loss, time while training (the launcher shows it)
 TEXT_EMBEDDINGS = "text_embeddings.pt"  # stable-diffusion: each class prompt encoded once
 ORACLE = "oracle.pt"  # digits_unet: the label-fidelity judge (a classifier trained on real gen_train)
 
@@ -236,6 +237,7 @@ class GeneratorDir(_Folder):
     unet = property(lambda self: self.path / UNET_DIR)
     scheduler = property(lambda self: self.path / SCHEDULER_DIR)
     checkpoint = property(lambda self: self.path / GENERATOR_CHECKPOINT)
+    progress = property(lambda self: self.path / GENERATOR_PROGRESS)
     text_embeddings = property(lambda self: self.path / TEXT_EMBEDDINGS)
     oracle = property(lambda self: self.path / ORACLE)
 

@@ -80,7 +80,7 @@ RUN_FOLDER_NAMES = {"sweep.yaml", "manifest.json", "launch.lock", "launcher.json
                     "generators", "report", "job.json", "generator.json", "config.yaml", "state.json", "pool.zarr",
                     "pool_markers", "COMPLETE", "checkpoints", "metrics.jsonl", "eval.json", "test_predictions.npz", "train.lock", "generator.lock", "branches",
                     "branch.json", "torchrun", "state.pt", "train_state.json", "checkpoint.pt", "text_embeddings.pt",
-                    "tensorboard", "wandb", "run_id", "code", "current"}
+                    "tensorboard", "wandb", "run_id", "code", "current", "progress.json"}
 FOLDER_PREFIXES = {"step_", "round_", "chunk_", "round_*", "chunk_*.done", "*/config.yaml", "branches/round_*"}
 
 

@@ -84,7 +84,7 @@ def test_dry_run_on_slurm_prints_sbatch_options_and_gpu_hours(tmp_path):
     # dp: 128 plain (2 tasks of 64) at 0.1/s = 0.36 GPU-h; 128 guided at 2x = 0.71 GPU-h;
     # training 240 steps x 64 images at 64/s per GPU = 240 GPU-s = 0.07 GPU-h
     assert "round 0: 128 plain in 2 tasks ~0.4 GPU-h; round 1: 128 guided in 2 tasks ~0.7 GPU-h each" in out
-    assert "training 240 steps x 64 ~0.1 GPU-h" in out
+    assert "training: 240 steps x 64 ~0.067 GPU-h" in out
     assert not (tmp_path / "out").exists()
 
 
@@ -103,7 +103,8 @@ def test_slurm_without_sbatch_is_refused_before_anything_is_written(tmp_path):
 def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
     """--dry-run's GPU-hours for in1k, recomputed here from the YAML alone: images / (images/s per
     GPU) for each round (guided rounds cost guided_cost times more), plus steps x batch / training
-    throughput; dp counts every planned round (16 plateaus of per_round after the initial round)."""
+    throughput, plus the evaluations (100 of the 50k val images, one of 50k test, at the default
+    3,000 images/s); dp counts every planned round (16 plateaus of per_round after the initial round)."""
     from dp_hpc.dry_run import gpu_hours, print_slurm_plan
 
     raw = yaml.safe_load((ROOT / "sweeps" / "in1k.yaml").read_text())
@@ -113,8 +114,9 @@ def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
     plain_h = initial / tp["plain_images_per_gpu_s"] / 3600
     guided_h = per_round / tp["plain_images_per_gpu_s"] * tp["guided_cost"] / 3600
     train_h = train["total_steps"] * train["batch_size"] / tp["train_images_per_gpu_s"] / 3600
-    expected_total = plain_h + guided_rounds * guided_h + train_h
-    assert guided_rounds == 16 and 385 < expected_total < 387  # the numbers this test was written against
+    eval_h = (train["total_steps"] // train["eval_every"] + 1) * 50_000 / 3000 / 3600
+    expected_total = plain_h + guided_rounds * guided_h + train_h + eval_h
+    assert guided_rounds == 16 and 386 < expected_total < 387  # the numbers this test was written against
 
     sweep, runs = load_sweep(ROOT / "sweeps" / "in1k.yaml")
     est = {g.name: g for g in gpu_hours(sweep, runs)}
@@ -122,14 +124,14 @@ def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
     assert [r.kind for r in dp.rounds] == ["plain"] + ["guided"] * guided_rounds
     assert dp.rounds[0].gpu_h == pytest.approx(plain_h) and dp.rounds[1].gpu_h == pytest.approx(guided_h)
     assert [dp.rounds[0].tasks, dp.rounds[1].tasks] == [-(-initial // shard), -(-per_round // shard)]
-    assert dp.train_gpu_h == pytest.approx(train_h)
+    assert dp.train.train_gpu_h == pytest.approx(train_h) and dp.eval_gpu_h == pytest.approx(eval_h)
     assert dp.gpus == raw["slurm"]["training"]["nodes"] * raw["slurm"]["training"]["gpus_per_node"]
     assert dp.total == pytest.approx(expected_total)
     static_budget = raw["grid"][1]["method.budget"][1]
     static = est[f"static-budget{static_budget}"]
-    assert static.total == pytest.approx(static_budget / tp["plain_images_per_gpu_s"] / 3600 + train_h)
+    assert static.total == pytest.approx(static_budget / tp["plain_images_per_gpu_s"] / 3600 + train_h + eval_h)
 
     print_slurm_plan(sweep, runs)
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"  dp-budget{budget}:"))
-    assert line.endswith(f"total up to {expected_total:,.1f} GPU-h")
-    assert f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in line
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index(f"  dp-budget{budget}: up to {expected_total:,.1f} GPU-h")
+    assert lines[at + 2].startswith("    training: ") and f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in lines[at + 2]

@@ -36,8 +36,9 @@ def test_in1k_plan_has_the_paper_budgets_and_fits_its_storage(tmp_path):
     assert sorted(b for m, b, _ in rows.values() if m == "static") == [1_300_000, 13_000_000]
     assert rows["dp-budget9100000"][2] < 500, "the largest Table-1 DP pool must fit in 500 GB"
     assert "torchrun 4 node(s) x 8 process(es)" in r.stdout and "--gpus-per-node=8" in r.stdout
-    assert re.search(r"dp-budget9100000: round 0: 1,820,000 plain in 711 tasks ~[\d.,]+ GPU-h; rounds 1-16: "
-                     r"455,000 guided", r.stdout)
+    assert re.search(r"dp-budget9100000: up to [\d.,]+ GPU-h\n    generation: round 0: 1,820,000 plain in 711 tasks "
+                     r"~[\d.,]+ GPU-h; rounds 1-16: 455,000 guided", r.stdout)
+    assert r.stdout.splitlines()[-1].startswith("sweep total: up to "), r.stdout
     assert not (tmp_path / "out").exists()
 
 

@@ -141,11 +141,21 @@ class ThroughputConfig:
     """Time of an entropy-guided image over a plain one (paper, H100)."""
     train_images_per_gpu_s: float = 1000.0
     """Classifier training throughput per GPU (images/s; ViT-B/16 at 224 px, bf16: ~1000 on an A100)."""
+    eval_images_per_gpu_s: float = 3000.0
+    """Classifier evaluation throughput per GPU (images/s; a forward pass only: ~3x training's)."""
+    val_images: int | None = None
+    """Images of the validation split, evaluated every `train.eval_every` steps (null: for imagenet
+    50 per class, the size of ImageNet's val set; for digits the split's size)."""
+    test_images: int | None = None
+    """Images of the test split, evaluated once at a run's end (null: as for val_images)."""
 
     def __post_init__(self) -> None:
-        for name in ("plain_images_per_gpu_s", "guided_cost", "train_images_per_gpu_s"):
+        for name in ("plain_images_per_gpu_s", "guided_cost", "train_images_per_gpu_s", "eval_images_per_gpu_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("val_images", "test_images"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1 or null, got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -19,8 +19,9 @@ from dp_hpc.config import PlannedRun, RunConfig, to_dict
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners.base import RUNNING, SUCCEEDED, Runner
 from dp_hpc.generate.cache import generator_key
-from dp_hpc.io import atomic_write_text
+from dp_hpc.io import atomic_write_text, read_json
 from dp_hpc.layout import GeneratorDir, SweepDir
+from dp_hpc.progress import LINE_EVERY_S, Every, duration_text, progress_line
 from dp_hpc.signals import sleep_unless, stopping
 
 log = logging.getLogger("dp_hpc.launch")  # the launcher's lines, under its name
@@ -60,6 +61,7 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner: Runner, m
             running[gdir] = (job["job_id"], job["submitted"])
     waiting = [g for g in todo if g not in running]
     t0 = time.time()
+    show_progress = Every(LINE_EVERY_S)
     while (running or waiting) and not stopping(flag):
         while waiting and len(running) < max_parallel:
             gdir = waiting.pop(0)
@@ -76,5 +78,20 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner: Runner, m
                 raise GeneratorFailed(f"generator training failed ({st.state}; log: {st.log_path})\n{st.error or ''}")
             log.info("generator ready: %s (%.0fs)", gdir, time.time() - t0)
             del running[gdir]
+        if running and show_progress():
+            for gdir, (_, submitted) in running.items():
+                log_generator_progress(gdir, time.time() - submitted)
         if running or waiting:
             sleep_unless(flag, poll_s)
+
+
+def log_generator_progress(gdir: Path, since_submitted_s: float) -> None:
+    """One line from a training generator's progress.json (digits_unet), or how long its job has
+    been starting (loading its data and libraries; other backends write no progress)."""
+    p = read_json(GeneratorDir(gdir).progress)
+    if p:
+        line = progress_line(f"generator {gdir.name}", p["step"], p["total"], p["seconds"], p["start_step"], p["loss"])
+        log.info("%s", line + (f"; now: {p['stage']}" if p.get("stage") else ""))
+    else:
+        log.info("generator %s: job starting or preparing (%s since submission)", gdir.name,
+                 duration_text(since_submitted_s))

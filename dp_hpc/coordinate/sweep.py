@@ -23,7 +23,7 @@ from dp_hpc.coordinate.generators import GeneratorFailed, ensure_generators, gen
 from dp_hpc.coordinate.records import JobFile
 from dp_hpc.coordinate.runners import record_readers
 from dp_hpc.coordinate.runners.base import Runner, SubmitError
-from dp_hpc.coordinate.sweep_table import print_table
+from dp_hpc.coordinate.sweep_table import next_steps_text, print_table
 from dp_hpc.io import atomic_write_json, is_disk_full, try_lock
 from dp_hpc.layout import SweepDir
 from dp_hpc.progress import SweepProgress
@@ -102,6 +102,7 @@ def run_sweep(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path, runne
     if all(c.finished and not c.failed_runs() for c in coordinators):
         print(f"sweep {sweep.name!r}: all {len(runs)} runs are already done; nothing to do.")
         print_table(sweep_dir)
+        print(next_steps_text(sweep_dir))
         return 0
     if retry_failed:
         for c in coordinators:
@@ -132,4 +133,5 @@ def run_sweep(sweep: SweepConfig, runs: list[PlannedRun], sweep_dir: Path, runne
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see state.json 'error' in each. "
               f"Rerunning the command retries them.", file=sys.stderr)
         return 1
+    print(next_steps_text(sweep_dir))
     return 0

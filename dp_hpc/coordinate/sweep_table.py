@@ -106,3 +106,12 @@ def print_table(sweep_dir: Path, file=sys.stdout) -> None:
             print(f"    jobs: {_jobs_text(r['jobs'], states)}", file=file)
         if r["error"]:
             print(f"    error: {r['error']}", file=file)
+
+
+def next_steps_text(sweep_dir: Path) -> str:
+    """The end of a finished launch: where the results are and the command that reports on them."""
+    sd = SweepDir(sweep_dir)
+    return (f"results: {sd.path}/ (each run's folder: eval.json, metrics.jsonl, state.json; "
+            f"`python -m dp_hpc.status {sd.path}` prints this table again)\n"
+            f"next: python -m analysis.report {sd.path}   # writes {sd.report}/: report.md, report.html, "
+            f"runs.parquet, summary.csv")

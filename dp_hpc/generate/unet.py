@@ -45,13 +45,15 @@ from torch import nn
 from dp_hpc.data.digits import Splits
 from dp_hpc.generate.config import MARKER, GeneratorConfig, SamplerConfig, finished_generator  # noqa: F401 (MARKER: re-exported)
 from dp_hpc.generate.sampler import sample_images
-from dp_hpc.io import atomic_write_bytes, atomic_write_json
+from dp_hpc.io import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from dp_hpc.layout import GENERATOR_CHECKPOINT, GeneratorDir
+from dp_hpc.progress import Every
 from dp_hpc.train.model import build_classifier, predictive_entropy
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = GENERATOR_CHECKPOINT
+PROGRESS_EVERY_S = 5.0  # progress.json's period; the launcher prints a line every LINE_EVERY_S
 
 
 def build_unet(cfg: GeneratorConfig, num_classes: int, in_channels: int = 1) -> UNet2DModel:
@@ -122,6 +124,7 @@ def train_generator(
         budget = min(budget, t.state["step"] + max_steps_this_call)
     t.unet.train()
     t0, losses = time.perf_counter(), []
+    progress = _ProgressFile(GeneratorDir(out_dir).progress, t.state["step"], cfg.train_steps)
     while t.state["step"] < budget:
         losses.append(_train_step(t.unet, t.noise_sched, t.opt, x_all, y_all, cfg, num_classes, t.data_rng))
         t.lr_sched.step()
@@ -132,6 +135,7 @@ def train_generator(
         if step % cfg.log_every == 0:
             logger.info("generator step %d/%d loss %.4f lr %.2e", step, cfg.train_steps,
                         np.mean(losses[-cfg.log_every :]), t.lr_sched.get_last_lr()[0])
+        progress.update(step, losses[-cfg.log_every :])
         if step % cfg.checkpoint_every == 0 or step == budget:
             t.state["loss"] = float(np.mean(losses[-cfg.log_every :]))
             t.state["wall_s"] += time.perf_counter() - t0
@@ -139,7 +143,30 @@ def train_generator(
             t.save(GeneratorDir(out_dir).checkpoint)
     if t.state["step"] < cfg.train_steps:
         return {"complete": False, "step": t.state["step"]}
+    if losses:
+        progress.update(t.state["step"], losses[-cfg.log_every :], stage="quality report and export")
     return _finish(t, out_dir, len(y_all), eval_splits, sampler_cfg)
+
+
+class _ProgressFile:
+    """progress.json every PROGRESS_EVERY_S while training: step, total, mean recent loss, seconds
+    since this call's first step (and that step), for the launcher's progress lines."""
+
+    def __init__(self, path: Path, start_step: int, total: int, clock=time.monotonic):
+        self.path, self.start_step, self.total, self.clock = path, start_step, total, clock
+        remove_stale_temps(path.parent, path.name)  # of a killed write (this job holds the generator lock)
+        self.t0, self.due = clock(), Every(PROGRESS_EVERY_S, clock)
+
+    def update(self, step: int, recent_losses: list[float], stage: str | None = None) -> None:
+        """`stage`: the work after the last step, written at once (the launcher's last line says it)."""
+        if stage is None and not self.due():
+            return
+        record = {"step": step, "total": self.total, "start_step": self.start_step,
+                  "seconds": round(self.clock() - self.t0, 2), "loss": float(np.mean(recent_losses))}
+        try:
+            atomic_write_json(self.path, record if stage is None else {**record, "stage": stage})
+        except OSError as e:  # only what the launcher shows: never a reason to stop training
+            logger.warning("progress not written (%s); training goes on", e)
 
 
 class _Training:
