@@ -38,6 +38,7 @@ from analysis.paired import correct_cells, is_complete, paired_replicates, paire
 from analysis.read import NotASweep, check_sweep, read_generator_jobs, read_sweep
 from analysis.render import ReportData, html_page, render, sample_grids_text
 from analysis.stats import cell_replicates, power_law_fits, samples_to_target, summary
+from dp_hpc.errors import run_main
 from dp_hpc.layout import SweepDir
 
 
@@ -97,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

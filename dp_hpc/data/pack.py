@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dp_hpc.data.imagenet import H5_FORMAT, ClassList, DataInputError, describe_h5, load_class_list
+from dp_hpc.errors import run_main
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
@@ -236,4 +237,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
