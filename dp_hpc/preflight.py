@@ -20,7 +20,7 @@ from typing import Callable
 import yaml
 
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig, flatten, from_dict, to_dict
-from dp_hpc.coordinate.runners import make_runner, runner_class
+from dp_hpc.coordinate.runners import cluster_refusals, make_runner, runner_class
 from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.data.imagenet import DataInputError, check_h5, describe_h5, load_class_list
 from dp_hpc.data.spec import dataset_spec
@@ -49,10 +49,10 @@ class Problem:
 @dataclass(frozen=True)
 class Preflight:
     """What `preflight` found: the problems (none: the launch may go ahead) and the job runner it
-    made on the way (None where making it was a problem)."""
+    made on the way (the launch's)."""
 
     problems: list[Problem]
-    runner: Runner | None
+    runner: Runner
 
 
 def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, *, foreground: bool = False,
@@ -68,14 +68,11 @@ def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, 
     problems += check_pairings(runs)
     problems += check_run_inputs(runs)
     problems += _per_run(runs, lambda cfg: device_problems(cfg, sweep, kind))
-    runner = None
     if update_code and not runner_class(kind).runs_from_snapshot:
         problems.append(Problem("--update-code", f"{kind} jobs run from the checkout itself, not from a code "
                                                  f"snapshot; drop it, or use --executor slurm"))
-    try:
-        runner = make_runner(kind, sweep, foreground)
-    except (ConfigError, UsageError) as e:
-        problems.append(problem_of(e))
+    runner = make_runner(kind, sweep, foreground)
+    problems += [Problem("", why) for why in cluster_refusals(runner, foreground)]
     return Preflight(_unique(problems), runner)
 
 

@@ -50,6 +50,14 @@ LAUNCH_CASES = {
     "several problems": (["--out", "{tmp}/a-file", "--update-code", "--executor", "local", *SD],
                          ["--out: {tmp}/a-file is a file", "generator.backend: stable-diffusion",
                           "--update-code: local jobs"]),
+    # the cluster's own refusals, every kind of job at once (a stand-in sbatch: see FAKE_SBATCH)
+    "slurm, partitions the cluster lacks": (["--out", "{tmp}/out", "--executor", "slurm", "--set",
+                                             "slurm.generation.partition=nope", "--set", "slurm.training.partition=nope"],
+                                            ["the cluster would refuse the generation jobs of slurm.generation",
+                                             "the cluster would refuse the training jobs of slurm.training"]),
+    "slurm, more GPUs than a node has": (["--out", "{tmp}/out", "--executor", "slurm", "--set",
+                                          "slurm.training.gpus_per_node=64"],
+                                         ["the cluster would refuse the training jobs of slurm.training"]),
     "unknown key": (["--out", "{tmp}/out", "--set", "train.total_stepz=5"], ["base.train.total_stepz"]),
     "missing sweep file": (["--out", "{tmp}/out", "--sweep", "{tmp}/nope.yaml"], ["sweep file not found"]),
 }
@@ -71,6 +79,16 @@ OTHER_CASES = {
 }
 
 
+# sbatch --test-only as a cluster with partitions cpu and gpu (the default) and nodes of 8 GPUs answers it
+FAKE_SBATCH = """#!/bin/sh
+case "$*" in
+  *--partition=nope*) echo "sbatch: error: invalid partition specified: nope" >&2; exit 1;;
+  *--gpus-per-node=64*) echo "sbatch: error: Requested node configuration is not available" >&2; exit 1;;
+esac
+echo "sbatch: Job 1 to start at 2026-01-01T00:00:00 using 1 processors on nodes n1 in partition gpu" >&2
+"""
+
+
 def tree(root: Path) -> dict[str, tuple[bool, bytes]]:
     """Every path under root: (is a folder, its bytes)."""
     return {str(p.relative_to(root)): (p.is_dir(), b"" if p.is_dir() else p.read_bytes())
@@ -84,13 +102,16 @@ def tmp(tmp_path):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.yaml").write_text("name: sweep\n")
     (tmp_path / "images").mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
     yield tmp_path
     (tmp_path / "locked").chmod(0o755)
 
 
 def check_refused(tmp: Path, argv: list[str], needles: list[str]) -> None:
     before = tree(tmp)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     r = subprocess.run([sys.executable, *[a.format(tmp=tmp) for a in argv]], capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=300)
     lines = r.stderr.strip().splitlines()
