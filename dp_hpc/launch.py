@@ -34,7 +34,7 @@ from dp_hpc.coordinate.runners import resolve_kind
 from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
-from dp_hpc.errors import ConfigError, run_main, UsageError
+from dp_hpc.errors import ConfigError, UsageError, run_main
 from dp_hpc.io import as_disk_full, atomic_write_text, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
@@ -185,4 +185,4 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, "interrupted (Ctrl-C); rerun the same command to continue"))

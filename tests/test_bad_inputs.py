@@ -149,10 +149,11 @@ def test_ctrl_c_and_input_errors_are_one_line_other_errors_keep_their_traceback(
         return main
 
     assert run_main(raising(KeyboardInterrupt())) == 130
+    assert run_main(raising(KeyboardInterrupt()), "interrupted (Ctrl-C); rerun the same command to continue") == 130
     assert run_main(raising(UsageError("--x: bad; use y"))) == 2
     assert run_main(raising(ConfigError("train.lr", "must be > 0"))) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "interrupted (Ctrl-C); rerun the same command to continue", "error: --x: bad; use y",
+        "interrupted (Ctrl-C)", "interrupted (Ctrl-C); rerun the same command to continue", "error: --x: bad; use y",
         "error: train.lr: must be > 0"]
     with pytest.raises(RuntimeError):
         run_main(raising(RuntimeError("a bug")))
@@ -174,3 +175,32 @@ def test_the_warm_job_parent_is_quiet_when_the_launcher_is_gone_before_it_is_rea
     finally:
         os.close(w)
     assert p.returncode == 0 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_a_ctrl_c_to_the_launchers_process_group_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while the launch asks the cluster (a stand-in sbatch that waits, so that the signal
+    lands inside the launcher's main, deterministically): one line, exit 130, nothing written."""
+    import signal
+    import time
+
+    from e2e_helpers import wait_for
+
+    started = tmp_path / "sbatch-started"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 300\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    p = subprocess.Popen([sys.executable, "-m", "dp_hpc.launch", "--sweep", str(SMOKE), "--out", str(tmp_path / "out"),
+                          "--executor", "slurm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=env, start_new_session=True)
+    try:
+        wait_for(started.exists, what="the launcher asking sbatch")
+        time.sleep(0.2)
+        os.killpg(p.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C); rerun the same command to continue"], err
+    assert not (tmp_path / "out").exists()
