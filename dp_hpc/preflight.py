@@ -19,6 +19,7 @@ from typing import Callable
 
 import yaml
 
+from dp_hpc import code_snapshot
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig, flatten, from_dict, to_dict
 from dp_hpc.coordinate.runners import cluster_refusals, make_runner, runner_class
 from dp_hpc.coordinate.runners.base import Runner
@@ -68,10 +69,8 @@ def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, 
     problems += check_pairings(runs)
     problems += check_run_inputs(runs)
     problems += _per_run(runs, lambda cfg: device_problems(cfg, sweep, kind))
-    if update_code and not runner_class(kind).runs_from_snapshot:
-        problems.append(Problem("--update-code", f"{kind} jobs run from the checkout itself, not from a code "
-                                                 f"snapshot; drop it, or use --executor slurm"))
     runner = make_runner(kind, sweep, foreground)
+    problems += _caught(lambda: code_snapshot.check_update_request(runner, update_code))
     problems += [Problem("", why) for why in cluster_refusals(runner, foreground)]
     return Preflight(_unique(problems), runner)
 
