@@ -60,7 +60,7 @@ def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, 
               update_code: bool = False) -> Preflight:
     """Every check, every problem; reads, never writes (on SLURM it asks the cluster, `sbatch
     --test-only`, which submits nothing)."""
-    problems = check_out(out, sweep.name)
+    problems = check_out(out, sweep.name, tuple(r.name for r in runs))
     sweep_dir = out / sweep.name
     if not problems:  # run folders under a file or an unreadable folder would only add noise
         for r in runs:
@@ -103,9 +103,10 @@ def _unique(problems: list[Problem]) -> list[Problem]:
 # ----------------------------------------------------------------------------- --out
 
 
-def check_out(out: Path, sweep_name: str) -> list[Problem]:
+def check_out(out: Path, sweep_name: str, run_names: tuple[str, ...] = ()) -> list[Problem]:
     """`--out` and the sweep folder in it: each a folder or not there yet; the first of them (or
-    of their parents) that exists is a folder this process may write in."""
+    of their parents) that exists is a folder this process may write in, and so is every run
+    folder of `run_names` that exists."""
     sweep_dir = out / sweep_name
     for path in (out, sweep_dir):
         if path.exists() and not path.is_dir():
@@ -118,6 +119,11 @@ def check_out(out: Path, sweep_name: str) -> list[Problem]:
         what = (f"{existing} is not writable" if existing in (out, sweep_dir)
                 else f"{out} cannot be created: {existing} is not writable")
         return [Problem("--out", f"{what} by this user; choose another --out, or make it writable")]
+    locked = [d for name in run_names if (d := sweep_dir / name).is_dir() and not os.access(d, os.W_OK | os.X_OK)]
+    if locked:
+        return [Problem("--out", f"{locked[0]} is not writable by this user"
+                                 + (f" (nor {len(locked) - 1} more run folders)" if len(locked) > 1 else "")
+                                 + "; choose another --out, or make it writable")]
     return []
 
 

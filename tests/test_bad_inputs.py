@@ -29,6 +29,7 @@ LAUNCH_CASES = {
                                                                   "not writable"]),
     "out not writable": (["--out", "{tmp}/locked/runs"], ["--out: {tmp}/locked/runs cannot be created: {tmp}/locked is "
                                                           "not writable"]),
+    "a run folder not writable": (["--out", "{tmp}/resume"], ["--out: {tmp}/resume/smoke/dp is not writable"]),
     "update-code with local jobs": (["--out", "{tmp}/out", "--executor", "local", "--update-code"],
                                     ["--update-code: local jobs run from the checkout"]),
     "update-code with debug jobs": (["--out", "{tmp}/out", "--executor", "debug", "--update-code"],
@@ -102,11 +103,14 @@ def tmp(tmp_path):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.yaml").write_text("name: sweep\n")
     (tmp_path / "images").mkdir()
+    (tmp_path / "resume" / "smoke").mkdir(parents=True)
+    (tmp_path / "resume" / "smoke" / "dp").mkdir(mode=0o555)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "sbatch").write_text(FAKE_SBATCH)
     (tmp_path / "bin" / "sbatch").chmod(0o755)
     yield tmp_path
-    (tmp_path / "locked").chmod(0o755)
+    for d in (tmp_path / "locked", tmp_path / "resume" / "smoke" / "dp"):
+        d.chmod(0o755)
 
 
 def check_refused(tmp: Path, argv: list[str], needles: list[str]) -> None:
@@ -126,8 +130,8 @@ def check_refused(tmp: Path, argv: list[str], needles: list[str]) -> None:
 @pytest.mark.parametrize("case", list(LAUNCH_CASES))
 def test_launch_refuses_bad_input_in_one_line_each_and_writes_nothing(tmp, case, dry):
     args, needles = LAUNCH_CASES[case]
-    if "locked" in " ".join(args) and os.geteuid() == 0:
-        pytest.skip("root writes into any folder (the procfs case covers an unwritable --out)")
+    if ("locked" in " ".join(args) or "resume" in " ".join(args)) and os.access(tmp / "locked", os.W_OK):
+        pytest.skip("this user writes into any folder (root): the procfs case covers an unwritable --out")
     if "/proc/1" in " ".join(args) and not Path("/proc/1").is_dir():
         pytest.skip("no procfs here")
     argv = ["-m", "dp_hpc.launch", "--sweep", str(SMOKE), *args, *(["--dry-run"] if dry else [])]
