@@ -3,7 +3,8 @@ subprocess and must exit 2 with one line on stderr per problem, each naming its 
 traceback, and nothing written (the tree under the test's folder is the same before and after).
 `launch --dry-run` refuses exactly what the launch refuses (dp_hpc.preflight), so every launch
 case runs both ways. A Ctrl-C is one line too (exit 130), and the warm job parent says nothing
-when the launcher is gone before it reads "ready"."""
+when the launcher is gone before it reads "ready". Bad sweep files and keys (caught while loading,
+before the preflight) are tests/test_config.py's."""
 
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ LAUNCH_CASES = {
     "a run folder not writable": (["--out", "{tmp}/resume"], ["--out: {tmp}/resume/smoke/dp is not writable"]),
     "update-code with local jobs": (["--out", "{tmp}/out", "--executor", "local", "--update-code"],
                                     ["--update-code: local jobs run from the checkout"]),
-    "update-code with debug jobs": (["--out", "{tmp}/out", "--executor", "debug", "--update-code"],
-                                    ["--update-code: debug jobs run from the checkout"]),
     "digits data, stable diffusion": (["--out", "{tmp}/out", *SD], ["generator.backend: stable-diffusion does not make "
                                                                      "digits images"]),
     "imagenet data, digits unet": (["--out", "{tmp}/out", *IMAGENET],
@@ -59,8 +58,6 @@ LAUNCH_CASES = {
     "slurm, more GPUs than a node has": (["--out", "{tmp}/out", "--executor", "slurm", "--set",
                                           "slurm.training.gpus_per_node=64"],
                                          ["the cluster would refuse the training jobs of slurm.training"]),
-    "unknown key": (["--out", "{tmp}/out", "--set", "train.total_stepz=5"], ["base.train.total_stepz"]),
-    "missing sweep file": (["--out", "{tmp}/out", "--sweep", "{tmp}/nope.yaml"], ["sweep file not found"]),
 }
 
 OTHER_CASES = {
