@@ -11,6 +11,7 @@ prints one line per problem and exits 2 before any folder, state file or job exi
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -64,13 +65,13 @@ def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, 
     sweep_dir = out / sweep.name
     if not problems:  # run folders under a file or an unreadable folder would only add noise
         for r in runs:
-            problems += _caught(lambda: check_existing_runs([r], sweep_dir))  # noqa: B023 (called at once)
-        problems += _caught(lambda: check_run_folders(runs, sweep_dir))
+            problems += _caught(functools.partial(check_existing_runs, [r], sweep_dir))
+        problems += _caught(functools.partial(check_run_folders, runs, sweep_dir))
     problems += check_pairings(runs)
     problems += check_run_inputs(runs)
     problems += _per_run(runs, lambda cfg: device_problems(cfg, sweep, kind))
     runner = make_runner(kind, sweep, foreground)
-    problems += _caught(lambda: code_snapshot.check_update_request(runner, update_code))
+    problems += _caught(functools.partial(code_snapshot.check_update_request, runner, update_code))
     problems += [Problem("", why) for why in cluster_refusals(runner, foreground)]
     return Preflight(_unique(problems), runner)
 
