@@ -68,7 +68,11 @@ OTHER_CASES = {
     "pack, out is a folder": (["-m", "dp_hpc.data.pack", "--src", "{tmp}/images", "--out", "{tmp}/sweep"],
                               ["--out: {tmp}/sweep is a folder"]),
     "pack, out under a file": (["-m", "dp_hpc.data.pack", "--src", "{tmp}/images", "--out", "{tmp}/a-file/v.h5"],
-                               ["--out: {tmp}/a-file is not a folder"]),
+                               ["--out: {tmp}/a-file is a file, not a folder"]),
+    "pack, out in a folder not writable": (["-m", "dp_hpc.data.pack", "--src", "{tmp}/images", "--out",
+                                            "{tmp}/locked/v.h5"], ["--out: {tmp}/locked is not writable"]),
+    "report, out not writable": (["-m", "analysis.report", "{tmp}/resume/smoke", "--out", "{tmp}/locked/report"],
+                                 ["--out: {tmp}/locked is not writable"]),
     "pack, no images": (["-m", "dp_hpc.data.pack", "--src", "{tmp}/images", "--out", "{tmp}/v.h5"],
                         ["{tmp}/images: no images found"]),
     "status, not a sweep": (["-m", "dp_hpc.status", "{tmp}/nope"], ["{tmp}/nope is not a sweep folder"]),
@@ -100,8 +104,10 @@ def tmp(tmp_path):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.yaml").write_text("name: sweep\n")
     (tmp_path / "images").mkdir()
-    (tmp_path / "resume" / "smoke").mkdir(parents=True)
-    (tmp_path / "resume" / "smoke" / "dp").mkdir(mode=0o555)
+    (tmp_path / "resume" / "smoke" / "dp").mkdir(parents=True)  # a sweep with a run folder it cannot write
+    (tmp_path / "resume" / "smoke" / "sweep.yaml").write_text("name: smoke\n")
+    (tmp_path / "resume" / "smoke" / "dp" / "config.yaml").write_text("name: dp\n")
+    (tmp_path / "resume" / "smoke" / "dp").chmod(0o555)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "sbatch").write_text(FAKE_SBATCH)
     (tmp_path / "bin" / "sbatch").chmod(0o755)
@@ -138,6 +144,8 @@ def test_launch_refuses_bad_input_in_one_line_each_and_writes_nothing(tmp, case,
 @pytest.mark.parametrize("case", list(OTHER_CASES))
 def test_other_commands_refuse_bad_input_in_one_line_and_write_nothing(tmp, case):
     argv, needles = OTHER_CASES[case]
+    if "locked" in " ".join(argv) and os.access(tmp / "locked", os.W_OK):
+        pytest.skip("this user writes into any folder (root)")
     check_refused(tmp, argv, needles)
 
 

@@ -192,6 +192,8 @@ def check_out_file(out: Path) -> None:
     if out.is_dir():
         raise DataInputError(f"--out: {out} is a folder; give the path of the .h5 file to write in it")
     parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise DataInputError(f"--out: {parent} is a file, not a folder; choose another --out")
     if not parent.is_dir():
         raise DataInputError(f"--out: {parent} is not a folder; create it first (mkdir -p {parent}) "
                              f"or choose another --out")
