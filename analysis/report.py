@@ -29,6 +29,7 @@ tests build small sweeps by hand and check exact numbers.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,15 +39,17 @@ from analysis.paired import correct_cells, is_complete, paired_replicates, paire
 from analysis.read import NotASweep, check_sweep, read_generator_jobs, read_sweep
 from analysis.render import ReportData, html_page, render, sample_grids_text
 from analysis.stats import cell_replicates, power_law_fits, samples_to_target, summary
+from dp_hpc.errors import UsageError, run_main
 from dp_hpc.layout import SweepDir
 
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Every file the module docstring lists, into `out_dir` (default: the sweep's report/ folder);
-    returns the path of report.md. Raises NotASweep."""
+    returns the path of report.md. Raises NotASweep, or UsageError for an out folder it cannot write."""
     sweep_dir = Path(sweep_dir)
     check_sweep(sweep_dir)
     out = Path(out_dir) if out_dir is not None else SweepDir(sweep_dir).report
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     # read
     meta, raws = read_sweep(sweep_dir)
@@ -82,6 +85,15 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     return out / "report.md"
 
 
+def check_out_dir(out: Path) -> None:
+    """The out folder is a folder, or can be made: its first existing parent is a writable folder."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out: {out} cannot be a folder: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {existing} is not writable by this user; choose another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description="Write the report of a sweep.")
     p.add_argument("sweep_dir", help="the sweep folder, <out>/<sweep name>")
@@ -97,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

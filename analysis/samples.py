@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dp_hpc.errors import run_main
+
 
 def sample_pairs(run_dir: Path, round_index: int, per_class: int, omega: float | None = None) -> dict:
     import torch
@@ -119,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

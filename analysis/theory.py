@@ -67,6 +67,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
+from dp_hpc.errors import run_main
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("random", "keep_hard", "keep_easy")
@@ -413,4 +415,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -90,4 +90,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dp_hpc.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -295,4 +295,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from dp_hpc.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -315,4 +315,6 @@ def summary(runs: list[Run], diffs: dict[str, float], a: argparse.Namespace, tot
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from dp_hpc.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -118,4 +118,6 @@ def report(name: str, walls: list[float], records: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dp_hpc.errors import run_main
+
+    raise SystemExit(run_main(main))

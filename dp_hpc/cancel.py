@@ -55,6 +55,7 @@ from dp_hpc.coordinate.records import JobFile, recorded_executor
 from dp_hpc.coordinate.runners import record_readers
 from dp_hpc.coordinate.runners.base import SUCCEEDED, JobControl, JobStatus, QueryError, SubmitError
 from dp_hpc.coordinate.state import JobRecord, load_state, save_state
+from dp_hpc.errors import run_main
 from dp_hpc.io import read_json, try_lock
 from dp_hpc.layout import GeneratorDir, RunDir, SweepDir
 from dp_hpc.manifest import read_manifest
@@ -375,4 +376,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

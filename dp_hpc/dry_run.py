@@ -3,7 +3,8 @@ storage, and on SLURM the sbatch options of every kind of job and the GPU-hour b
 arm, and a closing `sweep total:` line).
 
 The numbers are pure functions of the sweep (`plan_rows`, dp_hpc.budget via `gpu_hours`), printed by
-`print_plan`, `print_slurm_plan` and `print_budget`; `dry_run` prints them and then runs every check of dp_hpc.preflight.
+`print_plan`, `print_slurm_plan` and `print_budget`; `dry_run` prints them and then what
+dp_hpc.preflight found.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from pathlib import Path
 
 from dp_hpc.budget import RunCost, arm_costs, eval_sizes, sweep_costs, sweep_total, throughput_figures
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig
-from dp_hpc.coordinate.runners import make_runner, runner_class
+from dp_hpc.coordinate.runners import runner_class
 from dp_hpc.coordinate.runners.slurm import sbatch_flags
+from dp_hpc.data.imagenet import DataInputError
 from dp_hpc.data.spec import dataset_spec
-from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
-from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs, check_train_device
+from dp_hpc.preflight import Problem, report_problems
 
 # ----------------------------------------------------------------------------- the plan (pure)
 
@@ -186,27 +187,21 @@ def print_quietly(text: str) -> int:
 # ----------------------------------------------------------------------------- --dry-run
 
 
-def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, foreground: bool) -> int:
-    """Print the plan, then run every check a launch runs (existing run folders and their damage,
-    model and data files, the cluster's `sbatch --test-only`): exit 2 with the problems where the
-    launch would stop, 0 where it would go ahead. Writes nothing, submits nothing."""
+def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, problems: list[Problem]) -> int:
+    """Print the plan, then the problems dp_hpc.preflight found (the launch's own checks: `--out`,
+    existing run folders and their damage, model and data files, the executor and the cluster's
+    `sbatch --test-only`), one line each on stderr: exit 2 where the launch would stop, 0 where it
+    would go ahead. Writes nothing, submits nothing."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        print_plan(sweep, runs, out)
-        if runner_class(kind).uses_sbatch:
-            print_slurm_plan(sweep, runs)
-    print_quietly(text.getvalue())
-    problems = []
-    sweep_dir = out / sweep.name
-    for check in (lambda: check_existing_runs(runs, sweep_dir), lambda: check_run_folders(runs, sweep_dir),
-                  lambda: check_run_inputs(runs), lambda: check_train_device(runs, sweep, kind),
-                  lambda: make_runner(kind, sweep, foreground)):
         try:
-            check()
-        except (ConfigError, UsageError) as e:
-            problems.append(f"error: {e}")
+            print_plan(sweep, runs, out)
+            if runner_class(kind).uses_sbatch:
+                print_slurm_plan(sweep, runs)
+        except DataInputError:  # an unreadable class list: no pool size to plan; a problem below names it
+            print("(no plan: the data's class list cannot be read)")
     if problems:
-        print("\n".join(problems) + "\nthe launch would stop here (exit 2); the plan above is what it would run",
-              file=sys.stderr)
-        return 2
-    return 0
+        print("the launch would stop here (exit 2), on the problems on stderr; the plan above is what it would run",
+              file=text)
+    print_quietly(text.getvalue())
+    return report_problems(problems)

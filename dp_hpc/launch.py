@@ -30,16 +30,16 @@ from submitit.helpers import Checkpointable
 from dp_hpc import code_snapshot
 from dp_hpc.config import PlannedRun, SweepConfig, dump_run_config, load_sweep, to_dict
 from dp_hpc.config.keys import format_keys, sweep_keys
-from dp_hpc.coordinate.runners import make_runner, resolve_kind
+from dp_hpc.coordinate.runners import resolve_kind
 from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
-from dp_hpc.errors import ConfigError, UsageError
+from dp_hpc.errors import ConfigError, UsageError, run_main
 from dp_hpc.io import as_disk_full, atomic_write_text, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
 from dp_hpc.manifest import record_launch
-from dp_hpc.preflight import check_existing_runs, check_run_folders, check_run_inputs, check_train_device
+from dp_hpc.preflight import preflight, report_problems
 
 log = logging.getLogger("dp_hpc.launch")
 
@@ -143,23 +143,20 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     logging.getLogger("submitit").setLevel(logging.WARNING)
     try:
         sweep, runs = load_sweep(args.sweep, args.overrides)
-        kind = resolve_kind(args.executor or sweep.executor.kind)
-        out = Path(args.out)
-        if args.print_config:
-            return print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
-                                          f"{dump_run_config(r.config)}\n" for r in runs))
-        if args.dry_run:
-            return dry_run(sweep, runs, out, kind, args.foreground)
-        sweep_dir = out / sweep.name
-        check_existing_runs(runs, sweep_dir)
-        check_run_folders(runs, sweep_dir)
-        check_run_inputs(runs)
-        check_train_device(runs, sweep, kind)
-        runner = make_runner(kind, sweep, args.foreground)
-        code_snapshot.check_update_request(runner, args.update_code)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    kind = resolve_kind(args.executor or sweep.executor.kind)
+    out = Path(args.out)
+    if args.print_config:
+        return print_quietly("".join(f"# run {r.name} -> {out / sweep.name / r.name}/config.yaml\n"
+                                      f"{dump_run_config(r.config)}\n" for r in runs))
+    checked = preflight(sweep, runs, out, kind, foreground=args.foreground, update_code=args.update_code)
+    if args.dry_run:
+        return dry_run(sweep, runs, out, kind, checked.problems)
+    if checked.problems:
+        return report_problems(checked.problems)
+    runner, sweep_dir = checked.runner, out / sweep.name
     submit_job = runner.detached and not args.foreground
     if submit_job and (active := active_coordinator(runner, sweep_dir)):
         if args.update_code:
@@ -188,4 +185,4 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "interrupted (Ctrl-C); rerun the same command to continue"))

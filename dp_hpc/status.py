@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dp_hpc.coordinate.sweep_table import print_table
+from dp_hpc.errors import run_main
 from dp_hpc.layout import SweepDir
 
 
@@ -29,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -23,6 +23,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from dp_hpc.errors import run_main
 from dp_hpc.integrity import Problem, check_run, repair_run, to_regenerate
 from dp_hpc.io import try_lock
 from dp_hpc.layout import RunDir, SweepDir
@@ -114,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -196,7 +196,7 @@ def test_dry_run_runs_the_launchs_checks_and_exits_2_where_the_launch_would(tmp_
     (folder / "config.yaml").write_text(dump_run_config(changed))
     cmd = [sys.executable, "-m", "dp_hpc.launch", "--sweep", str(smoke), "--out", str(tmp_path / "out"), "--dry-run"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "other values of seed" in r.stderr and "the launch would stop here" in r.stderr, r.stderr
+    assert r.returncode == 2 and "other values of seed" in r.stderr and "the launch would stop here" in r.stdout, r.stderr
     assert runs[0].name in r.stdout, "the plan is printed first"
     (folder / "config.yaml").write_text(dump_run_config(runs[0].config))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

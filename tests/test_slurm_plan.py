@@ -76,7 +76,7 @@ def test_dry_run_on_slurm_prints_sbatch_options_and_gpu_hours(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     r = run_launch(path, tmp_path / "out", "--dry-run", "--executor", "slurm")
     # the plan, then the cluster's own check: this cluster has no partition "gen" (or no sbatch at all)
-    assert r.returncode == 2 and "the launch would stop here" in r.stderr, r.stderr
+    assert r.returncode == 2 and "the launch would stop here" in r.stdout, r.stderr
     assert "partition" in r.stderr or "sbatch" in r.stderr, r.stderr
     out = r.stdout
     assert "--partition=gen --gpus-per-node=1" in out and "--array=0-<tasks-1>%8" in out

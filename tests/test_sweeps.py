@@ -27,7 +27,7 @@ def test_in1k_plan_has_the_paper_budgets_and_fits_its_storage(tmp_path):
     """The plan is printed; then the dry run checks what a launch checks: here the ImageNet data and
     Stable Diffusion weights are missing, so it exits 2 as the launch would, naming them."""
     r = run_launch(IN1K, tmp_path / "out", "--dry-run")
-    assert r.returncode == 2 and "the launch would stop here" in r.stderr, r.stderr
+    assert r.returncode == 2 and "the launch would stop here" in r.stdout, r.stderr
     assert "/datasets/imagenet/packed/" in r.stderr or "/models/stable-diffusion-v1-5" in r.stderr, r.stderr
     rows = plan_rows(r.stdout)
     # Table 1 (6.5M, 9.1M) and the IN-1k scaling runs: DP 0.64M/1.308M/13.08M, static 1.3M/13M

@@ -19,7 +19,8 @@ last. A killed pack rerun with the same command continues from the last written 
 file is left alone. The file layout is documented in `dp_hpc.data.imagenet`.
 
 Bad inputs (no images, class folders that do not match the class list, an existing output made with
-other settings) are reported before any work: one line on stderr, exit status 2.
+other settings, an `--out` whose folder does not exist or cannot be written) are reported before any
+work: one line on stderr, exit status 2. A Ctrl-C is one line too (exit 130): rerun to continue.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dp_hpc.data.imagenet import H5_FORMAT, ClassList, DataInputError, describe_h5, load_class_list
+from dp_hpc.errors import run_main
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
@@ -176,8 +179,27 @@ def _decoder(workers: int) -> Iterator[Callable]:
     if workers <= 0:
         yield map
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # the workers ignore Ctrl-C: the terminal sends it to the whole process group, and it is this
+    # process's to handle (one line, exit 130: dp_hpc.errors.run_main), not every worker's traceback
+    with multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
+                                                  initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield functools.partial(pool.imap, chunksize=4)
+
+
+def check_out_file(out: Path) -> None:
+    """`--out` names a file this process can write (or finish): its folder exists and is writable;
+    it is not a folder. Nothing is created here: a mistyped folder is said, not made."""
+    if out.is_dir():
+        raise DataInputError(f"--out: {out} is a folder; give the path of the .h5 file to write in it")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise DataInputError(f"--out: {parent} is a file, not a folder; choose another --out")
+    if not parent.is_dir():
+        raise DataInputError(f"--out: {parent} is not a folder; create it first (mkdir -p {parent}) "
+                             f"or choose another --out")
+    target = out if out.exists() else parent
+    if not os.access(target, os.W_OK | (0 if target is out else os.X_OK)):
+        raise DataInputError(f"--out: {target} is not writable by this user; choose another --out")
 
 
 def pack(src: str | os.PathLike, out: str | os.PathLike, classes: str = "imagenet100", resolution: int = 256,
@@ -191,6 +213,7 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, classes: str = "imagene
         raise DataInputError(f"--resolution: must be a multiple of 8 and >= 16, got {resolution}")
     if per_class < 0 or block_size < 1:
         raise DataInputError("--per-class must be >= 0 and --block-size >= 1")
+    check_out_file(out)
     class_list = load_class_list(classes)
     listing = list_images(src, class_list, per_class)
     settings = _settings(class_list, classes, resolution, per_class, block_size, src, listing)
@@ -236,4 +259,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "interrupted (Ctrl-C); rerun the same command to continue"))

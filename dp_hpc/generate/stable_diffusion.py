@@ -121,7 +121,8 @@ def check_model_dir(path: str | Path) -> ModelFolder:
     prediction_type not in PREDICTION_TYPES. Reads model_index.json and the scheduler config only."""
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
-        raise ConfigError("generator.model_dir", f"{folder} does not exist or is not a folder")
+        raise ConfigError("generator.model_dir", f"{folder} does not exist or is not a folder; point it at a local "
+                                                 f"StableDiffusionPipeline.save_pretrained folder")
     index, missing, variants = folder / "model_index.json", [], {}
     if index.is_file():
         _check_pipeline_class(index)

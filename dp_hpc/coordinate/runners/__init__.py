@@ -30,16 +30,22 @@ def runner_class(kind: str) -> type[Runner]:
 
 
 def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
-    """The executor's job runner; for slurm, first ask the cluster whether it would take our jobs
-    (not again inside the coordinator job: a passing hiccup of sbatch must not fail a sweep)."""
+    """The executor's job runner (before the launch uses it, dp_hpc.preflight asks
+    `cluster_refusals`)."""
     if kind == "slurm":
-        runner = SlurmRunner(sweep.slurm, sweep_name=sweep.name)
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            runner.check(("generation", "training") + (() if foreground else ("coordinator",)))
-        return runner
+        return SlurmRunner(sweep.slurm, sweep_name=sweep.name)
     ex = sweep.executor
     return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
                        poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start)
+
+
+def cluster_refusals(runner: Runner, foreground: bool) -> list[str]:
+    """For slurm, what the cluster would refuse of each kind of job the launch submits (its own
+    words, `sbatch --test-only`); not asked again inside the coordinator job (a passing hiccup of
+    sbatch must not fail a sweep), nor of local jobs."""
+    if not isinstance(runner, SlurmRunner) or os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        return []
+    return runner.refusals(("generation", "training") + (() if foreground else ("coordinator",)))
 
 
 RecordReaders = Mapping[str, JobControl | None]

@@ -31,7 +31,6 @@ from dp_hpc.coordinate.config import SlurmConfig, SlurmJobConfig
 from dp_hpc.contracts import JobUsage
 from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, LOST, RUNNING, JobPolicy, JobStatus, QueryError,
                                             SubmitError, status_from_result, tail)
-from dp_hpc.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +223,14 @@ class SlurmRunner:
         return executor not in ("local", "debug")
 
     # -- before anything is submitted
-    def check(self, kinds: Sequence[str] = ("generation", "training")) -> None:
-        """Fail early, with the cluster's own words: sbatch missing, an unknown partition or
-        account, GPUs or CPUs no node has. `sbatch --test-only` submits nothing."""
+    def refusals(self, kinds: Sequence[str] = ("generation", "training")) -> list[str]:
+        """What the cluster would refuse, in its own words, every kind of job at once: sbatch
+        missing, an unknown partition or account, GPUs or CPUs no node has. `sbatch --test-only`
+        submits nothing."""
         if shutil.which("sbatch") is None:
-            raise UsageError("--executor slurm needs SLURM's sbatch on PATH, and it is not; run on a login "
-                             "node, or use --executor local")
+            return ["--executor slurm needs SLURM's sbatch on PATH, and it is not; run on a login "
+                    "node, or use --executor local"]
+        found = []
         for kind in kinds:
             job = getattr(self.cfg, kind)
             cmd = ["sbatch", "--test-only", "--job-name=dp_hpc-check", *sbatch_flags(job, self.cfg.signal_delay_s),
@@ -237,8 +238,9 @@ class SlurmRunner:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 why = " ".join((r.stderr or r.stdout).split())
-                raise UsageError(f"the cluster would refuse the {kind} jobs of slurm.{kind} "
-                                 f"({' '.join(cmd[2:-2])}): {why}")
+                found.append(f"the cluster would refuse the {kind} jobs of slurm.{kind} "
+                             f"({' '.join(cmd[2:-2])}): {why}")
+        return found
 
     # -- submission
     def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple],

@@ -268,6 +268,14 @@ def _run_child(request: dict, started: int) -> None:
 
 
 def main() -> None:
+    try:
+        _serve()
+    except BrokenPipeError:  # the launcher went away (a Ctrl-C to its process group) before reading an
+        # answer: nothing to tell it; jobs already started run on, and a relaunch starts a new parent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+
+
+def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's (and the jobs') to handle
     _preload()
     import torch
