@@ -38,7 +38,9 @@ def test_in1k_plan_has_the_paper_budgets_and_fits_its_storage(tmp_path):
     assert "torchrun 4 node(s) x 8 process(es)" in r.stdout and "--gpus-per-node=8" in r.stdout
     assert re.search(r"dp-budget9100000: up to [\d.,]+ GPU-h\n    generation: round 0: 1,820,000 plain in 711 tasks "
                      r"~[\d.,]+ GPU-h; rounds 1-16: 455,000 guided", r.stdout)
-    assert r.stdout.splitlines()[-1].startswith("sweep total: up to "), r.stdout
+    # the plan ends with the total; the closing line says the launch would stop (no data files here)
+    assert r.stdout.splitlines()[-2].startswith("sweep total: up to "), r.stdout
+    assert r.stdout.splitlines()[-1].startswith("the launch would stop here"), r.stdout
     assert not (tmp_path / "out").exists()
 
 
