@@ -35,6 +35,7 @@ from dp_hpc.coordinate.runners.base import Runner
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError
+from dp_hpc.gpu_slots import check_train_gpus
 from dp_hpc.io import as_disk_full, atomic_write_text, is_disk_full
 from dp_hpc.jobs import requeue_if_asked
 from dp_hpc.layout import SweepDir
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         check_run_inputs(runs)
         check_train_device(runs, sweep, kind)
         runner = make_runner(kind, sweep, args.foreground)
+        check_train_gpus(runs, runner.policy.gpu_slots)
         code_snapshot.check_update_request(runner, args.update_code)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)

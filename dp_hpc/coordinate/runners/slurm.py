@@ -223,6 +223,10 @@ class SlurmRunner:
         other job), so a sweep relaunched under SLURM reads them as local processes."""
         return executor not in ("local", "debug")
 
+    def free_gpu_slots(self) -> int:
+        """No slots: SLURM gives each job its GPUs (policy.gpu_slots is 0, so this is never asked)."""
+        return 0
+
     # -- before anything is submitted
     def check(self, kinds: Sequence[str] = ("generation", "training")) -> None:
         """Fail early, with the cluster's own words: sbatch missing, an unknown partition or
