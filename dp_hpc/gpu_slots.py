@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from submitit.helpers import Checkpointable
+
 from dp_hpc.errors import ConfigError
 
 FAKE_ENV = "DP_HPC_FAKE_GPUS"
@@ -219,3 +221,13 @@ class OnGpuSlots:
         finally:
             print(f"dp_hpc gpu slots: done with {','.join(map(str, slots))} at {time.time():.3f} (pid {os.getpid()})",
                   file=sys.stderr, flush=True)
+
+
+class _CheckpointableOnGpuSlots(OnGpuSlots, Checkpointable):
+    """OnGpuSlots of a Checkpointable job: submitit's time-limit handler then treats it as it treats
+    the job itself (checkpoint the call and requeue it, rather than fail it)."""
+
+
+def on_gpu_slots(fn: Callable, lock_dir: Path) -> OnGpuSlots:
+    """`fn` as a job on GPU slots, called as (slots, *args); Checkpointable if `fn` is."""
+    return (_CheckpointableOnGpuSlots if isinstance(fn, Checkpointable) else OnGpuSlots)(fn, lock_dir)

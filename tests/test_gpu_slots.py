@@ -134,6 +134,40 @@ def test_jobs_get_distinct_slots_wait_for_free_ones_and_a_killed_jobs_slot_is_fr
     assert not any(o["cuda_initialized"] for o in out)
 
 
+def test_fresh_interpreter_jobs_hold_their_slots_too(tmp_path):
+    """executor.warm_start: false (submitit's LocalExecutor): the same wrapper, in the job's worker."""
+    runner = LocalRunner("local", warm_start=False, gpu_slots=(0, 1), gpu_lock_dir=tmp_path / "locks")
+    folder, flag = tmp_path / "logs", str(tmp_path / "go")
+    ids = runner.submit(folder, "job", report_and_wait, [(flag,), (flag,)])
+    assert runner.free_gpu_slots() == 0  # given, not yet held: still taken
+
+    def holding(jid: str) -> bool:
+        log = folder / f"{jid}_0_log.err"
+        return log.exists() and "dp_hpc gpu slots: holding" in log.read_text(errors="replace")
+
+    wait_for(lambda: all(holding(j) for j in ids), what="both jobs to hold their slots")
+    Path(flag).touch()
+    for jid in ids:
+        wait_for(lambda: runner.status(folder, jid).state != RUNNING, what="the jobs to end")
+        assert runner.status(folder, jid).state == SUCCEEDED
+    out = [cloudpickle.loads((folder / f"{j}_0_result.pkl").read_bytes())[1] for j in ids]
+    assert sorted(o["cvd"] for o in out) == ["0", "1"] and runner.free_gpu_slots() == 2
+
+
+def test_a_checkpointable_job_stays_checkpointable_on_slots(tmp_path):
+    """submitit's time-limit handler checkpoints and requeues a Checkpointable job; the wrapper must
+    not turn that into a failure."""
+    from submitit.helpers import Checkpointable
+
+    from dp_hpc import jobs
+    from dp_hpc.gpu_slots import OnGpuSlots, on_gpu_slots
+
+    wrapped = on_gpu_slots(jobs.Train(), tmp_path)
+    assert isinstance(wrapped, Checkpointable) and wrapped.checkpoint((0,), "run", True).function is wrapped
+    assert not isinstance(on_gpu_slots(jobs.evaluate, tmp_path), Checkpointable)
+    assert isinstance(on_gpu_slots(jobs.evaluate, tmp_path), OnGpuSlots)
+
+
 def test_the_warm_parent_never_initialises_cuda(tmp_path):
     """Not even to ask whether there is a GPU: torch.cuda.is_available(), which diffusers calls at
     import, asks the CUDA runtime (cudaGetDeviceCount: cuInit, after which torch marks every forked

@@ -26,7 +26,7 @@ from submitit.core.utils import DelayedSubmission
 from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, RUNNING, SUCCEEDED, JobPolicy, JobStatus, SubmitError,
                                             status_from_result)
 from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job, stale_submissions
-from dp_hpc.gpu_slots import OnGpuSlots, SlotPool, default_lock_dir, job_gpus
+from dp_hpc.gpu_slots import SlotPool, default_lock_dir, job_gpus, on_gpu_slots
 from dp_hpc.jobs import LOCAL_CONTROLLER
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class LocalRunner:
                         self._slots.release(g)
                     raise SubmitError(f"{name}: not enough free GPU slots for {len(args_list)} {kind} job(s)", [])
                 given.append(slots)
-            fn = OnGpuSlots(fn, self._slots.lock_dir)
+            fn = on_gpu_slots(fn, self._slots.lock_dir)
             args_list = [(g, *args) for g, args in zip(given, args_list)]
         try:
             ids = self._submit(folder, name, fn, args_list)
