@@ -49,9 +49,9 @@ class LocalRunner:
         self.timeout_min = timeout_min
         self.threads = threads
         # GPU slots (local only: a debug job runs in this process, which cannot hold a slot per job)
-        self._slots = SlotPool(gpu_slots, gpu_lock_dir or default_lock_dir(),
-                                                                   lambda folder, jid: is_live_job(jid, folder)) \
-            if gpu_slots and kind == "local" else None
+        self._slots = None
+        if gpu_slots and kind == "local":
+            self._slots = SlotPool(gpu_slots, gpu_lock_dir or default_lock_dir(), lambda f, jid: is_live_job(jid, f))
         # max_jobs (a few) bounds a poll's work already; every job runs in its own process
         self.policy = JobPolicy(poll_interval_s=poll_interval_s, max_jobs=max_jobs, max_submitted_per_poll=None,
                                 threads=dict.fromkeys(JOB_KINDS, threads), train_procs=None,
