@@ -1,8 +1,9 @@
 """GPU slots of the local executor: which of this machine's GPUs a job may use, one job per GPU.
 
     slots = resolve_gpu_slots(sweep.executor.gpus, visible_gpu_count(), fake=fake_gpus())
-    pool = SlotPool(slots, default_lock_dir())            # in the launcher (LocalRunner)
+    pool = SlotPool(slots, default_lock_dir(), is_running)  # in the launcher (LocalRunner)
     free = pool.free()                                     # slots no job holds nor was just given
+    slots_of_job = pool.take(2)                            # reserved; then pool.given(slots_of_job, folder, job id)
     # the job itself, first thing (OnGpuSlots wraps every job's callable):
     hold_slots(lock_dir, (2, 3))                           # blocks until both are free; sets CUDA_VISIBLE_DEVICES
 
