@@ -18,10 +18,11 @@ from pathlib import Path
 
 from dp_hpc.budget import RunCost, arm_costs, eval_sizes, sweep_costs, sweep_total, throughput_figures
 from dp_hpc.config import PlannedRun, RunConfig, SweepConfig
-from dp_hpc.coordinate.runners import runner_class
+from dp_hpc.coordinate.runners import local_gpu_slots, runner_class
 from dp_hpc.coordinate.runners.slurm import sbatch_flags
 from dp_hpc.data.imagenet import DataInputError
 from dp_hpc.data.spec import dataset_spec
+from dp_hpc.errors import ConfigError
 from dp_hpc.pool_jpeg import estimated_bytes_per_image
 from dp_hpc.preflight import Problem, report_problems
 
@@ -174,6 +175,26 @@ def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
           f"training {_gh(t.training_gpu_h)}, evaluation {_gh(t.eval_gpu_h)})")
 
 
+def print_gpu_slot_plan(sweep: SweepConfig, runs: list[PlannedRun], slots: tuple[int, ...]) -> None:
+    """The local executor on GPU slots (executor.gpus): which jobs get which slots, and the
+    GPU-hour estimate (slurm.throughput's figures) spread over this box's slots."""
+    ex = sweep.executor
+    print(f"GPU slots (local executor): {len(slots)} ({', '.join(map(str, slots))}); one job per slot, "
+          f"up to {ex.max_parallel_jobs} jobs at once; a job waits for free slots:")
+    print("  generator prep, generation task, eval: 1 slot each (CUDA_VISIBLE_DEVICES=<the slot>)")
+    by_k: dict[int, list[str]] = {}
+    for r in runs:
+        by_k.setdefault(min(r.config.train.gpus or len(slots), len(slots)), []).append(r.name)
+    for k, names in sorted(by_k.items()):
+        how = f"torchrun, {k} processes on this machine" if k > 1 else "in the job's own process"
+        print(f"  training: {k} slot(s) ({how}): {', '.join(names) if len(by_k) > 1 else 'every run'}")
+    tp = sweep.slurm.throughput
+    total = sum(g.total for g in gpu_hours(sweep, runs))
+    print(f"GPU-hours (assumed: {tp.plain_images_per_gpu_s:g} plain images/s per GPU, guided x{tp.guided_cost:g}, "
+          f"training {tp.train_images_per_gpu_s:g} images/s per GPU): up to {total:,.1f} GPU-h, "
+          f"~{total / len(slots):,.1f} h on these {len(slots)} slots if they are kept busy")
+
+
 def print_quietly(text: str) -> int:
     """Print; a reader that closed the pipe (`| head`) has all it wanted: exit 0, no traceback."""
     try:
@@ -198,6 +219,12 @@ def dry_run(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, pr
             print_plan(sweep, runs, out)
             if runner_class(kind).uses_sbatch:
                 print_slurm_plan(sweep, runs)
+            try:
+                slots = local_gpu_slots(sweep) if kind == "local" else ()
+            except ConfigError:  # a problem below names it
+                slots = ()
+            if slots:
+                print_gpu_slot_plan(sweep, runs, slots)
         except DataInputError:  # an unreadable class list: no pool size to plan; a problem below names it
             print("(no plan: the data's class list cannot be read)")
     if problems:

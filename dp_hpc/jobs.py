@@ -26,6 +26,7 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
+from dp_hpc.gpu_slots import held_fds
 from dp_hpc.io import run_lock
 from dp_hpc.layout import GeneratorDir, RunDir
 from dp_hpc.train.checkpoint import latest_train_state
@@ -117,7 +118,8 @@ class GenerateShard(Checkpointable):
 
 class Train(Checkpointable):
     """Train the classifier until a plateau (if allowed) or the iteration budget. With
-    `procs_per_node`, through torchrun on every node of the job (SLURM); else in this process."""
+    `procs_per_node`, through torchrun on every node of the job (SLURM; or this machine, one
+    process per GPU slot of a local job); else in this process."""
 
     def __call__(self, run_dir: str, plateau_exit: bool, threads: int = 1, procs_per_node: int | None = None) -> dict:
         _setup(threads)
@@ -163,7 +165,8 @@ def run_torchrun(run_dir: str, plateau_exit: bool, threads: int, procs_per_node:
     # the node's name as SLURM knows it (what `sacct`/`squeue` show): several slurmd may share a host
     log.info("node %d/%d on %s: %s", env.node, env.num_nodes, os.environ.get("SLURMD_NODENAME", env.hostname),
              " ".join(cmd))
-    agent = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+    # the agent holds this job's GPU slot locks too (dp_hpc.gpu_slots): while it runs, its workers' GPUs stay taken
+    agent = subprocess.Popen(cmd, pass_fds=held_fds(), preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
     with signals.forward_as_sigterm(agent):
         code = agent.wait()
     if code != 0 and not signals.RECEIVED:

@@ -28,6 +28,7 @@ from dp_hpc.data.imagenet import DataInputError, check_h5, describe_h5, load_cla
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.errors import ConfigError, UsageError
 from dp_hpc.generate.cache import validate_generator_inputs
+from dp_hpc.gpu_slots import check_train_gpus
 from dp_hpc.integrity import check_run
 from dp_hpc.layout import SweepDir
 from dp_hpc.pool_jpeg import uses_jpeg
@@ -54,7 +55,7 @@ class Preflight:
     made on the way (the launch's)."""
 
     problems: list[Problem]
-    runner: Runner
+    runner: Runner | None  # None only with problems
 
 
 def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, *, foreground: bool = False,
@@ -70,7 +71,11 @@ def preflight(sweep: SweepConfig, runs: list[PlannedRun], out: Path, kind: str, 
     problems += check_pairings(runs)
     problems += check_run_inputs(runs)
     problems += _per_run(runs, lambda cfg: device_problems(cfg, sweep, kind))
-    runner = make_runner(kind, sweep, foreground)
+    try:
+        runner = make_runner(kind, sweep, foreground)
+    except ConfigError as e:  # executor.gpus: more GPUs than this machine has
+        return Preflight(_unique(problems + [problem_of(e)]), None)
+    problems += _caught(functools.partial(check_train_gpus, runs, runner.policy.gpu_slots))
     problems += _caught(functools.partial(code_snapshot.check_update_request, runner, update_code))
     problems += [Problem("", why) for why in cluster_refusals(runner, foreground)]
     return Preflight(_unique(problems), runner)

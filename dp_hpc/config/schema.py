@@ -13,6 +13,7 @@ from dp_hpc.coordinate.config import MethodConfig, PoolConfig, SlurmConfig
 from dp_hpc.data.config import DataConfig
 from dp_hpc.errors import ConfigError
 from dp_hpc.generate.config import GeneratorConfig, SamplerConfig
+from dp_hpc.gpu_slots import validate_gpus_setting
 from dp_hpc.train.config import TrackingConfig, TrainConfig
 
 
@@ -53,8 +54,15 @@ class ExecutorConfig:
     """local: each job is a fork of one parent that has imported torch, diffusers and the job
     modules already (milliseconds to start instead of ~5 s). false: a fresh interpreter per job
     (submitit's LocalExecutor), for platforms where forking after those imports is unsafe."""
+    gpus: str | int | list[int] | None = "auto"
+    """local: the GPU slots jobs get, one job per slot (dp_hpc.gpu_slots): auto (every GPU torch
+    sees; none on a machine without CUDA), a count (the first n), a list of device ids, or null (none:
+    jobs see every GPU, as before). A generation task, an evaluation and a generator job take one
+    slot (CUDA_VISIBLE_DEVICES), a training job `train.gpus` of them under torchrun; jobs wait for
+    free slots. Ignored by the debug and slurm executors (slurm: the `slurm:` section)."""
 
     def __post_init__(self) -> None:
+        validate_gpus_setting(self.gpus)
         for name in ("max_parallel_jobs", "threads_per_job"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")

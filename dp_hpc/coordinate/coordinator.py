@@ -22,6 +22,7 @@ from dp_hpc.coordinate.runners.base import FAILED, LOST, RUNNING, SUCCEEDED, Job
 from dp_hpc.coordinate.runners import RecordReaders, record_readers
 from dp_hpc.coordinate.state import JobRecord, RunState, load_state, save_state
 from dp_hpc.data.spec import dataset_spec
+from dp_hpc.gpu_slots import job_gpus
 from dp_hpc.io import remove_stale_temps
 from dp_hpc.layout import JOB_DETAILS, STATE_FILE, RunDir
 from dp_hpc.pool import Pool, RoundSpec
@@ -51,9 +52,23 @@ def error_line(error: str) -> str:
 
 @dataclass
 class Slots:
-    """Jobs that may still start now, shared by all coordinators of a sweep."""
+    """Jobs that may still start now, shared by all coordinators of a sweep; with GPU slots (the
+    local executor's `executor.gpus`) also the GPU slots free now, which a job of k slots needs k of."""
 
     free: int
+    gpus: int | None = None  # None: jobs take no GPU slot
+
+    def fit(self, tasks: int, gpus_each: int) -> int:
+        """How many of `tasks` jobs of `gpus_each` slots each may start now."""
+        n = min(tasks, self.free)
+        if self.gpus is not None and gpus_each > 0:
+            n = min(n, self.gpus // gpus_each)
+        return max(0, n)
+
+    def use(self, tasks: int, gpus_each: int) -> None:
+        self.free -= tasks
+        if self.gpus is not None:
+            self.gpus -= tasks * gpus_each
 
 
 class Coordinator:
@@ -268,8 +283,10 @@ class Coordinator:
         """Submit up to slots.free tasks, record-then-submit (dp_hpc.coordinate.records): the intent
         is saved in state.json first, under a job name of its own, so that if this process dies
         between sbatch and recording the ids, the next coordinator finds the jobs by that name
-        (`_adopt_pending`) instead of submitting them again."""
-        n = min(len(args_list), slots.free)
+        (`_adopt_pending`) instead of submitting them again. A job on GPU slots waits until enough
+        are free (a training job on k slots: until k are)."""
+        gpus_each = job_gpus(kind, args_list[0]) if args_list and self.runner.policy.gpu_slots else 0
+        n = slots.fit(len(args_list), gpus_each)
         if n <= 0:
             return False
         st = self.state
@@ -285,7 +302,7 @@ class Coordinator:
         except SubmitError as e:  # a queue limit, a slurmctld timeout: sbatch may still have taken some
             log.warning("%s: %s; the next poll adopts what was submitted and retries the rest", self.name, e)
             return False
-        slots.free -= n
+        slots.use(n, gpus_each)
         self._refresh_jobs()  # the debug executor has already run them
         return True
 
@@ -350,7 +367,8 @@ class Coordinator:
                 log.info("%s: no more data (%s); training to the end of the budget", self.name, reason)
                 st.adding_data, changed = False, True
             case P.SubmitTrain(plateau_exit=plateau_exit):
-                args = (run, plateau_exit, self.runner.policy.threads_for("train"), self.runner.policy.train_procs)
+                policy = self.runner.policy
+                args = (run, plateau_exit, policy.threads_for("train"), policy.train_procs_for(self.cfg.train.gpus))
                 return self._submit("train", jobs.Train(), [args], [JobDetail(plateau_exit=plateau_exit)], slots)
             case P.SubmitEval():
                 return self._submit("eval", jobs.evaluate, [(run, self.runner.policy.threads_for("eval"))], [JobDetail()], slots)

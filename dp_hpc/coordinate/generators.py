@@ -63,7 +63,8 @@ def ensure_generators(runs: list[PlannedRun], sweep_dir: Path, runner: Runner, m
     t0 = time.time()
     show_progress = Every(LINE_EVERY_S)
     while (running or waiting) and not stopping(flag):
-        while waiting and len(running) < max_parallel:
+        # a generator job takes one GPU slot, where the local executor has them
+        while waiting and len(running) < max_parallel and (not runner.policy.gpu_slots or runner.free_gpu_slots()):
             gdir = waiting.pop(0)
             log.info("training the generator in %s", gdir)
             rec = files[gdir].submit(runner, "generator", jobs.train_generator,

@@ -73,7 +73,7 @@ def step_sweep(coordinators, runner, max_jobs: int) -> None:
     free = max(0, max_jobs - sum(c.running_jobs() for c in coordinators))
     if runner.policy.max_submitted_per_poll is not None:
         free = min(free, runner.policy.max_submitted_per_poll)
-    slots = Slots(free=free)
+    slots = Slots(free=free, gpus=runner.free_gpu_slots() if runner.policy.gpu_slots else None)
     for c in coordinators:
         c.advance(slots)
 

@@ -22,7 +22,8 @@ class DataConfig:
     test_fraction: float = 0.3
     """digits: fraction held out for the final numbers (test). The rest trains the generator."""
     classes: str = "imagenet100"
-    """imagenet: `imagenet100` (the CMC 100-class subset), `imagenet1k`, or the path of a text file
+    """imagenet: `imagenet100` (the CMC 100-class subset), `imagenet1k`, `imagenet10` (Imagenette's
+    ten classes: sweeps/pilot.yaml), or the path of a text file
     with one WNID per line (optionally followed by a class name). Class index = sorted-WNID order."""
     val_h5: str = ""
     """imagenet: packed real images that monitor plateaus (the paper: the real val set, 5k images
@@ -45,7 +46,7 @@ class DataConfig:
             raise ConfigError("resolution", f"must be a multiple of 8 and >= 16 (latent diffusion works on "
                                             f"8x8 pixel cells), got {self.resolution}")
         if not self.classes.strip():
-            raise ConfigError("classes", "must be imagenet100, imagenet1k or the path of a WNID file, got ''")
+            raise ConfigError("classes", "must be imagenet100, imagenet1k, imagenet10 or the path of a WNID file, got ''")
         for name in ("val_h5", "test_h5"):
             path = getattr(self, name)
             if self.dataset == "imagenet" and not path:

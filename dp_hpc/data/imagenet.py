@@ -1,7 +1,7 @@
 """ImageNet as the rest of the system sees it: class lists, and the packed real evaluation files.
 
-Class lists (`DataConfig.classes`): `imagenet1k`, `imagenet100` (shipped in `dp_hpc/data/classes/`,
-with their sources in the files' headers) or the path of a text file with one WNID per line,
+Class lists (`DataConfig.classes`): `imagenet1k`, `imagenet100`, `imagenet10` (Imagenette's; shipped
+in `dp_hpc/data/classes/`, with their sources in the files' headers) or the path of a text file with one WNID per line,
 optionally followed by a name (else the name comes from the ImageNet-1k list). The class index is
 the position in sorted-WNID order: the standard ImageNet index (what torchvision's ImageFolder gives).
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLASS_DIR = Path(__file__).parent / "classes"
-NAMED_CLASS_LISTS = ("imagenet100", "imagenet1k")
+NAMED_CLASS_LISTS = ("imagenet100", "imagenet1k", "imagenet10")
 H5_FORMAT = "dp_hpc.eval_h5/1"
 
 
@@ -63,7 +63,7 @@ def load_class_list(spec: str) -> ClassList:
     try:
         rows = _read_lines(path)
     except OSError as e:
-        raise DataInputError(f"{path}: cannot read the class list ({e.strerror or e}); use imagenet100, "
+        raise DataInputError(f"{path}: cannot read the class list ({e.strerror or e}); use imagenet100, imagenet10, "
                              f"imagenet1k or a text file with one WNID per line") from None
     wnids = [r[0] for r in rows]
     if not wnids:

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dp_hpc.data.pack", description=__doc__.split("\n\n")[0])
     p.add_argument("--src", required=True, help="ImageFolder tree: SRC/<WNID>/<image>")
     p.add_argument("--out", required=True, help="the HDF5 file to write (or finish)")
-    p.add_argument("--classes", default="imagenet100", help="imagenet100 | imagenet1k | a WNID file (default: %(default)s)")
+    p.add_argument("--classes", default="imagenet100", help="imagenet100 | imagenet1k | imagenet10 | a WNID file (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=256, help="stored side R (default: %(default)s)")
     p.add_argument("--per-class", type=int, default=0, help="keep N images per class (default: all)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),

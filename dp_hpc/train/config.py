@@ -125,6 +125,10 @@ class TrainConfig:
     collective_timeout_min: float = 30.0
     """Minutes a collective (all-reduce, barrier) of a multi-process job may wait for the other ranks
     before the job fails with an error, rather than holding its GPUs while one rank is gone."""
+    gpus: int | None = None
+    """Local executor with GPU slots (executor.gpus): the slots the training job takes, one torchrun
+    process each on this machine (null: every slot; 1: one process, no torchrun). Ignored elsewhere
+    (SLURM: slurm.training). The global batch is split across the processes, as on a cluster."""
     tensorboard: bool = True
     """Also write every evaluation as TensorBoard scalars to `<run>/tensorboard/` (dp_hpc.train.tracking)."""
 
@@ -132,6 +136,8 @@ class TrainConfig:
         for name in ("total_steps", "batch_size", "eval_every", "checkpoint_keep", "input_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.gpus is not None and self.gpus < 1:
+            raise ConfigError("gpus", f"must be >= 1 or null (every GPU slot), got {self.gpus}")
         if self.collective_timeout_min <= 0:
             raise ConfigError("collective_timeout_min", f"must be > 0, got {self.collective_timeout_min}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:

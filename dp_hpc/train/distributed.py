@@ -44,9 +44,11 @@ def setup_distributed(timeout_min: float | None = None) -> Dist:
     if owns:
         timeout = None if timeout_min is None else datetime.timedelta(minutes=timeout_min)
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
-        logging.getLogger(__name__).info("[rank %d] process group %s, world size %d, collective timeout %s",
+        logging.getLogger(__name__).info("[rank %d] process group %s, world size %d, collective timeout %s, "
+                                         "device %s, CUDA_VISIBLE_DEVICES=%s",
                                          dist.get_rank(), dist.get_backend(), dist.get_world_size(),
-                                         "torch's default" if timeout is None else f"{timeout_min} min")
+                                         "torch's default" if timeout is None else f"{timeout_min} min",
+                                         device, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
 
 

@@ -15,6 +15,7 @@ from dp_hpc.coordinate.config import SlurmConfig
 from dp_hpc.coordinate.runners.base import JobControl, Runner
 from dp_hpc.coordinate.runners.local import LocalRunner
 from dp_hpc.coordinate.runners.slurm import SlurmRunner
+from dp_hpc.gpu_slots import fake_gpus, resolve_gpu_slots, visible_gpu_count
 
 
 def resolve_kind(requested: str) -> str:
@@ -36,7 +37,14 @@ def make_runner(kind: str, sweep: SweepConfig, foreground: bool) -> Runner:
         return SlurmRunner(sweep.slurm, sweep_name=sweep.name)
     ex = sweep.executor
     return LocalRunner(kind, timeout_min=ex.timeout_min, threads=ex.threads_per_job,
-                       poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start)
+                       poll_interval_s=ex.poll_interval_s, max_jobs=ex.max_parallel_jobs, warm_start=ex.warm_start,
+                       gpu_slots=local_gpu_slots(sweep) if kind == "local" else ())
+
+
+def local_gpu_slots(sweep: SweepConfig) -> tuple[int, ...]:
+    """The local executor's GPU slots (executor.gpus, dp_hpc.gpu_slots)."""
+    value = sweep.executor.gpus
+    return () if value is None else resolve_gpu_slots(value, visible_gpu_count(), fake=fake_gpus())
 
 
 def cluster_refusals(runner: Runner, foreground: bool) -> list[str]:

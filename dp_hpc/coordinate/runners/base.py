@@ -59,9 +59,18 @@ class JobPolicy:
     max_submitted_per_poll: int | None  # jobs submitted in one poll at most (None: no limit beyond max_jobs)
     threads: Mapping[str, int]  # torch threads of a job of each kind (JOB_KINDS)
     train_procs: int | None  # processes per node of a training job started through torchrun; None: in the job's own process
+    gpu_slots: int = 0  # GPU slots of this machine the local executor hands out, one job each (0: none; dp_hpc.gpu_slots)
 
     def threads_for(self, kind: str) -> int:
         return self.threads[kind]
+
+    def train_procs_for(self, train_gpus: int | None) -> int | None:
+        """torchrun processes of a run's training job: on GPU slots, `train.gpus` of them (null:
+        every slot; one runs in the job's own process), else the executor's `train_procs`."""
+        if not self.gpu_slots:
+            return self.train_procs
+        k = train_gpus or self.gpu_slots
+        return k if k > 1 else None
 
 
 class JobControl(Protocol):
@@ -136,6 +145,9 @@ class Runner(JobControl, Protocol):
 
     def check(self, kinds: Sequence[str]) -> None:
         """Fail early (UsageError) if the executor would refuse these kinds of job."""
+
+    def free_gpu_slots(self) -> int:
+        """GPU slots no job holds now (asked only where policy.gpu_slots > 0: the local executor)."""
 
 
 def tail(path: Path, n: int = 15) -> str:

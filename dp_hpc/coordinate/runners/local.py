@@ -6,6 +6,8 @@
   submitit.local._local` controller and task per job). Either way the job writes submitit's
   files (pickles, logs, result) and outlives a killed coordinator; a new coordinator re-attaches
   by checking that the pid is still a job of our log folder (`warm.is_live_job`).
+  With GPU slots (`executor.gpus`, dp_hpc.gpu_slots) every job is given free slots at submission
+  and holds them itself (a lock per slot) from its start to its end: one job per GPU.
 - `debug`: submitit's DebugExecutor: runs the task in-process at submission (no parallelism).
 """
 
@@ -24,6 +26,7 @@ from submitit.core.utils import DelayedSubmission
 from dp_hpc.coordinate.runners.base import (FAILED, JOB_KINDS, RUNNING, SUCCEEDED, JobPolicy, JobStatus, SubmitError,
                                             status_from_result)
 from dp_hpc.coordinate.runners.warm import WarmParent, is_live_job, stale_submissions
+from dp_hpc.gpu_slots import SlotPool, default_lock_dir, job_gpus, on_gpu_slots
 from dp_hpc.jobs import LOCAL_CONTROLLER
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,21 @@ class LocalRunner:
     label = "local"
 
     def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1,
-                 poll_interval_s: float = 0.5, max_jobs: int = 2, warm_start: bool = True):
+                 poll_interval_s: float = 0.5, max_jobs: int = 2, warm_start: bool = True,
+                 gpu_slots: Sequence[int] = (), gpu_lock_dir: Path | None = None):
         if kind not in ("local", "debug"):
             raise ValueError(f"unknown executor {kind!r}; allowed: local, debug")
         self.kind = kind
         self.timeout_min = timeout_min
         self.threads = threads
+        # GPU slots (local only: a debug job runs in this process, which cannot hold a slot per job)
+        self._slots = None
+        if gpu_slots and kind == "local":
+            self._slots = SlotPool(gpu_slots, gpu_lock_dir or default_lock_dir(), lambda f, jid: is_live_job(jid, f))
         # max_jobs (a few) bounds a poll's work already; every job runs in its own process
         self.policy = JobPolicy(poll_interval_s=poll_interval_s, max_jobs=max_jobs, max_submitted_per_poll=None,
-                                threads=dict.fromkeys(JOB_KINDS, threads), train_procs=None)
+                                threads=dict.fromkeys(JOB_KINDS, threads), train_procs=None,
+                                gpu_slots=len(self._slots.slots) if self._slots else 0)
         self.env = {"OMP_NUM_THREADS": str(threads), **(env or {})}
         self._jobs: dict[tuple[str, str], submitit.Job] = {}  # (folder, id) -> submitit jobs submitted by this process
         self._warm = WarmParent(self.env) if kind == "local" and warm_start else None
@@ -77,9 +86,41 @@ class LocalRunner:
         the run lock, shard tasks rewrite identical bytes)."""
         return []
 
-    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple], kind: str = "generate") -> list[str]:  # noqa: ARG002
-        """Submit one job array (one task per args tuple) of a kind of job; return the job ids."""
+    def free_gpu_slots(self) -> int:
+        return len(self._slots.free()) if self._slots else 0
+
+    def submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple], kind: str = "generate") -> list[str]:
+        """Submit one job array (one task per args tuple) of a kind of job; return the job ids.
+        With GPU slots, each task is given free ones (job_gpus of them) and holds them (OnGpuSlots)."""
         folder.mkdir(parents=True, exist_ok=True)
+        given: list[tuple[int, ...]] = []
+        if self._slots is not None:
+            for args in args_list:
+                slots = self._slots.take(job_gpus(kind, args))
+                if slots is None:
+                    for g in given:
+                        self._slots.release(g)
+                    raise SubmitError(f"{name}: not enough free GPU slots for {len(args_list)} {kind} job(s)", [])
+                given.append(slots)
+            fn = on_gpu_slots(fn, self._slots.lock_dir)
+            args_list = [(g, *args) for g, args in zip(given, args_list)]
+        try:
+            ids = self._submit(folder, name, fn, args_list)
+        except SubmitError as e:
+            for g in given[len(e.ids):]:
+                self._slots.release(g)
+            for g, jid in zip(given, e.ids):
+                self._slots.given(g, folder, jid)
+            raise
+        except BaseException:
+            for g in given:
+                self._slots.release(g)
+            raise
+        for g, jid in zip(given, ids):
+            self._slots.given(g, folder, jid)
+        return ids
+
+    def _submit(self, folder: Path, name: str, fn: Callable, args_list: Sequence[tuple]) -> list[str]:
         if self._warm is not None:
             self._first_look(folder)
             ids: list[str] = []

@@ -222,6 +222,10 @@ class SlurmRunner:
         other job), so a sweep relaunched under SLURM reads them as local processes."""
         return executor not in ("local", "debug")
 
+    def free_gpu_slots(self) -> int:
+        """No slots: SLURM gives each job its GPUs (policy.gpu_slots is 0, so this is never asked)."""
+        return 0
+
     # -- before anything is submitted
     def refusals(self, kinds: Sequence[str] = ("generation", "training")) -> list[str]:
         """What the cluster would refuse, in its own words, every kind of job at once: sbatch

@@ -17,8 +17,8 @@ local job does. So logs, results and status (`status_from_result`) are the same 
 and a later coordinator re-attaches to a running job by its pid (`is_live_job`: its stdout is a
 log of that folder).
 
-Why fork is safe here: the parent only imports; it runs no torch op, holds no CUDA context (it
-refuses to serve if one was made) and imports with OMP/BLAS threads at 1, so it has no thread to
+Why fork is safe here: the parent only imports; it runs no torch op, never initialises CUDA (not
+even to ask whether there is a GPU; it refuses to serve if a CUDA context was made) and imports with OMP/BLAS threads at 1, so it has no thread to
 lose in the fork; each job sets its own thread count (`torch.set_num_threads` in dp_hpc.jobs).
 The parent exits when the coordinator goes away (its stdin closes); jobs that are running keep
 running, as submitit's local jobs did, and the next coordinator re-attaches to them.
@@ -51,6 +51,11 @@ attributes). A module that fails to import is left to the job (it fails there, w
 
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 """The parent's own thread settings while it imports: no thread pool exists at a fork."""
+
+NO_CUDA_INIT = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+"""torch.cuda.is_available() through NVML, not the CUDA runtime: a module that asks it at import
+does not initialise CUDA in the parent (a forked job could not use it then; each job sets
+CUDA_VISIBLE_DEVICES to its GPU slots before its first CUDA call: dp_hpc.gpu_slots)."""
 
 
 class WarmParent:
@@ -95,7 +100,7 @@ class WarmParent:
 
     def _running(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
-            env = {**os.environ, **self.env, **SINGLE_THREADED}
+            env = {**os.environ, **self.env, **SINGLE_THREADED, **NO_CUDA_INIT}
             self._proc = subprocess.Popen([sys.executable, "-c", f"from {__name__} import main; main()"],
                                           stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, text=True, env=env,
@@ -280,7 +285,9 @@ def _serve() -> None:
     _preload()
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # is_initialized only reads torch's flag: is_available() would ask the CUDA runtime
+    # (cudaGetDeviceCount -> cuInit), after which no forked job could use CUDA
+    if torch.cuda.is_initialized():
         print("not ready: CUDA was initialised while importing; jobs cannot be forked", flush=True)
         return
     threads = len(os.listdir("/proc/self/task")) if Path("/proc/self/task").exists() else 1
