@@ -176,8 +176,8 @@ def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
 
 
 def print_gpu_slot_plan(sweep: SweepConfig, runs: list[PlannedRun], slots: tuple[int, ...]) -> None:
-    """The local executor on GPU slots (executor.gpus): which jobs get which slots, and the
-    GPU-hour estimate (slurm.throughput's figures) spread over this box's slots."""
+    """The local executor on GPU slots (executor.gpus): which jobs get which slots, the GPU-hour
+    budget (`print_budget`, slurm.throughput's figures), and its wall time on this box's slots."""
     ex = sweep.executor
     print(f"GPU slots (local executor): {len(slots)} ({', '.join(map(str, slots))}); one job per slot, "
           f"up to {ex.max_parallel_jobs} jobs at once; a job waits for free slots:")
@@ -188,11 +188,10 @@ def print_gpu_slot_plan(sweep: SweepConfig, runs: list[PlannedRun], slots: tuple
     for k, names in sorted(by_k.items()):
         how = f"torchrun, {k} processes on this machine" if k > 1 else "in the job's own process"
         print(f"  training: {k} slot(s) ({how}): {', '.join(names) if len(by_k) > 1 else 'every run'}")
-    tp = sweep.slurm.throughput
-    total = sum(g.total for g in gpu_hours(sweep, runs))
-    print(f"GPU-hours (assumed: {tp.plain_images_per_gpu_s:g} plain images/s per GPU, guided x{tp.guided_cost:g}, "
-          f"training {tp.train_images_per_gpu_s:g} images/s per GPU): up to {total:,.1f} GPU-h, "
-          f"~{total / len(slots):,.1f} h on these {len(slots)} slots if they are kept busy")
+    print_budget(sweep, runs)
+    total = sweep_total(gpu_hours(sweep, runs)).total
+    print(f"on this machine: up to {total:,.1f} GPU-h, ~{total / len(slots):,.1f} h on these {len(slots)} slots "
+          f"if they are kept busy")
 
 
 def print_quietly(text: str) -> int:

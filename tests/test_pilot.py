@@ -48,8 +48,10 @@ def test_the_pilot_plans_about_six_gpu_hours_on_an_8_gpu_box(inputs, monkeypatch
     runs = re.findall(r"^  (\S+)\s+(static|dp)\s", r.stdout, re.M)
     assert sorted(m for _, m in runs) == ["dp"] * 4 + ["static"] * 2, r.stdout
     assert "GPU slots (local executor): 8" in r.stdout and "training: 8 slot(s) (torchrun, 8 processes" in r.stdout
-    total = float(re.search(r"up to ([\d.]+) GPU-h, ~([\d.]+) h on these 8 slots", r.stdout).group(1))
+    total = float(re.search(r"^on this machine: up to ([\d.]+) GPU-h, ~([\d.]+) h on these 8 slots", r.stdout,
+                            re.M).group(1))
     assert 5.0 <= total <= 7.0, r.stdout
+    assert re.search(rf"^sweep total: up to {total} GPU-h for 6 runs", r.stdout, re.M), r.stdout
 
 
 def tiny_pilot(inputs, tmp) -> tuple:
