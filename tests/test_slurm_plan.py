@@ -132,3 +132,42 @@ def test_the_in1k_gpu_hour_estimate_follows_from_the_sweeps_numbers(capsys):
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"  dp-budget{budget}:"))
     assert line.endswith(f"total up to {expected_total:,.1f} GPU-h")
     assert f"({train_h / dp.gpus:,.1f} h on {dp.gpus} GPUs)" in line
+
+
+FAKE_SQUEUE = """#!/bin/sh
+# answers as the queue in $FAKE_SQUEUE_MODE: listed, forgotten (one id ended long ago), down
+case "$FAKE_SQUEUE_MODE" in
+  listed) echo "$4 PENDING" ;;  # squeue -h -r -j <ids> -o "%i %T"
+  forgotten) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+  *) echo "slurm_load_jobs error: Unable to contact slurm controller (connect failure)" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [("listed", ("4242", "PENDING")), ("forgotten", None), ("down", "raises")])
+def test_the_coordinator_job_check_reads_squeue_and_a_failed_query_is_not_an_ended_job(tmp_path, monkeypatch, mode, expected):
+    """active_coordinator asks squeue (SlurmRunner.live) about the recorded coordinator job: listed
+    (a requeued job is PENDING again) -> it runs; an id slurmctld has forgotten -> ended; squeue
+    failing -> QueryError, never "ended" (a second coordinator would start beside a live one)."""
+    from dp_hpc.config import from_dict
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.runners.base import QueryError
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
+    from dp_hpc.coordinate.sweep import active_coordinator
+    from dp_hpc.io import atomic_write_json
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(FAKE_SQUEUE)
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SQUEUE_MODE", mode)
+    sweep_dir = tmp_path / "sweep"
+    atomic_write_json(sweep_dir / "coordinator.json",
+                      {"job_id": "4242", "name": "s/coordinator", "submitted": 0.0, "executor": "slurm"})
+    runner = SlurmRunner(from_dict(SlurmConfig, {}), sweep_name="s")
+    if expected == "raises":
+        with pytest.raises(QueryError, match="Unable to contact"):
+            active_coordinator(runner, sweep_dir)
+    else:
+        assert active_coordinator(runner, sweep_dir) == expected

@@ -358,30 +358,24 @@ class SlurmRunner:
             running = self._running[key] = JobStatus(RUNNING, log_path=str(paths.stderr))
         return running
 
-    def active_state(self, folder: Path, job_id: str) -> str | None:  # noqa: ARG002
-        """The SLURM state of a job that is queued or running, None once it has ended."""
-        self.poll([job_id])
-        state = self.slurm_state(job_id)
-        if state is None or state in ENDED:  # accounting lags or the attempt ended: ask the queue too
-            q = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=120)
-            if q.returncode == 0 and q.stdout.strip():
-                return q.stdout.split()[0]
-            return None
-        return state
-
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:  # noqa: ARG002
         ids = list(job_ids)
         for i in range(0, len(ids), 500):
             subprocess.run(["scancel", *ids[i : i + 500]], capture_output=True, timeout=120)
 
     def live(self, jobs: Sequence[tuple[Path, str]]) -> dict[str, str]:
-        """From squeue (pending, running, completing; array tasks by their own ids, '12_3'), in
-        calls of 500 ids: jobs it does not know are simply not listed."""
+        """From squeue (pending, running, completing, requeued and pending again; array tasks by
+        their own ids, '12_3'), in calls of 500 ids: jobs it does not know are simply not listed.
+        squeue asked about one job id that slurmctld has forgotten (ended more than MinJobAge ago)
+        fails with "Invalid job id specified" (asked about several, it lists the others): that job
+        has ended. Any other failure raises QueryError: an unanswered query is not an ended job."""
         out: dict[str, str] = {}
         ids = sorted({jid for _, jid in jobs})
         for i in range(0, len(ids), 500):
             r = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids[i : i + 500]), "-o", "%i %T"],
                                capture_output=True, text=True, timeout=120)
+            if r.returncode != 0 and "Invalid job id specified" in r.stderr and not r.stdout.strip():
+                continue
             if r.returncode != 0:
                 raise QueryError(f"squeue failed: {' '.join(r.stderr.split())[:300]}")
             for line in r.stdout.splitlines():
