@@ -135,7 +135,8 @@ class CoordinatorJob(Checkpointable):
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
     another launcher, 3 the generator failed, 4 a write of this process found the disk full (free
-    space, rerun to continue), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
+    space, rerun to continue), 5 SLURM's queue did not answer whether the sweep's coordinator job
+    runs (nothing submitted; rerun), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
     `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     if args.list_keys:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     except (QueryError, subprocess.SubprocessError) as e:  # not knowing is not "ended": no second coordinator
         print(f"error: could not ask SLURM whether the sweep's coordinator job still runs ({e}); "
               f"nothing submitted: rerun the same command when squeue answers", file=sys.stderr)
-        return 3
+        return 5
     if active:
         if args.update_code:
             print(f"error: {code_snapshot.busy_coordinator_message(*active)}", file=sys.stderr)
