@@ -171,3 +171,31 @@ def test_the_coordinator_job_check_reads_squeue_and_a_failed_query_is_not_an_end
             active_coordinator(runner, sweep_dir)
     else:
         assert active_coordinator(runner, sweep_dir) == expected
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_a_job_never_in_accounting_and_gone_from_the_queue_ends_as_cancelled(tmp_path, monkeypatch, queued):
+    """An array task cancelled while pending gets no sacct record at all (seen on the test cluster:
+    tests/test_slurm_chaos.py waited for ever on it): once unknown to sacct for UNKNOWN_GRACE_S and
+    not in squeue, it has ended (cancelled); still queued, it runs."""
+    from dp_hpc.config import from_dict
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.runners import slurm as S
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 0\n")  # knows nothing
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\n{'echo 77_0' if queued else 'exit 0'}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    runner = S.SlurmRunner(from_dict(SlurmConfig, {}), sweep_name="s")
+    runner.poll(["77_0"])
+    assert runner.status(tmp_path, "77_0").state == S.RUNNING  # just submitted, as far as anyone can tell
+    runner._unknown_since["77_0"] -= S.UNKNOWN_GRACE_S
+    runner.poll(["77_0"])
+    st = runner.status(tmp_path, "77_0")
+    if queued:
+        assert st.state == S.RUNNING
+    else:
+        assert st.state == S.FAILED and "cancelled (scancel)" in st.error, st
