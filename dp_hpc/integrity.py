@@ -13,6 +13,7 @@ chunk and loads the checkpoints a resume would start from.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,8 @@ from dp_hpc.coordinate.generators import generator_dir_for
 from dp_hpc.coordinate.consistency import read_state, state_from_disk, state_problems
 from dp_hpc.coordinate.plan import passed_rounds
 from dp_hpc.coordinate.state import RunState, save_state
-from dp_hpc.layout import TRAIN_STATE_FILE, GeneratorDir, RunDir
+from dp_hpc.io import temps_under
+from dp_hpc.layout import BRANCHES, TRAIN_STATE_FILE, GeneratorDir, RunDir
 from dp_hpc.pool import Pool
 from dp_hpc.pool_check import GENERATED, check_pool, repair_pool
 from dp_hpc.train.checkpoint import checkpoint_damage, read_train_state, unmark_checkpoint, unreadable_train_states
@@ -35,16 +37,19 @@ class Problem:
     """One thing wrong in a run folder: `fix` says what `repair` does about it (None: nothing can)."""
 
     run: RunDir
-    part: str  # pool | checkpoint | state
+    part: str  # pool | checkpoint | state | temp
     path: Path  # the damaged file or folder
     what: str
     fix: str | None
     repair: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
-def check_run(run: RunDir, deep: bool) -> list[Problem]:
-    """Everything wrong in one run folder (a branch-out is one too), checkpoints first."""
-    return [*_checkpoint_problems(run, deep), *_pool_problems(run, deep), *_state_problems(run)]
+def check_run(run: RunDir, deep: bool, temps: bool = False) -> list[Problem]:
+    """Everything wrong in one run folder (a branch-out is one too), checkpoints first; with `temps`
+    (dp_hpc.verify; not the launcher, which needs none of them gone), the temporary files of writes
+    killed before their rename."""
+    return [*_checkpoint_problems(run, deep), *_pool_problems(run, deep), *_state_problems(run),
+            *(_temp_problems(run) if temps else [])]
 
 
 def repair_run(run: RunDir, problems: list[Problem]) -> list[tuple[Problem, str]]:
@@ -148,6 +153,36 @@ def _classifier_problem(folder: Path, deep: bool) -> str | None:
     if ts is None:
         return "that checkpoint is gone or incomplete"
     return checkpoint_damage(folder, ts) if deep else None
+
+
+# ----------------------------------------------------------------------------- temporary files
+
+STALE_TEMP_S = 300.0
+"""A temporary file untouched this long is no write in flight (a write keeps its file's mtime fresh
+until the rename: seconds, a large checkpoint's included): `--repair` removes only those. verify
+--repair holds the sweep's and every run's lock, but a generation task left running on SLURM by a
+cancelled coordinator holds none."""
+
+
+def _temp_problems(run: RunDir, now: float | None = None) -> list[Problem]:
+    """The temporary files (ours, zarr's, submitit's: dp_hpc.io.TEMP_GLOBS) that a job or
+    coordinator killed between writing one and renaming it left in the run folder. Harmless, but no
+    one else removes them: the next job owning their folder does (chunk files, checkpoints,
+    eval.json, ...), unless none comes (a finished run)."""
+    now = time.time() if now is None else now
+    out = []
+    for tmp in temps_under(run.path, skip=frozenset({BRANCHES})):  # a branch-out is a run of its own
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:  # renamed or removed meanwhile: a write in flight after all
+            continue
+        if age >= STALE_TEMP_S:
+            out.append(Problem(run, "temp", tmp, "temporary file of a write killed before its rename",
+                               "remove it", functools.partial(tmp.unlink, missing_ok=True)))
+        else:
+            out.append(Problem(run, "temp", tmp, f"temporary file written {age:.0f} s ago: maybe a write "
+                               f"in flight", f"none now: check again after {STALE_TEMP_S:.0f} s"))
+    return out
 
 
 # ----------------------------------------------------------------------------- state.json

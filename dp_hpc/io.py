@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            kill_in_write_hook(path)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -73,15 +76,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise
 
 
+KILL_IN_WRITE = "DP_HPC_TEST_KILL_IN_WRITE"
+"""Tests only: a glob of paths (fnmatch, whole path); an atomic write of a matching file SIGKILLs its
+own process once the temporary file is written, before the rename (tests/test_kill_in_write.py),
+as a preemption or a node failure at that instant would. Set nowhere but in tests."""
+
+
+def kill_in_write_hook(path: str | os.PathLike) -> None:
+    """The test-only `KILL_IN_WRITE` hook: called between writing a temporary file and renaming it."""
+    pattern = os.environ.get(KILL_IN_WRITE)
+    if pattern and fnmatch.fnmatch(str(path), pattern):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+TEMP_GLOBS = (".{}.*.tmp", "{}.*.partial", "{}.save_tmp")
+"""The temporary files of the three writers of the run folder, for a file `{}`: ours
+(atomic_write_bytes), zarr's LocalStore (`<file>.<uuid hex>.partial`: a pool chunk file) and
+submitit's (`<job>_<task>_result.pkl.save_tmp`, whose leftover makes the requeued job's result
+write fail an assertion)."""
+
+
+def temps_under(root: str | os.PathLike, skip: frozenset[str] = frozenset()) -> list[Path]:
+    """Every temporary file (TEMP_GLOBS, any name) under `root`, not following links nor entering
+    folders named in `skip`."""
+    globs = [g.format("*") for g in TEMP_GLOBS]
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]
+        out += [Path(folder) / f for f in files if any(fnmatch.fnmatch(f, g) for g in globs)]
+    return sorted(out)
+
+
+def stale_temps(folder: str | os.PathLike, names: str) -> list[Path]:
+    """The temporary files of writes of the files `names` (a glob) in `folder` (TEMP_GLOBS)."""
+    return sorted({p for g in TEMP_GLOBS for p in Path(folder).glob(g.format(names))})
+
+
 def remove_stale_temps(folder: str | os.PathLike, names: str) -> list[Path]:
     """Remove the temporary files that atomic writes of the files `names` (a glob) in `folder` left
     behind: a process SIGKILLed between creating one and renaming it runs no cleanup. Only for files
     whose sole writer is the caller, at its start: another process's write in flight would lose its
     temporary file. Returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(f".{names}.*.tmp"):
+    removed = stale_temps(folder, names)
+    for tmp in removed:
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
     return removed
 
 

@@ -27,7 +27,7 @@ from submitit.helpers import Checkpointable
 
 from dp_hpc import signals
 from dp_hpc.gpu_slots import held_fds
-from dp_hpc.io import run_lock
+from dp_hpc.io import remove_stale_temps, run_lock
 from dp_hpc.layout import GeneratorDir, RunDir
 from dp_hpc.train.checkpoint import latest_train_state
 
@@ -43,6 +43,21 @@ def _setup(threads: int) -> None:
     logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
     log.info("dp_hpc from %s", Path(__file__).resolve().parent)  # SLURM: the sweep's code snapshot
+    remove_own_result_temp()
+
+
+def remove_own_result_temp() -> None:
+    """Remove the temporary result file (`<job>_<task>_result.pkl.save_tmp`) that an earlier attempt
+    of this job (same id: requeued by SLURM) killed while writing its result left: submitit asserts
+    that it does not exist, so this attempt would fail at its very end. Only this job writes it."""
+    import submitit
+
+    try:
+        paths = submitit.JobEnvironment().paths
+    except Exception:  # not a submitit job (a warm job, the debug executor's in-process call)
+        return
+    for tmp in remove_stale_temps(paths.result_pickle.parent, paths.result_pickle.name):
+        log.info("removed %s, left by an attempt killed while writing its result", tmp.name)
 
 
 LOCAL_CONTROLLER = "submitit.local._local"  # the module of a submitit LocalExecutor job's controller process
@@ -99,7 +114,10 @@ def train_generator(generator_dir: str, threads: int = 1) -> dict:
     _setup(threads)
     from dp_hpc.generate.cache import build_generator
 
-    with run_lock(GeneratorDir(generator_dir).lock):
+    g = GeneratorDir(generator_dir)
+    with run_lock(g.lock):  # the holder is the one writer of these files (config.yaml: the launcher's)
+        for f in (g.marker, g.checkpoint, g.oracle, g.text_embeddings):
+            remove_stale_temps(f.parent, f.name)  # left by a job killed while writing them
         return build_generator(Path(generator_dir))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from dp_hpc import code_snapshot
 from dp_hpc.config import PlannedRun, SweepConfig, dump_run_config, load_sweep, to_dict
 from dp_hpc.config.keys import format_keys, sweep_keys
 from dp_hpc.coordinate.runners import resolve_kind
-from dp_hpc.coordinate.runners.base import Runner
+from dp_hpc.coordinate.runners.base import QueryError, Runner
 from dp_hpc.coordinate.sweep import acquire_sweep_lock, active_coordinator, coordinator_record, run_sweep
 from dp_hpc.dry_run import dry_run, print_quietly
 from dp_hpc.errors import ConfigError, UsageError, run_main
@@ -134,7 +135,8 @@ class CoordinatorJob(Checkpointable):
 def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
     """Exit status: 0 done (or the coordinator job submitted), 1 some runs failed, 2 bad input or
     another launcher, 3 the generator failed, 4 a write of this process found the disk full (free
-    space, rerun to continue), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
+    space, rerun to continue), 5 SLURM's queue did not answer whether the sweep's coordinator job
+    runs (nothing submitted; rerun), 143 stopped by SIGTERM/SIGUSR2 (rerun to continue), 130 Ctrl-C.
     `retry_failed=False`: a requeued coordinator job leaves failed runs failed."""
     args = parse_args(argv)
     if args.list_keys:
@@ -158,7 +160,13 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         return report_problems(checked.problems)
     runner, sweep_dir = checked.runner, out / sweep.name
     submit_job = runner.detached and not args.foreground
-    if submit_job and (active := active_coordinator(runner, sweep_dir)):
+    try:
+        active = active_coordinator(runner, sweep_dir) if submit_job else None
+    except (QueryError, subprocess.SubprocessError) as e:  # not knowing is not "ended": no second coordinator
+        print(f"error: could not ask SLURM whether the sweep's coordinator job still runs ({e}); "
+              f"nothing submitted: rerun the same command when squeue answers", file=sys.stderr)
+        return 5
+    if active:
         if args.update_code:
             print(f"error: {code_snapshot.busy_coordinator_message(*active)}", file=sys.stderr)
             return 2

@@ -5,11 +5,13 @@
 For every run and branch-out (dp_hpc.integrity): every marked pool chunk's files exist and decode
 with the right shape (labels and seeds: the values derived from the run seed); the checkpoints a
 resume would load do load, and the classifiers that chunks still to generate need; state.json
-parses and agrees with the disk. Prints a table of the problems, and the chunks the next launch will
+parses and agrees with the disk; no temporary file of a write killed before its rename is left.
+Prints a table of the problems, and the chunks the next launch will
 generate again. `--quick`: the cheap part only (what the launcher runs before resuming: no decoding,
 no checkpoint loading). `--repair`, holding the sweep's lock and each run's training lock, unmarks
 damaged chunks (the next launch regenerates them: same seeds, same bytes), un-marks damaged
-checkpoints (a resume falls back to the newest intact one) and rewrites a state.json that does not
+checkpoints (a resume falls back to the newest intact one), removes temporary files untouched for
+5 minutes (a newer one may be a write in flight: reported, left) and rewrites a state.json that does not
 parse or agree with the disk from the disk; then checks the sweep again, cheaply.
 
 Exit status: 0 nothing wrong (with --repair: nothing left that the next launch cannot handle);
@@ -47,7 +49,7 @@ HEADER = ["run", "part", "where", "problem", "repair"]
 
 def verify(sweep_dir: Path, repair: bool, deep: bool) -> int:
     runs = SweepDir(sweep_dir).runs_and_branches()
-    problems = {run: check_run(run, deep) for run in runs}
+    problems = {run: check_run(run, deep, temps=True) for run in runs}
     rows = []
     if repair:
         with contextlib.ExitStack() as locks:
@@ -63,7 +65,7 @@ def verify(sweep_dir: Path, repair: bool, deep: bool) -> int:
         for r, chunks in to_regenerate(run).items():
             print(f"{run.path.relative_to(sweep_dir)}: round {r}: {len(chunks)} chunk(s) without a marker "
                   f"(the next launch generates them again): {chunks}")
-    left = sum(len(check_run(run, deep=False)) for run in runs) if repair else len(rows)
+    left = sum(len(check_run(run, deep=False, temps=True)) for run in runs) if repair else len(rows)
     what = "deep" if deep else "quick"
     if left:
         print(f"{sweep_dir}: {left} problem(s) {'left after repair' if repair else 'found'} ({what} check of "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -297,3 +298,147 @@ def test_random_sigkills_leave_the_results_of_an_uninterrupted_run(smoke, tmp_pa
     assert not leftover_temp_files(out), f"temporary files left: {leftover_temp_files(out)}; {ctx}"
     kills = [e for e in c.events if "SIGKILL" in e]
     assert len(kills) >= 3, f"only {len(kills)} kills; {ctx}"
+
+
+# -- the generator's training ------------------------------------------------------------------
+
+GENERATOR_CHAOS_SEEDS = (5,)
+"""The schedules of the generator-training chaos test (its own test ids, `...generator...[seed=5]`);
+DP_HPC_CHAOS_SEED replays one here too."""
+GENERATOR_VICTIMS = ("job", "controller", "launcher", "group")
+"""The generator job's worker (training), its submitit controller (the worker dies with it:
+jobs.die_with_submitit_controller), the launcher (the job lives on; the relaunch re-attaches or,
+unrecorded, starts a duplicate that waits on generator.lock), or all of them."""
+GENERATOR_KILLS = 3
+
+TINY_SWEEP = {
+    "name": "smoke",
+    "executor": {"max_parallel_jobs": 2, "poll_interval_s": 0.2, "warm_start": False},  # submitit controllers
+    "base": {
+        "seed": 0,
+        "generator": {"block_out_channels": [8, 16], "train_steps": 300, "batch_size": 16, "warmup_steps": 5,
+                      "checkpoint_every": 20, "log_every": 20, "quality_samples": 0, "quality_classifier_steps": 20},
+        "sampler": {"num_inference_steps": 4, "omega": 0.0},
+        "pool": {"chunk_size": 32, "shard_size": 32},
+        "train": {"total_steps": 20, "warmup_steps": 2, "cooldown_steps": 5, "batch_size": 32, "eval_every": 10},
+        "method": {"budget": 32, "initial": 32, "per_round": 32},
+    },
+    "grid": {"method.name": ["static"]},
+}
+"""A generator small enough to train in seconds (its own cache key: trained by this sweep), and after
+it the cheapest run that uses it (static: one round of 32 samples, 20 training steps)."""
+
+
+def lock_holders(path: Path) -> set[int]:
+    """Pids holding a flock on `path` (/proc/locks; lines of blocked waiters carry '->')."""
+    try:
+        ino = os.stat(path).st_ino
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if "->" in f or len(f) < 6 or f[1] != "FLOCK":
+            continue
+        if int(f[5].rsplit(":", 1)[1]) == ino:
+            out.add(int(f[4]))
+    return out
+
+
+def generator_jobs(procs: list[Proc], gen_logs: Path) -> tuple[list[Proc], list[Proc]]:
+    """(controllers, workers) of generator jobs: a controller's command line names the generator's
+    logs folder; a worker is a controller's child."""
+    from dp_hpc.jobs import LOCAL_CONTROLLER
+
+    controllers = [p for p in procs if LOCAL_CONTROLLER in p.cmdline() and str(gen_logs) in p.cmdline()]
+    pids = {p.pid for p in controllers}
+    return controllers, [p for p in procs if p.ppid in pids]
+
+
+@pytest.mark.parametrize("seed", [int(os.environ[SEED_ENV])] if os.environ.get(SEED_ENV) else GENERATOR_CHAOS_SEEDS,
+                         ids=lambda s: f"seed={s}")
+def test_random_sigkills_while_the_generator_trains_leave_the_generator_of_an_uninterrupted_run(tmp_path, seed):
+    """SIGKILLs while the sweep's generator trains (a tiny one, so that the test is cheap): of its
+    job, of the job's submitit controller, of the launcher, of everything; each killed launcher is
+    relaunched at once. Then generator.json, the weights, the scheduler and the judge are those of
+    a generator trained undisturbed; at no moment did two processes hold generator.lock; no
+    temporary file and no process is left; the sweep finished."""
+    import yaml
+
+    from conftest import torch_threads
+    from dp_hpc.generate.cache import build_generator
+    from dp_hpc.layout import GeneratorDir
+    from test_kill_in_write import generator_files
+
+    print(f"\nchaos seed {seed} (replay: {SEED_ENV}={seed} uv run pytest tests/test_chaos.py -k generator)", flush=True)
+    sweep, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    sweep.write_text(yaml.safe_dump(TINY_SWEEP))
+    c = Chaos(seed, sweep, out, out / "smoke" / "static")
+    victims = list(GENERATOR_VICTIMS)
+    c.rng.shuffle(victims)
+    plan = [(v, c.rng.random() < 0.5, c.rng.uniform(0.0, 2.0)) for v in victims[:GENERATOR_KILLS]]
+    c.note(f"plan (victim, after a checkpoint, delay): {[(v, w, round(d, 2)) for v, w, d in plan]}")
+    holders: list[set[int]] = []
+    gen: GeneratorDir | None = None
+
+    def generator_training(victim: str, after: bool) -> bool:
+        """Poll until a generator job's worker holds generator.lock (it trains), with its controller
+        for that victim (and, with `after`, a checkpoint is there); False once the generator is made."""
+        nonlocal gen
+        while True:
+            c.poll()
+            gens = list((out / "smoke" / "generators").glob("*/config.yaml"))
+            if gens:
+                gen = GeneratorDir(gens[0].parent)
+                holders.append(lock_holders(gen.lock))
+                if gen.marker.exists():
+                    return False
+                controllers, workers = generator_jobs(sweep_processes(c.sessions), gen.logs)
+                training = {p.pid for p in workers} & holders[-1]
+                if training and (controllers or victim != "controller") and (not after or gen.checkpoint.exists()):
+                    return True
+            time.sleep(0.05)
+
+    try:
+        c.launch()
+        for victim, after, delay in plan:
+            while True:  # until the kill is made: the victim may be gone after the delay
+                if not generator_training(victim, after):
+                    c.note(f"the generator is made: no kill of the {victim}")
+                    break
+                time.sleep(delay)
+                controllers, workers = generator_jobs(sweep_processes(c.sessions), gen.logs)
+                holders.append(lock_holders(gen.lock))
+                if victim in ("launcher", "group"):
+                    c.kill(victim)
+                    break
+                if workers if victim == "job" else controllers:
+                    p = c.rng.choice(sorted(workers if victim == "job" else controllers, key=lambda p: p.pid))
+                    os.kill(p.pid, signal.SIGKILL)
+                    c.note(f"SIGKILL generator {victim} {p.pid}, checkpoint {gen.checkpoint.exists()}")
+                    break
+        c.run_to_the_end()
+        survivors = []
+        for _ in range(100):
+            survivors = sweep_processes(c.sessions, out)
+            if not survivors:
+                break
+            time.sleep(0.1)
+        assert not survivors, \
+            f"processes of the sweep left: {[(p.pid, p.cmdline()) for p in survivors]}; {c.ctx()}"
+    finally:
+        for p in sweep_processes(c.sessions, out):
+            kill(p.pid)
+
+    ctx = c.ctx()
+    kills = [e for e in c.events if "SIGKILL" in e]
+    assert len(kills) >= 2, f"only {len(kills)} kills while the generator trained; {ctx}"
+    assert all(len(h) <= 1 for h in holders), f"two holders of generator.lock: {[h for h in holders if len(h) > 1]}; {ctx}"
+    assert (read_json(c.run / "state.json") or {}).get("phase") == "done", ctx
+    assert not leftover_temp_files(out), f"temporary files left: {leftover_temp_files(out)}; {ctx}"
+    ref = GeneratorDir(tmp_path / "ref")
+    ref.path.mkdir()
+    shutil.copy(gen.config, ref.config)
+    with torch_threads(read_json(gen.marker)["torch_threads"]):
+        build_generator(ref.path)
+    assert generator_files(gen) == generator_files(ref), f"the generator differs from an undisturbed one's; {ctx}"

@@ -385,6 +385,24 @@ def test_the_coordinator_job_preempted_with_usr2_requeues_itself_and_the_sweep_f
     assert [e["slurm_job_id"] for e in launches] == [None, coordinator, coordinator], launches  # launch, 2 attempts
 
 
+def test_live_reads_a_job_id_the_queue_does_not_know_as_ended_and_a_queued_one_as_queued(cluster, tmp_path):
+    """The real squeue's answers behind SlurmRunner.live (the coordinator-job check of the launcher
+    and of dp_hpc.cancel): one unknown id fails with "Invalid job id specified", which means ended;
+    a held job is listed PENDING (tests/test_slurm_plan.py: a failing squeue raises)."""
+    from dp_hpc.config import from_dict
+    from dp_hpc.coordinate.config import SlurmConfig
+    from dp_hpc.coordinate.runners.slurm import SlurmRunner
+
+    runner = SlurmRunner(from_dict(SlurmConfig, {}), sweep_name=unique("live"))
+    assert runner.live([(tmp_path, "999999999")]) == {}
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-o", str(tmp_path / "held.out"), "--wrap", "true"],
+                          capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        assert runner.live([(tmp_path, held)]) == {held: "PENDING"}
+    finally:
+        subprocess.run(["scancel", held], check=True)
+
+
 def test_cancel_stops_the_coordinator_job_and_every_job_and_a_relaunch_finishes(cluster, smoke, tmp_path):
     """`python -m dp_hpc.cancel` while the training job runs: the coordinator job is cancelled first,
     then the training job; nothing of the sweep is left in the queue. The same launch then submits

@@ -226,3 +226,40 @@ def test_status_names_an_unreadable_state_file_instead_of_a_traceback(tmp_path):
     out = io.StringIO()
     print_table(sd.path, file=out)
     assert "state.json is unreadable: check it with python -m dp_hpc.verify" in out.getvalue(), out.getvalue()
+
+
+def test_status_never_lists_a_job_that_jobs_jsonl_records_as_ended(tmp_path):
+    """A coordinator killed between appending a job's end to jobs.jsonl and saving state.json (or
+    before its next poll) leaves state.json calling the job running: dp_hpc.status reads jobs.jsonl
+    too, as load_state does, and lists only the jobs still running."""
+    import io
+
+    from dp_hpc.status import print_table
+
+    sd = SweepDir(tmp_path / "sweep")
+    run = sd.run("dp")
+    run.path.mkdir(parents=True)
+    sd.sweep_file.write_text("name: sweep\n")
+    run.config.write_text("method: {name: dp}\n")
+    st = RunState(phase="train")
+    jobs = [JobRecord(job_id=jid, kind=kind, round=0, submitted=1.0, executor="slurm", detail=detail)
+            for jid, kind, detail in [("12_0", "generate", {"start": 0, "stop": 1}),
+                                      ("12_1", "generate", {"start": 1, "stop": 2}), ("13", "train", {})]]
+    for j in jobs:
+        st.jobs.add(j)
+    save_state(run.path, st)
+
+    def listed() -> str:
+        out = io.StringIO()
+        print_table(sd.path, file=out)
+        return next((line for line in out.getvalue().splitlines() if "jobs:" in line), "")
+
+    assert all(j in listed() for j in ("12_0", "12_1", "13")), listed()
+    before = run.state.read_bytes()
+    st.jobs.end(jobs[0], "succeeded")
+    st.jobs.end(jobs[2], "succeeded")
+    save_state(run.path, st)
+    run.state.write_bytes(before)  # the crash: jobs.jsonl appended, state.json not replaced
+    assert {j["job_id"] for j in map(__import__("json").loads, run.jobs_log.read_text().splitlines())} == {"12_0", "13"}
+    line = listed()
+    assert "12_1" in line and "12_0" not in line and "train 13" not in line, line

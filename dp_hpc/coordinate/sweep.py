@@ -58,12 +58,15 @@ def coordinator_record(sweep_dir: Path) -> JobFile:
 
 
 def active_coordinator(runner: Runner, sweep_dir: Path) -> tuple[str, str] | None:
-    """(job id, state) of the sweep's coordinator job if it is queued or running."""
+    """(job id, state) of the sweep's coordinator job if it is queued or running (a requeued one
+    too: PENDING), None if it has ended. QueryError when the queue does not answer: read as "ended",
+    that would start a second coordinator beside a live one."""
     rec = coordinator_record(sweep_dir).read(runner)
     if not rec:
         return None
-    state = runner.active_state(SweepDir(sweep_dir).logs, rec["job_id"])
-    return None if state is None else (rec["job_id"], state)
+    jid = rec["job_id"]
+    state = runner.live([(SweepDir(sweep_dir).logs, jid)]).get(jid)
+    return None if state is None else (jid, state)
 
 
 def step_sweep(coordinators, runner, max_jobs: int) -> None:

@@ -49,7 +49,7 @@ def _run_row(run: RunDir) -> dict:
         "best_val_acc": ck.best_val_acc if ck else None,
         "test_acc": ev.get("acc"),
         "error": (st.get("error") or "").splitlines()[0] if st.get("error") else "",
-        "jobs": [(kind, jid, ex, run.logs) for kind, jid, ex in running_jobs_in(st)],
+        "jobs": [(kind, jid, ex, run.logs) for kind, jid, ex in running_jobs_in(st, run.path)],
     }
 
 

@@ -20,7 +20,7 @@ from dp_hpc.config import load_run_config
 from dp_hpc.generate.config import GeneratorConfig
 from dp_hpc.generate.grid import write_round_grid
 from dp_hpc.generate.sampler import Denoiser, PixelUNet, sample_images
-from dp_hpc.io import atomic_write_json
+from dp_hpc.io import atomic_write_json, remove_stale_temps
 from dp_hpc.layout import RunDir
 from dp_hpc.metrics import append_compute, process_age_s
 from dp_hpc.pool import Pool
@@ -94,6 +94,8 @@ def run_shard(run_dir: Path, round_index: int, start: int, stop: int, generator_
             dt = time.perf_counter() - t0
             if c == 0:  # diagnostics of the round, from its first chunk: not the method's compute
                 t1 = time.perf_counter()
+                for f in (pool.paired_plain_path(round_index), RunDir(run_dir).sample_grid(round_index)):
+                    remove_stale_temps(f.parent, f.name)  # this task owns chunk 0, and so these files
                 plain = None
                 if sampler_cfg.omega > 0 and sampler_cfg.paired_plain_samples > 0:
                     plain = _write_paired_plain(pool, round_index, model, scheduler, labels, seeds, sampler_cfg,

@@ -41,10 +41,38 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dp_hpc.io import naming_full_disk, read_json
+from dp_hpc.io import KILL_IN_WRITE, kill_in_write_hook, naming_full_disk, read_json, remove_stale_temps
 from dp_hpc.layout import RunDir
 from dp_hpc.pool.selection import balanced_labels, round_stats, sample_seeds, top_entropy
 from dp_hpc.pool_jpeg import JpegCodec, uses_jpeg
+
+
+CHUNK_WRITTEN = ("images", "entropy", "oracle_label")
+"""The arrays a generation task writes, chunk by chunk (write_chunk)."""
+
+
+def _kill_in_zarr_writes() -> None:
+    """Tests only (dp_hpc.io.KILL_IN_WRITE): zarr's LocalStore writes each chunk file to a temporary
+    file and renames it; with the variable set, a write of a matching file SIGKILLs its process
+    between the two, as a node failure there would."""
+    import contextlib
+
+    import zarr.storage._local as local
+
+    atomic_write = local._atomic_write
+
+    @contextlib.contextmanager
+    def killing(path, mode, exclusive=False):
+        with atomic_write(path, mode, exclusive) as f:
+            yield f
+            f.flush()
+            kill_in_write_hook(path)
+
+    local._atomic_write = killing
+
+
+if os.environ.get(KILL_IN_WRITE):
+    _kill_in_zarr_writes()
 
 
 @dataclass(frozen=True)
@@ -163,12 +191,26 @@ class Pool:
         arrays = [("images", images), ("entropy", entropy.astype(np.float32))]
         if oracle_label is not None and "oracle_label" in g:  # pools made before the array existed lack it
             arrays.append(("oracle_label", oracle_label.astype(np.int64)))
+        self.remove_chunk_temps(round_index, chunk, g)
         for name, values in arrays:
             with naming_full_disk(self.layout.pool_round(round_index) / name):
                 g[name][a:b] = values
         marker = self.chunk_marker(round_index, chunk)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+
+    def remove_chunk_temps(self, round_index: int, chunk: int, g=None) -> list[Path]:
+        """Remove the temporary files (zarr's `<file>.<hex>.partial`) that a task killed while
+        writing this chunk's files left (write_chunk calls it first). Safe because the task writing
+        a chunk owns it: the coordinator never runs two tasks on one chunk range at once
+        (RunState.running_shards), and a killed task writes nothing more."""
+        g = self.group(round_index) if g is None else g
+        folder, removed = self.layout.pool_round(round_index), []
+        for name in CHUNK_WRITTEN:
+            if name in g:
+                f = folder / name / g[name].metadata.encode_chunk_key((chunk,) + (0,) * (g[name].ndim - 1))
+                removed += remove_stale_temps(f.parent, f.name)
+        return removed
 
     # -- completion (coordinator only)
     def is_complete(self, round_index: int) -> bool:

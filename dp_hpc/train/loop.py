@@ -41,7 +41,7 @@ import torch.distributed as dist
 from dp_hpc import layout, metrics
 from dp_hpc.config import RunConfig, load_run_config
 from dp_hpc.contracts import TrainState
-from dp_hpc.io import run_lock, try_lock
+from dp_hpc.io import remove_stale_temps, run_lock, try_lock
 from dp_hpc.data.eval_data import open_eval_split
 from dp_hpc.data.spec import dataset_spec
 from dp_hpc.errors import ConfigError
@@ -294,7 +294,10 @@ def _restore(run_dir: Path, cfg: RunConfig, d: Dist, latest: tuple[Path, TrainSt
         prog = _Progress(step=ts.step, plateau=plateau, last_val_acc=ts.last_val_acc)
     if action == "new_rounds":
         prog.plateau = pl.new_round(prog.plateau, newest_round, patience)
-    if d.is_main:
+    if d.is_main:  # the holder of train.lock is the one writer of metrics.jsonl and the wandb id
+        rd = layout.RunDir(run_dir)
+        for f in (rd.metrics, rd.wandb_id):
+            remove_stale_temps(f.parent, f.name)  # left by a job killed while rewriting them
         dropped = metrics.truncate_after(run_dir, prog.step)
         if dropped:
             log.info("dropped %d metrics lines newer than step %d", dropped, prog.step)

@@ -106,9 +106,6 @@ class JobControl(Protocol):
         """Ids of jobs whose `status` is RUNNING from what the last poll saw, so that callers may skip
         asking (empty where status looks at each job anew: local processes)."""
 
-    def active_state(self, folder: Path, job_id: str) -> str | None:
-        """The state of a job that is queued or running (None once it has ended)."""
-
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
         """Stop jobs (each at its next safe point, after saving)."""
 

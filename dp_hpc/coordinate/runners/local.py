@@ -203,9 +203,6 @@ class LocalRunner:
         self._jobs.pop(key, None)
         return st
 
-    def active_state(self, folder: Path, job_id: str) -> str | None:
-        return RUNNING if self.status(folder, job_id).state == RUNNING else None
-
     def cancel(self, folder: Path, job_ids: Sequence[str]) -> None:
         """Stop jobs: submitit's through submitit; others (warm jobs, or jobs an earlier launcher
         submitted) with SIGTERM, on which a job stops at its next safe point (a submitit

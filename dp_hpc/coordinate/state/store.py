@@ -114,9 +114,11 @@ PENDING_INLINE = 100  # a submission intent with more task details keeps them in
 ARRAY_TASK = re.compile(r"(\d+)_(\d+)")  # an array task's id, '12_3'
 
 
-def running_jobs_in(d: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(kind, job id, executor) of the running jobs a state.json's content names, either format."""
-    return [(j["kind"], j["job_id"], j.get("executor", "local")) for j in all_jobs(d, None)[0]
+def running_jobs_in(d: dict[str, Any], run_dir: Path | None = None) -> list[tuple[str, str, str]]:
+    """(kind, job id, executor) of the running jobs a state.json's content names, either format;
+    with `run_dir`, less those jobs.jsonl records as ended (a crash between appending a job's end
+    and saving state.json leaves it running in state.json: load_state lets the ended one win)."""
+    return [(j["kind"], j["job_id"], j.get("executor", "local")) for j in all_jobs(d, run_dir)[0]
             if j.get("status") == "running"]
 
 
