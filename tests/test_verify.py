@@ -243,8 +243,9 @@ def test_status_never_lists_a_job_that_jobs_jsonl_records_as_ended(tmp_path):
     run.config.write_text("method: {name: dp}\n")
     st = RunState(phase="train")
     jobs = [JobRecord(job_id=jid, kind=kind, round=0, submitted=1.0, executor="slurm", detail=detail)
-            for jid, kind, detail in [("12_0", "generate", {"start": 0, "stop": 1}),
-                                      ("12_1", "generate", {"start": 1, "stop": 2}), ("13", "train", {})]]
+            for jid, kind, detail in [("12_0", "generate", JobDetail(start=0, stop=1)),
+                                      ("12_1", "generate", JobDetail(start=1, stop=2)),
+                                      ("13", "train", JobDetail(plateau_exit=True))]]
     for j in jobs:
         st.jobs.add(j)
     save_state(run.path, st)
