@@ -95,6 +95,18 @@ def processes() -> list[Proc]:
     return out
 
 
+
+def assert_no_process_left(c, out: Path) -> None:
+    """After a chaos run: no process of the sweep is left (the last jobs may still be leaving,
+    os._exit after their result is written: a few seconds' grace)."""
+    survivors = []
+    for _ in range(100):
+        survivors = sweep_processes(c.sessions, out)
+        if not survivors:
+            return
+        time.sleep(0.1)
+    assert not survivors, f"processes of the sweep left: {[(p.pid, p.cmdline()) for p in survivors]}; {c.ctx()}"
+
 def sweep_processes(sessions: set[int], out: Path | None = None) -> list[Proc]:
     """Live (not zombie) processes of the launches' sessions (launchers, warm parents, jobs), or
     whose command line names `out`."""
@@ -269,14 +281,7 @@ def test_random_sigkills_leave_the_results_of_an_uninterrupted_run(smoke, tmp_pa
             c.poll()
             c.kill(victim)
         c.run_to_the_end()
-        survivors = []
-        for _ in range(100):  # the last jobs may still be leaving (os._exit after their result is written)
-            survivors = sweep_processes(c.sessions, out)
-            if not survivors:
-                break
-            time.sleep(0.1)
-        assert not survivors, \
-            f"processes of the sweep left: {[(p.pid, p.cmdline()) for p in survivors]}; {c.ctx()}"
+        assert_no_process_left(c, out)
     finally:  # never leave a process of a failed chaos run behind for the rest of the suite
         for p in sweep_processes(c.sessions, out):
             kill(p.pid)
@@ -418,14 +423,7 @@ def test_random_sigkills_while_the_generator_trains_leave_the_generator_of_an_un
                     c.note(f"SIGKILL generator {victim} {p.pid}, checkpoint {gen.checkpoint.exists()}")
                     break
         c.run_to_the_end()
-        survivors = []
-        for _ in range(100):
-            survivors = sweep_processes(c.sessions, out)
-            if not survivors:
-                break
-            time.sleep(0.1)
-        assert not survivors, \
-            f"processes of the sweep left: {[(p.pid, p.cmdline()) for p in survivors]}; {c.ctx()}"
+        assert_no_process_left(c, out)
     finally:
         for p in sweep_processes(c.sessions, out):
             kill(p.pid)
