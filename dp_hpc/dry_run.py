@@ -141,9 +141,9 @@ def _run_lines(g: RunCost) -> list[str]:
     return lines
 
 
-def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
+def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> float:
     """The GPU-hour budget (dp_hpc.budget): the assumed figures and their sources, per run, per arm,
-    and a closing `sweep total:` line."""
+    and a closing `sweep total:` line. Returns that total."""
     tp = sweep.slurm.throughput
     costs = gpu_hours(sweep, runs)
     figures = {f.key: f for f in throughput_figures(tp)}
@@ -173,6 +173,7 @@ def print_budget(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     bound = "up to " if any(g.upper_bound for g in costs) else ""
     print(f"sweep total: {bound}{_gh(t.total)} GPU-h for {t.runs} runs (generation {_gh(t.generation_gpu_h)}, "
           f"training {_gh(t.training_gpu_h)}, evaluation {_gh(t.eval_gpu_h)})")
+    return t.total
 
 
 def print_gpu_slot_plan(sweep: SweepConfig, runs: list[PlannedRun], slots: tuple[int, ...]) -> None:
@@ -188,8 +189,7 @@ def print_gpu_slot_plan(sweep: SweepConfig, runs: list[PlannedRun], slots: tuple
     for k, names in sorted(by_k.items()):
         how = f"torchrun, {k} processes on this machine" if k > 1 else "in the job's own process"
         print(f"  training: {k} slot(s) ({how}): {', '.join(names) if len(by_k) > 1 else 'every run'}")
-    print_budget(sweep, runs)
-    total = sweep_total(gpu_hours(sweep, runs)).total
+    total = print_budget(sweep, runs)
     print(f"on this machine: up to {total:,.1f} GPU-h, ~{total / len(slots):,.1f} h on these {len(slots)} slots "
           f"if they are kept busy")
 
