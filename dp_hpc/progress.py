@@ -59,12 +59,12 @@ def progress_line(what: str, step: int, total: int, seconds: float, start_step: 
 
 
 def generated_chunks(c) -> tuple[int, int] | None:
-    """(chunks written, chunks) of the round a run is generating: one listing of its markers."""
-    rounds = c.state.rounds
-    if not rounds or c.state.round >= len(rounds):
+    """(chunks written, chunks) of the round a run is generating, as its coordinator last saw them
+    (`chunks_seen`: the listing of the round's markers that its poll made; not listed again here)."""
+    rounds, seen = c.state.rounds, c.chunks_seen
+    if not rounds or c.state.round >= len(rounds) or seen is None or seen[0] != c.state.round:
         return None
-    total = -(-rounds[c.state.round].generated // c.cfg.pool.chunk_size)
-    return len(c.pool.done_chunks(c.state.round)), total
+    return seen[1], -(-rounds[c.state.round].generated // c.cfg.pool.chunk_size)
 
 
 class SweepProgress:

@@ -115,11 +115,11 @@ def test_a_generating_run_reports_its_chunks_while_they_are_written(caplog):
     run.s.update(phase="generate", round=1, step=500)
     run.state = SimpleNamespace(round=1, rounds=[SimpleNamespace(generated=256), SimpleNamespace(generated=640)])
     run.cfg.pool = SimpleNamespace(chunk_size=64)
-    run.pool = SimpleNamespace(done_chunks=lambda r: set(done) if r == 1 else set())
     progress = SweepProgress([run], interval_s=15.0, clock=clock, live=False)
     with caplog.at_level(logging.INFO, logger="dp_hpc.progress"):
         for t in range(40):  # a chunk every 4 s, 10 chunks of 64 in all
             done.update(range(min(t // 4, 10)))
+            run.chunks_seen = (1, len(done))  # what the run's coordinator saw at this poll (Coordinator._observe)
             progress.update()
             clock.now += 1
     assert [r.getMessage().split("(")[1].split(" pool")[0] for r in caplog.records] == [

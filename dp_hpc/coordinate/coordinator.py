@@ -85,6 +85,7 @@ class Coordinator:
         self.layout = RunDir(self.run_dir)
         self.logs = self.layout.logs
         self.gaps: dict[int, frozenset[int]] = {}  # passed rounds' chunks without a marker (see _mend)
+        self.chunks_seen: tuple[int, int] | None = None  # (round, chunks marked) at the last look (progress lines)
         self.branches: dict[int, Coordinator] = {}  # branch-outs by the round they branch after
         self.readers = readers  # of job records that `runner` cannot read (see _reader_of)
 
@@ -229,8 +230,10 @@ class Coordinator:
         st = self.state
         if st.phase == "generate":
             r = st.round
+            done = frozenset(self.pool.done_chunks(r))
+            self.chunks_seen = (r, len(done))
             return P.Observation(round_created=self.pool.has_round(r), round_complete=self.pool.is_complete(r),
-                                 done_chunks=frozenset(self.pool.done_chunks(r)))
+                                 done_chunks=done)
         if st.phase == "train":
             return P.Observation(checkpoint=latest_train_state(self.run_dir), branches=frozenset(self.branches))
         if st.phase == "eval":
