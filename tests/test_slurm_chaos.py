@@ -1,5 +1,7 @@
 """Chaos on the two-node SLURM cluster: the smoke sweep's dp run through `--executor slurm` (its
-coordinator a SLURM job), with SLURM's faults at seeded random moments: `scancel` of a generation
+coordinator a SLURM job), with SLURM's faults at seeded random progress points (how many of the
+undisturbed run's chunk markers and evaluations the run shows: a seed's schedule is the same on a
+fast machine and a loaded one): `scancel` of a generation
 task, `scontrol requeue` of the training job, SIGKILL of the coordinator job (then the same launch
 command again, as a user would), one node's slurmd stopped and started again. The launch command is
 rerun whenever the coordinator job has ended and the run is not done. Then: pool and chunk markers
@@ -30,18 +32,54 @@ from test_slurm import (SLURM_DIR, accounted_jobs, cluster, cluster_nodes, launc
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-SLURM_CHAOS_SEEDS = (1,)
-"""The schedule the suite runs (seed 1 took 156 s on the shared 2-core machine): seed 1 scancels
-round 0's generation task while it is still pending (2.4 s: no accounting record at all),
-restarts n2's slurmd, SIGKILLs the coordinator job at 46 s and requeues the training job. Seed 2
-passed once on a quieter machine (84 s) but failed in a fresh-clone CI run: its training requeue
-is due at 56.9 s, and under CI's load the sweep had finished before it (the fault moments are
-seconds, not progress points, so a seed's schedule depends on the machine's speed)."""
+SLURM_CHAOS_SEEDS = (1, 2, 5)
+"""The schedules the suite runs (fault_plan: due at how many of the undisturbed run's 21 progress
+steps are seen; 4 chunks of round 0, its 6 evaluations, 4 chunks of round 1, 7 evaluations). Each
+took 67-131 s on the shared 2-core machine, 5 min 24 s for the three.
+- 1: SIGKILL of the coordinator job and scancel of a running round-0 generation task (both at 2),
+  a slurmd restarted in round 0's training (8), the training job requeued in round 1 (13);
+- 2: scancel of round 0's generation task while it is still pending (0: no accounting record at
+  all), SIGKILL of the coordinator (2), the training job requeued in round 0 (5), a slurmd
+  restarted during round 1's generation (11);
+- 5: the training job requeued as round 0 nears its plateau (8), scancel of round 1's generation
+  task (9), SIGKILL of the coordinator during round 1's generation (11), a slurmd restarted in
+  round 1's training (16).
+A scancelled task fails its run ("relaunch to retry"), so the loop's relaunch retries it."""
 FAULTS = ("scancel_generate", "requeue_train", "kill_coordinator", "restart_slurmd")
-LATEST_S = {"scancel_generate": 15.0, "requeue_train": 60.0, "kill_coordinator": 60.0, "restart_slurmd": 60.0}
-"""Each fault is due at a random moment in its first LATEST_S seconds, and made as soon as its job
-runs from then on (a generation task: round 0's, or round 1's, about a minute in; a training job
-that has saved a checkpoint and is before its budget)."""
+LAST_REQUEUE_STEP = 160
+"""The latest evaluation (training step) at which a fault other than scancel may fall due."""
+
+
+def reference_steps(ref: Path) -> list[tuple]:
+    """The undisturbed run's visible progress in the order it happens: each round's chunk markers,
+    then the evaluations of the training that follows it (metrics lines: split, step, round). The
+    chaos run makes the same ones (the test's claim), so how many of them it shows is how far it
+    has come, whatever the machine's speed."""
+    evals = [("metric", *k) for k in metric_keys(ref)]
+    steps: list[tuple] = []
+    for rnd in sorted(p.name for p in (ref / "pool_markers").iterdir() if p.is_dir()):
+        steps += [("marker", f"{rnd}/{p.name}") for p in sorted((ref / "pool_markers" / rnd).glob("chunk_*.done"))]
+        steps += [e for e in evals if e[3] == int(rnd.split("_")[1])]
+    return steps
+
+
+def steps_seen(run: Path, steps: list[tuple]) -> int:
+    seen = set(metric_keys(run)) if (run / "metrics.jsonl").exists() else set()
+    return sum((run / "pool_markers" / s[1]).exists() if s[0] == "marker" else s[1:] in seen for s in steps)
+
+
+def fault_plan(rng: random.Random, steps: list[tuple]) -> list[tuple[int, str]]:
+    """(progress step it is due at, fault), earliest first. Each fault is made at the first poll
+    from then on that finds its job, so each window ends where its job is still ahead: a generation
+    task's before round 1's first chunk (round 1's tasks are then yet to come or running); the
+    others' at the last evaluation at step <= LAST_REQUEUE_STEP, when two checkpoints of the
+    training job (train_job_with_checkpoint: step < 200) are still ahead."""
+    first_round1_chunk = next(i for i, s in enumerate(steps) if s[0] == "marker" and s[1].startswith("round_001"))
+    last = max(i for i, s in enumerate(steps) if s[0] == "metric" and s[2] <= LAST_REQUEUE_STEP) + 1
+    first_eval = next(i for i, s in enumerate(steps) if s[0] == "metric")
+    window = {"scancel_generate": (0, first_round1_chunk), "requeue_train": (first_eval, last),
+              "kill_coordinator": (0, last), "restart_slurmd": (0, last)}
+    return sorted((rng.randint(*window[f]), f) for f in FAULTS)
 
 
 def chaos_seeds() -> list[int]:
@@ -97,8 +135,9 @@ class SlurmChaos:
     def run(self) -> Path:
         return self.out / self.name / "dp"
 
-    def note(self, what: str) -> None:
-        self.events.append(f"{time.monotonic() - self.t0:6.1f}s {what}")
+    def note(self, what: str, at: int | None = None) -> None:
+        where = "" if at is None else f" at step {at}"
+        self.events.append(f"{time.monotonic() - self.t0:6.1f}s {what}{where}")
         print(self.events[-1], flush=True)
 
     def ctx(self) -> str:
@@ -120,31 +159,31 @@ class SlurmChaos:
         self.note("relaunched")
         self.coordinator()
 
-    def fire(self, fault: str) -> bool:
-        """Make the fault if its moment has come; whether it was made."""
+    def fire(self, fault: str, at: int) -> bool:
+        """Make the fault if its job is there; whether it was made (noted with the progress step)."""
         if fault == "scancel_generate":
             job = running_job(self.run, "generate")
             if job is None:
                 return False
             subprocess.run(["scancel", job["job_id"]], check=True)
-            self.note(f"scancel generation task {job['job_id']} (round {job['round']})")
+            self.note(f"scancel generation task {job['job_id']} (round {job['round']})", at)
         elif fault == "requeue_train":
             job = train_job_with_checkpoint(self.run)
             if job is None:
                 return False
             if subprocess.run(["scontrol", "requeue", job["job_id"]], capture_output=True).returncode != 0:
                 return False  # it ended meanwhile
-            self.note(f"scontrol requeue training job {job['job_id']}")
+            self.note(f"scontrol requeue training job {job['job_id']}", at)
         elif fault == "kill_coordinator":
             jid = self.coordinator()
             if not in_queue(jid):
                 return False
             subprocess.run(["scancel", "--full", "--signal=KILL", jid], check=True)
-            self.note(f"SIGKILL coordinator job {jid}")
+            self.note(f"SIGKILL coordinator job {jid}", at)
         else:
             node = self.rng.choice(cluster_nodes())
             restart_slurmd(node)
-            self.note(f"slurmd of {node} stopped and started again")
+            self.note(f"slurmd of {node} stopped and started again", at)
         return True
 
 
@@ -156,13 +195,14 @@ def test_random_slurm_faults_leave_the_results_of_an_undisturbed_run(cluster, sm
     launch = launch_coordinator_job(tmp_path, smoke_dir, "chaos", {"method.name": ["dp"]})
     c = SlurmChaos(seed, launch.sweep, launch.out, launch.name)
     c.coordinator()
-    plan = sorted((c.rng.uniform(0, LATEST_S[f]), f) for f in FAULTS)
-    c.note(f"plan (due at s, fault): {[(round(t, 1), f) for t, f in plan]}")
+    steps = reference_steps(ref)
+    plan = fault_plan(c.rng, steps)
+    c.note(f"plan (due at progress step of {len(steps)}, fault): {plan}")
     try:
         while True:
-            elapsed = time.monotonic() - c.t0
-            assert elapsed < HANG_S, f"the chaos run took over {HANG_S} s; {c.ctx()}"
-            due = next((i for i, (t, f) in enumerate(plan) if elapsed >= t and c.fire(f)), None)
+            assert time.monotonic() - c.t0 < HANG_S, f"the chaos run took over {HANG_S} s; {c.ctx()}"
+            at = steps_seen(c.run, steps)
+            due = next((i for i, (t, f) in enumerate(plan) if at >= t and c.fire(f, at)), None)
             if due is not None:  # one fault a poll, the earliest due whose job is there
                 plan.pop(due)
             if (run_state(c.run) or {}).get("phase") == "done" and not in_queue(c.coordinator()):
