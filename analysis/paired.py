@@ -34,7 +34,7 @@ import pandas as pd
 
 from analysis.stats import LEVEL, percentile_interval
 
-# the comparisons the paper's claims need, first arm minus second (README, "Results on digits")
+# the comparisons the paper's claims need, first arm minus second (docs/results-digits.md)
 PAIRS = (("dp", "static"), ("dp", "dp (ω=0)"), ("dp (ω=0)", "static"), ("dp", "prune"), ("prune", "static"))
 
 Cells = Mapping[Hashable, Mapping[int, np.ndarray]]  # cell -> seed -> bool (n_images,)

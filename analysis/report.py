@@ -3,7 +3,7 @@
     python -m analysis.report runs/digits                 # writes runs/digits/report/
     python -m analysis.report runs/digits --out /tmp/rep
 
-Reads only what a sweep folder holds (README, "Run directory"); runs still in progress and
+Reads only what a sweep folder holds (docs/run-folder.md); runs still in progress and
 failed runs are included and marked. Writes into the out folder:
 
     runs.parquet, runs.csv   one row per run per evaluation (`collect`)

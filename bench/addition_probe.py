@@ -1,7 +1,7 @@
 """What one training step does right after a data addition: resume a run's plateau checkpoint on
 the grown pool (or on the old pool: the control) and log, per step, the loss on old and new samples,
 the gradient norm, |update| / |params|, and validation accuracy of the raw and EMA models. Variants
-change one thing at a time (the README's "Training through a data addition" table).
+change one thing at a time (the "Training through a data addition" table of docs/design.md).
 
     uv run python bench/addition_probe.py RUN --step 300 [--rounds 0,1] [--steps 60]
         [--plain-adamw | --beta2 B | --clip C | --lr LR | --reset-adam]

@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 10): the speed and memory numbers README's GPU table needs,
+"""The prepared GPU check (issue 10): the speed and memory numbers docs/benchmarks.md's GPU check needs,
 measured side by side in one run, with the project's own code paths and random weights of the real
 architectures (nothing is downloaded; speed and memory do not depend on weight values).
 

@@ -22,7 +22,7 @@ linearly from m = 1 and m = 2 and skips m = 4 when that exceeds the limit or the
 
 This CPU run is fp32 throughout; the GPU runs UNet and VAE in bf16 (load_sd_generator), which about
 halves their activations (the classifier stays fp32). bench/gpu_check.py section 2 measures the GPU
-peak (batch 16) when a GPU is lent. Measured here: README, "Benchmarks".
+peak (batch 16) when a GPU is lent. Measured here: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ from dp_hpc.data.config import DataConfig
 DIGITS_IMAGES = 1797  # scikit-learn's 8x8 digits, split by dp_hpc.data.digits.split_indices
 IMAGENET_VAL_PER_CLASS = 50  # ImageNet's val set: 50 images of each class
 
-# Where a figure comes from when the sweep leaves it at its default (README: "Benchmarks", "GPU check").
+# Where a figure comes from when the sweep leaves it at its default (docs/benchmarks.md, its "GPU check").
 DEFAULT_SOURCES = {
-    "plain_images_per_gpu_s": "an estimate for SD-1.5 on an A100, unmeasured: README, GPU check",
-    "guided_cost": "the paper's, on an H100; README's Benchmarks: 1.24x on the CPU digits UNet",
-    "train_images_per_gpu_s": "an estimate for ViT-B/16 on an A100, unmeasured: README, GPU check",
+    "plain_images_per_gpu_s": "an estimate for SD-1.5 on an A100, unmeasured: docs/benchmarks.md, GPU check",
+    "guided_cost": "the paper's, on an H100; docs/benchmarks.md: 1.24x on the CPU digits UNet",
+    "train_images_per_gpu_s": "an estimate for ViT-B/16 on an A100, unmeasured: docs/benchmarks.md, GPU check",
     "eval_images_per_gpu_s": "3x the training default, a forward pass only; unmeasured",
 }
 

@@ -1,6 +1,6 @@
 """The run and sweep folder layout: every path under `<out>/<sweep>/`, and how to find run folders.
 
-This is README's "Run directory" section in code, line for line; no other module builds a
+This is docs/run-folder.md's "Layout" section in code, line for line; no other module builds a
 run-folder path by hand. Cheap to import (pathlib only): the status command, the report and
 every job use it.
 

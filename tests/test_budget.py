@@ -86,7 +86,7 @@ def test_throughput_figures_name_their_source():
     figs = {f.key: f for f in throughput_figures(ThroughputConfig(plain_images_per_gpu_s=1.5))}
     assert figs["plain_images_per_gpu_s"].source == "the sweep's slurm.throughput.plain_images_per_gpu_s"
     assert figs["guided_cost"].value == 1.82 and "paper" in figs["guided_cost"].source
-    assert "README" in figs["guided_cost"].source and figs["train_images_per_gpu_s"].source.startswith("the default")
+    assert "docs/benchmarks.md" in figs["guided_cost"].source and figs["train_images_per_gpu_s"].source.startswith("the default")
 
 
 def test_eval_sizes_default_to_the_datasets_splits_unless_the_sweep_sets_them():
@@ -120,13 +120,13 @@ def test_the_in1k_dry_run_ends_with_its_sweep_total(capsys):
     assert any("1.5 images/s per GPU (the sweep's slurm.throughput.plain_images_per_gpu_s)" in ln for ln in lines)
 
 
-def test_the_readmes_dry_run_budget_is_what_the_dry_run_prints(capsys):
+def test_the_docs_dry_run_budget_is_what_the_dry_run_prints(capsys):
     from dp_hpc.dry_run import print_budget
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "cli.md").read_text()
     start = readme.index("**A dry run's budget.**")
     block = readme[readme.index("```\n", start) + 4:]
     block = block[:block.index("```")]
     sweep, runs = load_sweep(ROOT / "sweeps" / "in1k.yaml")
     print_budget(sweep, runs)
-    assert block == capsys.readouterr().out, "README's dry-run block is out of date: paste the output again"
+    assert block == capsys.readouterr().out, "docs/cli.md's dry-run block is out of date: paste the output again"

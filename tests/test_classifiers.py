@@ -206,7 +206,7 @@ def test_recipe_run_resumes_exactly(tmp_path):
 
 
 def test_vit_and_resnet_keep_biases_norms_and_embeddings_out_of_weight_decay():
-    """DeiT/timm's recipe for ViT-B; digits_cnn keeps decaying everything (the README's numbers)."""
+    """DeiT/timm's recipe for ViT-B; digits_cnn keeps decaying everything (docs/results-digits.md's numbers)."""
     from dp_hpc.train.config import TrainConfig
     from dp_hpc.train.loop import decays
     from dp_hpc.train.optim import AdamW

@@ -62,12 +62,12 @@ class TrainConfig:
     by max(1, RMS(g^2 / v_hat)). A no-op while Adam's second moment is up to date; after a data
     addition, whose hard samples bring gradients ~100x those of a pool trained to its loss floor, it
     stops the stale second moment from turning them into ~3x-lr steps on every parameter, which
-    collapsed the digits classifier to chance (README, "Training dynamics"). false: plain AdamW."""
+    collapsed the digits classifier to chance (docs/design.md, "Training through a data addition"). false: plain AdamW."""
     adam_beta2: float = 0.999
     """AdamW's second-moment decay (memory ~1 / (1 - beta2) steps; 0.999 is AdamW's default). Lower
     lets the second moment catch up within a few dozen steps when a data addition raises the
     gradients, where update clipping alone still leaves lr-sized steps for as long as it lags:
-    the digits recipe uses 0.95 (README, "Training through a data addition")."""
+    the digits recipe uses 0.95 (docs/design.md, "Dips after an addition: β₂")."""
     fused_adamw: bool = False
     """AdamW as torch's fused kernel (`torch.optim.AdamW(fused=True)`: one launch per step on a GPU)
     instead of our multi-tensor one (dp_hpc.train.optim); the same arithmetic up to rounding and the
@@ -192,7 +192,7 @@ class TrainConfig:
 
     @property
     def decays_everything(self) -> bool:
-        """AdamW's weight decay on every parameter (digits_cnn, as measured in the README), or not on
+        """AdamW's weight decay on every parameter (digits_cnn, as measured in docs/results-digits.md), or not on
         biases, norm gains, ViT's position embedding and class token (DeiT/timm's ViT recipe: vit_b_16
         and resnet50)."""
         return self.classifier == "digits_cnn"

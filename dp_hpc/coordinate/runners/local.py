@@ -37,7 +37,7 @@ class LocalRunner:
 
     detached = False  # local jobs are children of the launcher's session
     uses_sbatch = False
-    runs_from_snapshot = False  # jobs start now, from the launcher's checkout (README: Command line)
+    runs_from_snapshot = False  # jobs start now, from the launcher's checkout (docs/cli.md)
     label = "local"
 
     def __init__(self, kind: str, timeout_min: float = 120.0, env: dict[str, str] | None = None, threads: int = 1,
