@@ -1,0 +1,8 @@
+"""analysis: reports, figures and the theory's toy model, from finished sweep folders."""
+
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m analysis.<entry point>`: a Ctrl-C during its imports is one line
+    from dp_hpc.errors import quiet_ctrl_c_while_importing
+
+    quiet_ctrl_c_while_importing()

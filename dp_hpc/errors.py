@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -37,3 +38,36 @@ def run_main(main: Callable[[], int | None], interrupted: str = "interrupted (Ct
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+INTERRUPTED_WHILE_IMPORTING = "interrupted (Ctrl-C) before the command started; nothing was done"
+
+
+def quiet_ctrl_c_while_importing() -> None:
+    """A Ctrl-C in the first second or two of `python -m <entry point>`, while it still imports
+    torch and before `run_main` is reached, is one line and exit 130 too, not Python's traceback of
+    the import. The packages' `__init__` call this only while runpy locates a `-m` module
+    (`sys.argv[0] == "-m"` then, as Python's documentation of -m says), so importing dp_hpc as a
+    library leaves `sys.excepthook` alone. Any other uncaught exception, and a Ctrl-C that is not
+    inside an import (an entry point without run_main), goes to the hook there was before."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt) and raised_in_an_import(tb):
+            print(INTERRUPTED_WHILE_IMPORTING, file=sys.stderr, flush=True)
+            os._exit(130)  # nothing has started: no atexit work to run
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def raised_in_an_import(tb) -> bool:
+    """Whether an exception came from the main module's top level or from a module its top level was
+    importing (not from a function it called): the next frame after the main module's `<module>`
+    frame, if any, is another module's `<module>` (Python drops importlib's frames in between)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    main = frames.index("<module>") if "<module>" in frames else None
+    return main is not None and (main + 1 == len(frames) or frames[main + 1] == "<module>")

@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None, retry_failed: bool = True) -> int:
         return print_quietly(format_keys(sweep_keys()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("submitit").setLevel(logging.WARNING)
+    logging.getLogger("torch").setLevel(logging.WARNING)  # e.g. FakeTensor cache stats at exit after a Ctrl-C
     try:
         sweep, runs = load_sweep(args.sweep, args.overrides)
     except (ConfigError, UsageError) as e:

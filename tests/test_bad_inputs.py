@@ -213,3 +213,64 @@ def test_a_ctrl_c_to_the_launchers_process_group_is_one_line_and_exit_130(tmp_pa
     assert p.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines() == ["interrupted (Ctrl-C); rerun the same command to continue"], err
     assert not (tmp_path / "out").exists()
+
+
+STAND_IN = """import pathlib, time
+pathlib.Path({started!r}).touch()
+time.sleep(300)  # a slow import (torch's takes a second or two): the Ctrl-C lands here
+"""
+
+
+@pytest.mark.parametrize(("command", "slow_module"), [(["dp_hpc.launch", "--sweep", str(SMOKE), "--dry-run"], "yaml"),
+                                                      (["analysis.report", "nowhere"], "pandas")],
+                         ids=["launch", "report"])
+def test_a_ctrl_c_while_the_command_still_imports_is_one_line_and_exit_130(tmp_path, command, slow_module):
+    """Ctrl-C before run_main is reached, inside a module-level import (a stand-in module on
+    PYTHONPATH that waits, so that the signal lands in the import, deterministically)."""
+    import signal
+
+    from dp_hpc.errors import INTERRUPTED_WHILE_IMPORTING
+    from e2e_helpers import wait_for
+
+    started = tmp_path / "import-started"
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / f"{slow_module}.py").write_text(STAND_IN.format(started=str(started)))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'slow'}{os.pathsep}{ROOT}"}
+    p = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT, env=env, start_new_session=True)
+    try:
+        wait_for(started.exists, what=f"{command[0]} importing {slow_module}")
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and err.splitlines() == [INTERRUPTED_WHILE_IMPORTING], err
+
+
+def test_only_a_ctrl_c_in_the_main_modules_imports_counts_as_before_the_command_started(tmp_path, monkeypatch):
+    """raised_in_an_import: the main module's top level, or a module it imports there (yes); a
+    function it called, or a lazy import inside one (no: that command had started). The hook hands
+    everything else to the one before it."""
+    from dp_hpc.errors import quiet_ctrl_c_while_importing, raised_in_an_import
+
+    (tmp_path / "interrupting_module.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def traceback_of(main_module: str):
+        sys.modules.pop("interrupting_module", None)
+        with pytest.raises(KeyboardInterrupt) as e:
+            exec(compile(main_module, "<main>", "exec"), {})
+        return e.value.__traceback__.tb_next  # from the main module's frame on, as at the top level
+
+    assert raised_in_an_import(traceback_of("raise KeyboardInterrupt"))
+    assert raised_in_an_import(traceback_of("import interrupting_module"))
+    assert not raised_in_an_import(traceback_of("def main():\n    raise KeyboardInterrupt\nmain()"))
+    assert not raised_in_an_import(traceback_of("def main():\n    import interrupting_module\nmain()"))
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a[0]))
+    quiet_ctrl_c_while_importing()
+    sys.excepthook(ValueError, ValueError("a bug"), None)
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), traceback_of("def main():\n    raise KeyboardInterrupt\nmain()"))
+    assert seen == [ValueError, KeyboardInterrupt]
