@@ -63,11 +63,15 @@ def quiet_ctrl_c_while_importing() -> None:
 
 def raised_in_an_import(tb) -> bool:
     """Whether an exception came from the main module's top level or from a module its top level was
-    importing (not from a function it called): the next frame after the main module's `<module>`
-    frame, if any, is another module's `<module>` (Python drops importlib's frames in between)."""
+    importing (not from a function it called): after the main module's `<module>` frame comes
+    nothing, or another module's `<module>`, with only the import machinery's frames between (Python
+    mostly drops those, but not when the Ctrl-C lands in the machinery itself)."""
     frames = []
     while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_name)
+        frames.append(tb.tb_frame.f_code)
         tb = tb.tb_next
-    main = frames.index("<module>") if "<module>" in frames else None
-    return main is not None and (main + 1 == len(frames) or frames[main + 1] == "<module>")
+    main = next((i for i, code in enumerate(frames) if code.co_name == "<module>"), None)
+    if main is None:
+        return False
+    after = [code for code in frames[main + 1:] if not code.co_filename.startswith("<frozen importlib")]
+    return not after or after[0].co_name == "<module>"

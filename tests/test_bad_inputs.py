@@ -257,14 +257,21 @@ def test_only_a_ctrl_c_in_the_main_modules_imports_counts_as_before_the_command_
     (tmp_path / "interrupting_module.py").write_text("raise KeyboardInterrupt\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
+    # stand-ins for the import machinery's own frames, which Python keeps when the Ctrl-C lands in them
+    machinery = {}
+    exec(compile("def _find_and_load(name):\n    __import__(name)\n\ndef _find_spec():\n    raise KeyboardInterrupt\n",
+                 "<frozen importlib._bootstrap>", "exec"), machinery)
+
     def traceback_of(main_module: str):
         sys.modules.pop("interrupting_module", None)
         with pytest.raises(KeyboardInterrupt) as e:
-            exec(compile(main_module, "<main>", "exec"), {})
+            exec(compile(main_module, "<main>", "exec"), dict(machinery))
         return e.value.__traceback__.tb_next  # from the main module's frame on, as at the top level
 
     assert raised_in_an_import(traceback_of("raise KeyboardInterrupt"))
     assert raised_in_an_import(traceback_of("import interrupting_module"))
+    assert raised_in_an_import(traceback_of("_find_and_load('interrupting_module')"))
+    assert raised_in_an_import(traceback_of("_find_spec()"))
     assert not raised_in_an_import(traceback_of("def main():\n    raise KeyboardInterrupt\nmain()"))
     assert not raised_in_an_import(traceback_of("def main():\n    import interrupting_module\nmain()"))
 
