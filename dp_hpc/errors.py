@@ -46,10 +46,12 @@ INTERRUPTED_WHILE_IMPORTING = "interrupted (Ctrl-C) before the command started; 
 def quiet_ctrl_c_while_importing() -> None:
     """A Ctrl-C in the first second or two of `python -m <entry point>`, while it still imports
     torch and before `run_main` is reached, is one line and exit 130 too, not Python's traceback of
-    the import. The packages' `__init__` call this only while runpy locates a `-m` module
+    the import. The packages' `__init__` call this; it acts only while runpy locates a `-m` module
     (`sys.argv[0] == "-m"` then, as Python's documentation of -m says), so importing dp_hpc as a
     library leaves `sys.excepthook` alone. Any other uncaught exception, and a Ctrl-C that is not
     inside an import (an entry point without run_main), goes to the hook there was before."""
+    if sys.argv[:1] != ["-m"]:
+        return
     previous = sys.excepthook
 
     def hook(kind, value, tb):

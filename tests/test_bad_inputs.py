@@ -277,6 +277,9 @@ def test_only_a_ctrl_c_in_the_main_modules_imports_counts_as_before_the_command_
 
     seen = []
     monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a[0]))
+    quiet_ctrl_c_while_importing()  # not under `python -m`: nothing changes
+    assert sys.excepthook.__name__ == "<lambda>"
+    monkeypatch.setattr(sys, "argv", ["-m"])
     quiet_ctrl_c_while_importing()
     sys.excepthook(ValueError, ValueError("a bug"), None)
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), traceback_of("def main():\n    raise KeyboardInterrupt\nmain()"))

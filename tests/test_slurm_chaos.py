@@ -64,7 +64,7 @@ def reference_steps(ref: Path) -> list[tuple]:
 
 
 def steps_seen(run: Path, steps: list[tuple]) -> int:
-    seen = set(metric_keys(run)) if (run / "metrics.jsonl").exists() else set()
+    seen = set(metric_keys(run))  # none yet: read_jsonl reads a missing file as empty
     return sum((run / "pool_markers" / s[1]).exists() if s[0] == "marker" else s[1:] in seen for s in steps)
 
 
